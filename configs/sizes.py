@@ -1,0 +1,25 @@
+"""Model size presets, keyed by nominal parameter count.
+
+The paper's three models (Deletang et al., 2024, Table 1) are `200K`, `800K` and `3.2M`: 4 layers,
+MLP x4, rotary positions, 2048-byte context. Their measured counts with a 256-symbol vocabulary are
+231,936 / 856,832 / 3,286,272 (the reference architecture's closed form
+12*L*d^2 + 9*L*d + 2*V*d + V). Larger presets serve scaling studies; `test` trains in seconds on a
+CPU. The names are nominal: results always record the count measured from the parameters.
+"""
+
+# name -> (num_layers, width, num_heads, context_length)
+PRESETS = {
+    "test": (2, 32, 2, 64),
+    "200K": (4, 64, 4, 2048),
+    "800K": (4, 128, 4, 2048),
+    "3.2M": (4, 256, 8, 2048),
+    "12M": (7, 384, 6, 2048),
+    "50M": (12, 576, 9, 2048),
+    "100M": (12, 832, 13, 2048),
+}
+
+
+def nominal_params(name: str) -> float:
+    """Returns the number a preset's name stands for ('3.2M' -> 3.2e6); `test` has none."""
+    scale = {"K": 1e3, "M": 1e6, "B": 1e9}[name[-1]]
+    return float(name[:-1]) * scale

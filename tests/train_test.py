@@ -1,0 +1,156 @@
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import train
+from configs import default
+from data import batches
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config(steps=20, **overrides):
+    config = default.get_config("size=test")
+    config.train.steps = steps
+    config.train.log_every = 5
+    config.train.eval_every = 10
+    config.train.checkpoint_every = 10
+    config.train.eval_max_bytes = 4096
+    config.train.progress = False
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        config[section][field] = value
+    return config
+
+
+def _metrics(workdir):
+    lines = (pathlib.Path(workdir) / train.METRICS_FILE).read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_loss_falls_on_real_text_without_recompiling(tmp_path, enwik5_path):
+    config = _config(steps=60, **{"data.path": str(enwik5_path)})
+    metrics = train.train(config, tmp_path)
+    losses = [m["loss"] for m in _metrics(tmp_path) if "loss" in m]
+    assert losses[0] > 4.5  # about ln(256) = 5.55 at the start
+    assert losses[-1] < losses[0] - 1.5
+    assert metrics["eval_bits_per_byte"] < 5.0
+    assert metrics["train_step_compiles"] == 1
+    assert metrics["num_params"] == 41_792
+    evals = [m for m in _metrics(tmp_path) if "eval_bits_per_byte" in m]
+    assert [m["step"] for m in evals] == [10, 20, 30, 40, 50, 60]
+
+
+def test_resume_continues_with_identical_state(tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    train.train(_config(steps=20), straight)
+
+    interrupted = tmp_path / "interrupted"
+    real_sample = batches.sample_windows
+
+    def crash_at_15(tokens, batch_size, seq_len, seed, step):
+        if step == 15:
+            raise KeyboardInterrupt("simulated crash")
+        return real_sample(tokens, batch_size, seq_len, seed, step)
+
+    monkeypatch.setattr(batches, "sample_windows", crash_at_15)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(_config(steps=20), interrupted)
+    monkeypatch.setattr(batches, "sample_windows", real_sample)
+    assert train.restore_params(interrupted)[2] == 10
+
+    resumed = train.train(_config(steps=20), interrupted)
+    assert resumed["step"] == 20
+    _, params_a, step_a = train.restore_params(straight)
+    _, params_b, step_b = train.restore_params(interrupted)
+    assert step_a == step_b == 20
+    for a, b in zip(
+        jax.tree_util.tree_leaves(params_a), jax.tree_util.tree_leaves(params_b), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_refuses_another_model(tmp_path):
+    train.train(_config(steps=5), tmp_path)
+    with pytest.raises(ValueError, match="another model.*width"):
+        train.train(_config(steps=5, **{"model.width": 64}), tmp_path)
+
+
+def test_non_finite_loss_stops_with_step(tmp_path):
+    config = _config(steps=20, **{"optim.peak_lr": 1e30, "optim.warmup_steps": 1})
+    with pytest.raises(train.NonFiniteLossError, match=r"at step \d+"):
+        train.train(config, tmp_path)
+
+
+def test_wandb_offline_never_blocks(tmp_path):
+    # Without the wandb package (or network) training goes on and logs a warning.
+    metrics = train.train(_config(steps=5, **{"wandb.mode": "offline"}), tmp_path)
+    assert metrics["step"] == 5
+
+
+def test_cli_rejects_misspelt_override(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "--config=configs/default.py:size=test",
+            "--config.train.stepz=3",
+            f"--workdir={tmp_path}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "stepz" in result.stderr
+
+
+_MULTI_DEVICE = """
+import jax, numpy as np
+from jax.sharding import AxisType
+import train
+from configs import default
+from models import transformer
+assert jax.device_count() == 4, jax.devices()
+config = default.get_config("size=test")
+cfg = transformer.TransformerConfig.from_config(config.model, 256)
+model = transformer.Transformer(cfg)
+tx = train.make_optimizer(config.optim, 10)
+tokens = np.random.default_rng(0).integers(0, 256, (16, 64)).astype(np.int32)
+results = []
+for devices in (jax.devices()[:1], jax.devices()):
+    mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,), devices=devices)
+    step, _ = train.make_steps(model, tx, mesh)
+    params = transformer.init_params(cfg, jax.random.key(0))
+    state = {"step": np.int32(0), "params": params, "opt_state": tx.init(params)}
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    for _ in range(3):
+        state, metrics = step(state, jax.device_put(tokens, sharding))
+    results.append((jax.device_get(state["params"]), float(metrics["loss"])))
+(p1, l1), (p4, l4) = results
+assert abs(l1 - l4) < 1e-5, (l1, l4)
+for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p4)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+print("OK", l1, l4)
+"""
+
+
+def test_four_devices_match_one():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    result = subprocess.run(
+        [sys.executable, "-c", _MULTI_DEVICE],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("OK")

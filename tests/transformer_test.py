@@ -1,0 +1,76 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from models import transformer
+
+
+def _model(**overrides):
+    config = default.get_config("size=test")
+    cfg = transformer.TransformerConfig.from_config(config.model, vocab_size=256)
+    cfg = transformer.dataclasses.replace(cfg, **overrides)
+    params = transformer.init_params(cfg, jax.random.key(1))
+    return cfg, transformer.Transformer(cfg), params
+
+
+def _tokens(batch, length, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).integers(0, 256, (batch, length)), jnp.int32)
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_causal(norm):
+    _, model, params = _model(norm=norm)
+    tokens = _tokens(2, 24)
+    changed = tokens.at[:, 10:].set((tokens[:, 10:] + 7) % 256)
+    a = model.apply({"params": params}, tokens)
+    b = model.apply({"params": params}, changed)
+    # Position t predicts token t from tokens < t: outputs up to t=10 see no change.
+    np.testing.assert_array_equal(a[:, :11], b[:, :11])
+    assert not np.allclose(a[:, 11:], b[:, 11:])
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_incremental_matches_parallel(norm):
+    cfg, model, params = _model(norm=norm)
+    tokens = _tokens(3, 32, seed=2)
+    parallel = model.apply({"params": params}, tokens)
+
+    @jax.jit
+    def step(prev, index, cache):
+        return model.apply({"params": params}, prev, index, cache, method=model.decode)
+
+    cache = transformer.init_cache(cfg, batch_size=3, max_length=32)
+    prev = jnp.zeros(3, jnp.int32)
+    outputs = []
+    for t in range(32):
+        log_probs, cache = step(prev, jnp.int32(t), cache)
+        outputs.append(log_probs)
+        prev = tokens[:, t]
+    np.testing.assert_allclose(np.stack(outputs, 1), parallel, atol=2e-5, rtol=0)
+
+
+def test_log_probs_normalised_float32_and_bf16():
+    for dtype in ("float32", "bfloat16"):
+        _, model, params = _model(dtype=dtype)
+        log_probs = model.apply({"params": params}, _tokens(2, 16))
+        assert log_probs.dtype == jnp.float32
+        assert log_probs.shape == (2, 16, 256)
+        np.testing.assert_allclose(jnp.exp(log_probs).sum(-1), 1.0, atol=1e-5)
+        assert jax.tree_util.tree_leaves(params)[0].dtype == jnp.float32
+
+
+def test_closed_form_count_both_layouts():
+    for norm in ("post", "pre"):
+        cfg, _, params = _model(norm=norm)
+        assert transformer.num_params(params) == transformer.closed_form_num_params(cfg)
+
+
+def test_bad_model_config_fails_clearly():
+    with pytest.raises(ValueError, match="heads"):
+        _model(num_heads=3)
+    with pytest.raises(ValueError, match="model.attention"):
+        _, model, params = _model()
+        bad = transformer.Transformer(transformer.dataclasses.replace(model.cfg, attention="x"))
+        bad.apply({"params": params}, _tokens(1, 4))
