@@ -28,13 +28,14 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
+import runs
 from data import batches, corpus, tokenizers
 from models import transformer
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "Training config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.")
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = runs.CONFIG_FILE
 METRICS_FILE = "metrics.jsonl"
 LN2 = math.log(2.0)
 
@@ -215,48 +216,6 @@ def _check_config_matches(workdir: pathlib.Path, config: ml_collections.ConfigDi
         )
 
 
-def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-    """Returns the config a run in `workdir` was trained with."""
-    path = pathlib.Path(workdir) / CONFIG_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{workdir} is not a training run: it has no {CONFIG_FILE}.")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-def checkpoint_manager(workdir, config=None, read_only=False) -> ocp.CheckpointManager:
-    """The run's orbax CheckpointManager over workdir/checkpoints."""
-    keep = config.train.keep_checkpoints if config is not None else None
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, read_only=read_only
-    )
-    return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints", options=options)
-
-
-def restore_params(workdir: str | os.PathLike, step: int | None = None):
-    """Returns (model config, params, step) of the newest (or given) checkpoint in `workdir`."""
-    config = load_config(workdir)
-    tokenizer = tokenizers.get_tokenizer(config.tokenizer)
-    cfg = transformer.TransformerConfig.from_config(config.model, tokenizer.vocab_size)
-    abstract = jax.eval_shape(lambda: transformer.init_params(cfg, jax.random.key(0)))
-    with checkpoint_manager(workdir, read_only=True) as mngr:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"{workdir} has no checkpoint.")
-        restored = mngr.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
-                    item={"params": abstract},
-                    restore_args=jax.tree_util.tree_map(
-                        lambda _: ocp.ArrayRestoreArgs(), {"params": abstract}
-                    ),
-                    partial_restore=True,
-                )
-            ),
-        )
-    return cfg, restored["state"]["params"], step
-
-
 def _progress(total: int, initial: int, enabled: bool):
     if not enabled or jax.process_index() != 0:
         return contextlib.nullcontext(None)
@@ -331,7 +290,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             eval_step, params, windows, weights, batch_size, split_sharding, bytes_per_token
         )
 
-    mngr = checkpoint_manager(workdir, config)
+    mngr = runs.checkpoint_manager(workdir, config.train.keep_checkpoints)
     start = 0
     if mngr.latest_step() is not None:
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)

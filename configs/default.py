@@ -75,7 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adamw"  # 'adamw' (warmup + cosine) or 'adam_constant' (the reference's).
-    c.optim.peak_lr = 3e-3 if is_test else 1e-3
+    c.optim.peak_lr = 1e-2 if is_test else 1e-3
     c.optim.warmup_steps = 20 if is_test else 1_000
     c.optim.final_lr_fraction = 0.1
     c.optim.b1 = 0.9

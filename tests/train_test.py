@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+import runs
 import train
 from configs import default
 from data import batches
@@ -63,12 +64,12 @@ def test_resume_continues_with_identical_state(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train.train(_config(steps=20), interrupted)
     monkeypatch.setattr(batches, "sample_windows", real_sample)
-    assert train.restore_params(interrupted)[2] == 10
+    assert runs.restore_params(interrupted)[2] == 10
 
     resumed = train.train(_config(steps=20), interrupted)
     assert resumed["step"] == 20
-    _, params_a, step_a = train.restore_params(straight)
-    _, params_b, step_b = train.restore_params(interrupted)
+    _, params_a, step_a = runs.restore_params(straight)
+    _, params_b, step_b = runs.restore_params(interrupted)
     assert step_a == step_b == 20
     for a, b in zip(
         jax.tree_util.tree_leaves(params_a), jax.tree_util.tree_leaves(params_b), strict=True
@@ -115,6 +116,7 @@ def test_cli_rejects_misspelt_override(tmp_path):
 _MULTI_DEVICE = """
 import jax, numpy as np
 from jax.sharding import AxisType
+import runs
 import train
 from configs import default
 from models import transformer

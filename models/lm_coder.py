@@ -1,0 +1,207 @@
+"""A Transformer as an exact entropy coder: the one compiled step that encoder and decoder share.
+
+Exactness by construction. The decoder must see the encoder's integer frequency tables bit for
+bit, but XLA's float results depend on the shape and the program they are computed in (the same
+sequence gives different log-probs at batch 1 and 16, or through the parallel pass and the KV
+cache). So both directions run *the same compiled function* (`LMCoder._scan`, one executable per
+coder) on inputs of *the same shape* with *the same values*:
+
+* chunks are coded in groups of `lanes` rows (a group is padded with empty chunks); the group
+  layout is part of the stream format, so decoding never depends on how a caller batches;
+* at step t every row is fed token t-1 of its chunk, or 0 past the chunk's end, in both
+  directions: the encoder knows the tokens, the decoder has just decoded them;
+* inside the step, the model's float32 probabilities go through `coding.quantize` (exact integer
+  arithmetic from there on); the encoder then takes the interval of the known token while the
+  decoder searches the same table for it. A single `encoding` flag, an argument rather than a
+  trace-time constant, selects which symbol is kept, so it cannot change the compiled program.
+
+The rANS words are produced after the scan by `coding.rans.encode_jax_core` (encoding runs
+backwards over the recorded intervals); decoding reads them inside the scan, one step per token,
+on the device, without a host round trip.
+"""
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from coding import factorized, quantize, rans
+from models import transformer
+
+
+@dataclasses.dataclass(frozen=True)
+class CoderShape:
+    """What fixes the compiled program: part of the stream format.
+
+    Attributes:
+      lanes: chunks coded together in one group.
+      chunk_tokens: tokens per chunk (the model's context at most).
+      precision_bits: log2 of each frequency table's total.
+    """
+
+    lanes: int
+    chunk_tokens: int
+    precision_bits: int = 16
+
+
+class LMCoder:
+    """Encodes and decodes groups of `lanes` token chunks with one model.
+
+    Args:
+      cfg: the model's architecture.
+      params: its parameters.
+      shape: lanes, chunk length and precision (stored in the stream).
+
+    Raises:
+      ValueError: a chunk longer than the model's context, or bad lanes / precision.
+    """
+
+    def __init__(self, cfg: transformer.TransformerConfig, params: Any, shape: CoderShape):
+        if not 1 <= shape.chunk_tokens <= cfg.context_length:
+            raise ValueError(
+                f"chunk of {shape.chunk_tokens} tokens does not fit the model's context of "
+                f"{cfg.context_length}: use a chunk size of at most {cfg.context_length}."
+            )
+        if shape.lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {shape.lanes}.")
+        self.cfg, self.params, self.shape = cfg, params, shape
+        self.factorized = cfg.vocab_size > quantize.max_vocab(shape.precision_bits)
+        self.steps_per_token = factorized.STEPS_PER_TOKEN if self.factorized else 1
+        if self.factorized:
+            factorized.check_factorization(
+                cfg.vocab_size, shape.precision_bits, factorized.DEFAULT_LOW_BITS
+            )
+        self._model = transformer.Transformer(cfg)
+        self._scan_jit = jax.jit(self._scan)
+        self._encode_words = jax.jit(
+            functools.partial(rans.encode_jax_core, precision_bits=shape.precision_bits)
+        )
+
+    @property
+    def capacity_words(self) -> int:
+        """Words per chunk the coder may write at most (one per step plus the flush)."""
+        return self.shape.chunk_tokens * self.steps_per_token + rans.FLUSH_WORDS
+
+    def _intervals(self, probs, symbols):
+        """Coder intervals of `symbols` [lanes] under `probs` [lanes, vocab]."""
+        bits = self.shape.precision_bits
+        if self.factorized:
+            starts, freqs = factorized.intervals_jax(probs[:, None], symbols[:, None], bits)
+            return starts, freqs  # [lanes, 2]
+        table = quantize.quantize_jax(probs, bits)
+        starts, freqs = rans.symbol_intervals_jax(table, symbols, bits)
+        return starts[:, None], freqs[:, None]
+
+    def _decode_symbol(self, state, probs):
+        bits = self.shape.precision_bits
+        if self.factorized:
+            return factorized.decode_step_jax(state, probs, bits)
+        return rans.decode_step_jax(state, quantize.quantize_jax(probs, bits), bits)
+
+    def _scan(self, params, tokens, lengths, words, num_words, encoding):
+        """The shared program: runs the model over a group, token by token.
+
+        Args:
+          params: model parameters.
+          tokens: int32 [lanes, chunk_tokens], zero past each length (ignored when decoding).
+          lengths: int32 [lanes] tokens per chunk.
+          words: uint16 [lanes, capacity] streams (ignored when encoding).
+          num_words: int32 [lanes].
+          encoding: bool scalar.
+
+        Returns:
+          (symbols [lanes, chunk_tokens], starts and freqs [lanes, steps], ideal code length in
+          bits [lanes], decoder error codes [lanes]).
+        """
+        lanes, length = tokens.shape
+        cache = transformer.init_cache(self.cfg, lanes, length)
+        decoder = rans.decode_init_jax(words, num_words, lengths * self.steps_per_token)
+
+        def step(carry, t):
+            cache, prev, decoder = carry
+            log_probs, cache = self._model.apply(
+                {"params": params}, prev, t, cache, method=transformer.Transformer.decode
+            )
+            probs = jnp.exp(log_probs)
+            decoded, decoder = self._decode_symbol(decoder, probs)
+            active = t < lengths
+            symbol = jnp.where(active, jnp.where(encoding, tokens[:, t], decoded), 0)
+            starts, freqs = self._intervals(probs, symbol)
+            bits = -jnp.take_along_axis(log_probs, symbol[:, None], axis=1)[:, 0] / math.log(2)
+            return (cache, symbol, decoder), (symbol, starts, freqs, jnp.where(active, bits, 0.0))
+
+        carry = (cache, jnp.zeros(lanes, jnp.int32), decoder)
+        (_, _, decoder), (symbols, starts, freqs, bits) = jax.lax.scan(
+            step, carry, jnp.arange(length, dtype=jnp.int32)
+        )
+        # [steps, lanes, k] -> [lanes, steps * k], in coding order.
+        starts = jnp.transpose(starts, (1, 0, 2)).reshape(lanes, -1)
+        freqs = jnp.transpose(freqs, (1, 0, 2)).reshape(lanes, -1)
+        return symbols.T, starts, freqs, bits.sum(0), rans.decode_finish_jax(decoder)
+
+    def _check_group(self, lengths):
+        lengths = np.asarray(lengths, np.int32)
+        if lengths.shape != (self.shape.lanes,):
+            raise ValueError(f"lengths must have shape ({self.shape.lanes},), got {lengths.shape}.")
+        if lengths.min() < 0 or lengths.max() > self.shape.chunk_tokens:
+            raise ValueError(f"chunk lengths must lie in [0, {self.shape.chunk_tokens}].")
+        return lengths
+
+    def encode(self, tokens: np.ndarray, lengths: np.ndarray):
+        """Encodes one group.
+
+        Args:
+          tokens: int [lanes, chunk_tokens] ids; entries past each chunk's length are ignored.
+          lengths: int [lanes] tokens per chunk (0 for padding rows).
+
+        Returns:
+          (words uint16 [lanes, capacity], num_words int32 [lanes], ideal bits float [lanes]),
+          NumPy arrays; row i's stream is words[i, :num_words[i]].
+        """
+        lengths = self._check_group(lengths)
+        tokens = np.asarray(tokens, np.int32)
+        if tokens.shape != (self.shape.lanes, self.shape.chunk_tokens):
+            raise ValueError(f"tokens must be [{self.shape.lanes}, {self.shape.chunk_tokens}].")
+        valid = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
+        if np.any(valid & ((tokens < 0) | (tokens >= self.cfg.vocab_size))):
+            raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size}).")
+        tokens = np.where(valid, tokens, 0)
+        no_words = np.zeros((self.shape.lanes, self.capacity_words), np.uint16)
+        zeros = np.zeros(self.shape.lanes, np.int32)
+        _, starts, freqs, bits, _ = self._scan_jit(
+            self.params, tokens, lengths, no_words, zeros, jnp.bool_(True)
+        )
+        words, num_words, invalid = self._encode_words(
+            starts, freqs, lengths * self.steps_per_token
+        )
+        if np.any(invalid):  # cannot happen for valid tokens: quantize gives every symbol >= 1
+            raise RuntimeError("the coder produced an invalid interval; please report this bug.")
+        return np.asarray(words), np.asarray(num_words), np.asarray(bits, np.float64)
+
+    def decode(self, words: np.ndarray, num_words: np.ndarray, lengths: np.ndarray):
+        """Decodes one group.
+
+        Args:
+          words: uint16 [lanes, <= capacity] streams (row i valid up to num_words[i]).
+          num_words: int [lanes].
+          lengths: int [lanes] tokens per chunk.
+
+        Returns:
+          (tokens int32 [lanes, chunk_tokens], zero past each length; error codes int32 [lanes],
+          0 where the stream decoded cleanly; see `coding.rans.describe_errors`).
+        """
+        lengths = self._check_group(lengths)
+        words = np.asarray(words, np.uint16)
+        if words.shape[0] != self.shape.lanes or words.shape[1] > self.capacity_words:
+            raise ValueError(f"words must be [{self.shape.lanes}, <= {self.capacity_words}].")
+        padded = np.zeros((self.shape.lanes, self.capacity_words), np.uint16)
+        padded[:, : words.shape[1]] = words
+        dummy = np.zeros((self.shape.lanes, self.shape.chunk_tokens), np.int32)
+        symbols, _, _, _, errors = self._scan_jit(
+            self.params, dummy, lengths, padded, np.asarray(num_words, np.int32), jnp.bool_(False)
+        )
+        return np.asarray(symbols), np.asarray(errors)
