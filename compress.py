@@ -33,7 +33,7 @@ from data import (
 )
 from models import lm_coder
 
-_BLOB = struct.Struct("<4s32sIIB16s8s")  # tag, model sha256, lanes, chunk, precision, jax, device
+_BLOB = struct.Struct("<4s32sIIBB16s8s")  # tag, model, lanes, chunk, precision, blocks, jax, device
 _TAG = b"LMC1"
 
 
@@ -66,7 +66,14 @@ def _text(field: bytes) -> str:
 def _pack_blob(model_sha: bytes, shape: lm_coder.CoderShape) -> bytes:
     jax_version, device = _environment()
     return _BLOB.pack(
-        _TAG, model_sha, shape.lanes, shape.chunk_tokens, shape.precision_bits, jax_version, device
+        _TAG,
+        model_sha,
+        shape.lanes,
+        shape.chunk_tokens,
+        shape.precision_bits,
+        shape.attention_blocks,
+        jax_version,
+        device,
     )
 
 
@@ -74,7 +81,7 @@ def _unpack_blob(blob: bytes, model_sha: bytes) -> lm_coder.CoderShape:
     """Parses the stream's fingerprint and checks it against this model and environment."""
     if len(blob) != _BLOB.size or not blob.startswith(_TAG):
         raise container.FormatError("not a stream made by compress.py (unknown fingerprint)")
-    _, sha, lanes, chunk, precision, jax_version, device = _BLOB.unpack(blob)
+    _, sha, lanes, chunk, precision, blocks, jax_version, device = _BLOB.unpack(blob)
     if sha != model_sha:
         raise container.FormatError(
             "this stream was made by a different model (or checkpoint): decompress with the "
@@ -86,9 +93,9 @@ def _unpack_blob(blob: bytes, model_sha: bytes) -> lm_coder.CoderShape:
             f"this stream was made with jax {_text(jax_version)} on {_text(device)}, this is "
             f"jax {_text(here_jax)} on {_text(here_device)}: exact decoding needs the same"
         )
-    if lanes < 1 or chunk < 1:
+    if lanes < 1 or chunk < 1 or blocks < 1 or not 1 <= precision <= 16:
         raise container.FormatError(f"corrupted fingerprint (lanes={lanes}, chunk={chunk})")
-    return lm_coder.CoderShape(lanes=lanes, chunk_tokens=chunk, precision_bits=precision)
+    return lm_coder.CoderShape(lanes, chunk, precision_bits=precision, attention_blocks=blocks)
 
 
 class _Progress:

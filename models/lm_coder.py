@@ -41,11 +41,14 @@ class CoderShape:
       lanes: chunks coded together in one group.
       chunk_tokens: tokens per chunk (the model's context at most).
       precision_bits: log2 of each frequency table's total.
+      attention_blocks: the chunk runs in this many blocks, each attending only to the cache
+        filled so far (more blocks: less attention work, longer compiles).
     """
 
     lanes: int
     chunk_tokens: int
     precision_bits: int = 16
+    attention_blocks: int = 8
 
 
 class LMCoder:
@@ -66,8 +69,8 @@ class LMCoder:
                 f"chunk of {shape.chunk_tokens} tokens does not fit the model's context of "
                 f"{cfg.context_length}: use a chunk size of at most {cfg.context_length}."
             )
-        if shape.lanes < 1:
-            raise ValueError(f"lanes must be >= 1, got {shape.lanes}.")
+        if shape.lanes < 1 or shape.attention_blocks < 1:
+            raise ValueError(f"lanes and attention_blocks must be >= 1: {shape}.")
         self.cfg, self.params, self.shape = cfg, params, shape
         self.factorized = cfg.vocab_size > quantize.max_vocab(shape.precision_bits)
         self.steps_per_token = factorized.STEPS_PER_TOKEN if self.factorized else 1
@@ -121,10 +124,10 @@ class LMCoder:
         cache = transformer.init_cache(self.cfg, lanes, length)
         decoder = rans.decode_init_jax(words, num_words, lengths * self.steps_per_token)
 
-        def step(carry, t):
+        def step(carry, t, kv_length):
             cache, prev, decoder = carry
             log_probs, cache = self._model.apply(
-                {"params": params}, prev, t, cache, method=transformer.Transformer.decode
+                {"params": params}, prev, t, cache, kv_length, method=transformer.Transformer.decode
             )
             probs = jnp.exp(log_probs)
             decoded, decoder = self._decode_symbol(decoder, probs)
@@ -134,10 +137,18 @@ class LMCoder:
             bits = -jnp.take_along_axis(log_probs, symbol[:, None], axis=1)[:, 0] / math.log(2)
             return (cache, symbol, decoder), (symbol, starts, freqs, jnp.where(active, bits, 0.0))
 
+        # Attention over the filled prefix only: the chunk runs in blocks, and block b's steps
+        # read the first (b + 1) * block_len cache entries (static sizes, one scan per block).
         carry = (cache, jnp.zeros(lanes, jnp.int32), decoder)
-        (_, _, decoder), (symbols, starts, freqs, bits) = jax.lax.scan(
-            step, carry, jnp.arange(length, dtype=jnp.int32)
-        )
+        block_len = -(-length // self.shape.attention_blocks)
+        outputs = []
+        for first in range(0, length, block_len):
+            last = min(length, first + block_len)
+            body = functools.partial(step, kv_length=last)
+            carry, out = jax.lax.scan(body, carry, jnp.arange(first, last, dtype=jnp.int32))
+            outputs.append(out)
+        decoder = carry[2]
+        symbols, starts, freqs, bits = (jnp.concatenate(x) for x in zip(*outputs, strict=True))
         # [steps, lanes, k] -> [lanes, steps * k], in coding order.
         starts = jnp.transpose(starts, (1, 0, 2)).reshape(lanes, -1)
         freqs = jnp.transpose(freqs, (1, 0, 2)).reshape(lanes, -1)

@@ -122,17 +122,30 @@ class Block(nn.Module):
         )
         return self._residual(x, attended)
 
-    def decode(self, x: jax.Array, index: jax.Array, cache_k: jax.Array, cache_v: jax.Array):
-        """One step at position `index` for x [batch, 1, width] against a cache [batch, T, H, D]."""
+    def decode(
+        self,
+        x: jax.Array,
+        index: jax.Array,
+        cache_k: jax.Array,
+        cache_v: jax.Array,
+        kv_length: int | None = None,
+    ):
+        """One step at position `index` for x [batch, 1, width] against a cache [batch, T, H, D].
+
+        Attention reads only the first `kv_length` cache entries (static; default all), which
+        must cover `index`: callers that know how far the cache is filled skip the empty rest.
+        """
         h = self.norm_attn(x) if self.cfg.norm == "pre" else x
         positions = jnp.full(x.shape[:2], index, dtype=jnp.int32)
         q, k, v = self._qkv(h, positions)
         cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, 1)
         cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, 1)
-        filled = jnp.arange(cache_k.shape[1]) <= index  # [T]
-        mask = jnp.broadcast_to(filled[None, None, None, :], (x.shape[0], 1, 1, cache_k.shape[1]))
+        length = min(kv_length or cache_k.shape[1], cache_k.shape[1])
+        keys, values = cache_k[:, :length], cache_v[:, :length]
+        filled = jnp.arange(length) <= index  # [length]
+        mask = jnp.broadcast_to(filled[None, None, None, :], (x.shape[0], 1, 1, length))
         attended = jax.nn.dot_product_attention(
-            q, cache_k.astype(q.dtype), cache_v.astype(q.dtype), mask=mask, implementation="xla"
+            q, keys.astype(q.dtype), values.astype(q.dtype), mask=mask, implementation="xla"
         )
         return self._residual(x, attended), cache_k, cache_v
 
@@ -174,13 +187,16 @@ class Transformer(nn.Module):
             h = block(h, positions)
         return self._log_probs(h)
 
-    def decode(self, prev_tokens: jax.Array, index: jax.Array, cache: Cache):
+    def decode(
+        self, prev_tokens: jax.Array, index: jax.Array, cache: Cache, kv_length: int | None = None
+    ):
         """One incremental step.
 
         Args:
           prev_tokens: [batch] the token at position index-1 (0 at index 0, as in `__call__`).
           index: scalar int32 position whose distribution is returned.
           cache: from `init_cache`.
+          kv_length: static bound on the filled cache (> index); attention reads only that much.
 
         Returns:
           (log-probs [batch, vocab] float32 for position `index`, updated cache).
@@ -188,7 +204,7 @@ class Transformer(nn.Module):
         h = self._embed(prev_tokens[:, None])
         new_cache = {}
         for i, block in enumerate(self.blocks):
-            h, k, v = block.decode(h, index, cache[f"k{i}"], cache[f"v{i}"])
+            h, k, v = block.decode(h, index, cache[f"k{i}"], cache[f"v{i}"], kv_length)
             new_cache[f"k{i}"], new_cache[f"v{i}"] = k, v
         return self._log_probs(h)[:, 0], new_cache
 

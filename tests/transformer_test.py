@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,14 +43,25 @@ def test_incremental_matches_parallel(norm):
     def step(prev, index, cache):
         return model.apply({"params": params}, prev, index, cache, method=model.decode)
 
+    @functools.partial(jax.jit, static_argnums=3)
+    def prefix_step(prev, index, cache, kv_length):
+        return model.apply({"params": params}, prev, index, cache, kv_length, method=model.decode)
+
     cache = transformer.init_cache(cfg, batch_size=3, max_length=32)
+    prefix_cache = cache
     prev = jnp.zeros(3, jnp.int32)
-    outputs = []
+    outputs, prefix_outputs = [], []
     for t in range(32):
         log_probs, cache = step(prev, jnp.int32(t), cache)
         outputs.append(log_probs)
+        # Attending only to the filled prefix (kv_length = t + 1 at the least) changes nothing.
+        log_probs, prefix_cache = prefix_step(
+            prev, jnp.int32(t), prefix_cache, min(32, t + 1 + t % 3)
+        )
+        prefix_outputs.append(log_probs)
         prev = tokens[:, t]
     np.testing.assert_allclose(np.stack(outputs, 1), parallel, atol=2e-5, rtol=0)
+    np.testing.assert_allclose(np.stack(prefix_outputs, 1), parallel, atol=2e-5, rtol=0)
 
 
 def test_log_probs_normalised_float32_and_bf16():
