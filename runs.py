@@ -15,6 +15,7 @@ from data import tokenizers
 from models import transformer
 
 CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"  # trained tokenizers (bpe:N) live with their run
 
 
 def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
@@ -23,6 +24,14 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     if not path.exists():
         raise FileNotFoundError(f"{workdir} is not a training run: it has no {CONFIG_FILE}.")
     return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def load_tokenizer(workdir: str | os.PathLike, config: ml_collections.ConfigDict | None = None):
+    """Returns the tokenizer a run was trained with (a trained BPE is read from the run)."""
+    config = config or load_config(workdir)
+    return tokenizers.get_tokenizer(
+        config.tokenizer, cache_path=pathlib.Path(workdir) / TOKENIZER_FILE
+    )
 
 
 def checkpoint_manager(workdir, keep: int | None = None, read_only=False) -> ocp.CheckpointManager:
@@ -36,7 +45,7 @@ def checkpoint_manager(workdir, keep: int | None = None, read_only=False) -> ocp
 def restore_params(workdir: str | os.PathLike, step: int | None = None):
     """Returns (model config, params, step) of the newest (or given) checkpoint in `workdir`."""
     config = load_config(workdir)
-    tokenizer = tokenizers.get_tokenizer(config.tokenizer)
+    tokenizer = load_tokenizer(workdir, config)
     cfg = transformer.TransformerConfig.from_config(config.model, tokenizer.vocab_size)
     abstract = jax.eval_shape(lambda: transformer.init_params(cfg, jax.random.key(0)))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

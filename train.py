@@ -119,20 +119,17 @@ def _host_rows(rows: np.ndarray) -> np.ndarray:
     return rows[start : start + per_host]
 
 
-def evaluate_bits_per_byte(
-    eval_step, params, windows, weights, batch_size, sharding, bytes_per_token
-):
-    """Mean code length of held-out windows in bits per byte."""
-    total_nll, total_tokens = 0.0, 0.0
+def evaluate_bits_per_byte(eval_step, params, windows, weights, batch_size, sharding, num_bytes):
+    """Code length of the held-out windows in bits per original byte (`num_bytes` they cover)."""
+    total_nll = 0.0
     for i in range(0, len(windows), batch_size):
-        nll, count = eval_step(
+        nll, _ = eval_step(
             params,
             _to_global(_host_rows(windows[i : i + batch_size]), sharding),
             _to_global(_host_rows(weights[i : i + batch_size]), sharding),
         )
         total_nll += float(nll)
-        total_tokens += float(count)
-    return total_nll / LN2 / (total_tokens * bytes_per_token)
+    return total_nll / LN2 / num_bytes
 
 
 def classical_bits_per_byte(data: bytes, window: int) -> dict[str, float]:
@@ -247,12 +244,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     if jax.process_index() == 0:
         (workdir / CONFIG_FILE).write_text(config.to_json(indent=2))
 
-    tokenizer = tokenizers.get_tokenizer(config.tokenizer)
     data = corpus.load_corpus(config.data.name, config.data.path, config.data.cache_dir)
     train_split, valid_split, test_split = corpus.split(
         data, config.data.valid_fraction, config.data.test_fraction
     )
+    tokenizer = tokenizers.get_tokenizer(
+        config.tokenizer, train_data=train_split, cache_path=workdir / runs.TOKENIZER_FILE
+    )
     train_ids = tokenizer.encode_array(train_split)
+    bytes_per_token = len(train_split) / max(1, len(train_ids))  # 1 for bytes
     seq_len, batch_size = config.model.context_length, config.train.batch_size
 
     num_devices = jax.device_count()
@@ -278,16 +278,18 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
 
     eval_sets = {}
     for name, split_data in (("eval", valid_split), ("test", test_split)):
+        # eval_max_bytes bounds the bytes tokenised; rates are per byte those tokens stand for.
+        head = split_data[: config.train.eval_max_bytes]
         windows, weights = batches.eval_windows(
-            tokenizer.encode_array(split_data), seq_len, config.train.eval_max_bytes, batch_size
+            tokenizer.encode_array(head), seq_len, config.train.eval_max_bytes, batch_size
         )
-        eval_sets[name] = (windows, weights)
-    bytes_per_token = 1.0  # the byte tokenizer; other tokenizers report per original byte
+        num_bytes = int(tokenizer.token_bytes[windows[weights > 0]].sum())
+        eval_sets[name] = (windows, weights, num_bytes)
 
     def run_eval(name, params):
-        windows, weights = eval_sets[name]
+        windows, weights, num_bytes = eval_sets[name]
         return evaluate_bits_per_byte(
-            eval_step, params, windows, weights, batch_size, split_sharding, bytes_per_token
+            eval_step, params, windows, weights, batch_size, split_sharding, num_bytes
         )
 
     mngr = runs.checkpoint_manager(workdir, config.train.keep_checkpoints)
@@ -385,7 +387,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     metrics["train_step_compiles"] = train_step._cache_size()
     if config.train.steps > 0 or start > 0:
         metrics["test_bits_per_byte"] = run_eval("test", state["params"])
-        windows, weights = eval_sets["test"]
+        windows, weights, _ = eval_sets["test"]
         test_bytes = tokenizer.decode(windows[weights > 0].reshape(-1))
         metrics.update(classical_bits_per_byte(test_bytes, seq_len))
         metrics["window_bytes"] = seq_len

@@ -4,7 +4,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from data import batches, corpus, tokenizers
+from data import batches, corpus
 
 
 def test_pydocs_default_is_real_text():
@@ -112,11 +112,3 @@ def test_eval_windows_pad_with_zero_weight():
     assert windows.shape == (8, 10)
     np.testing.assert_array_equal(weights, [1] * 7 + [0])
     np.testing.assert_array_equal(windows[6], np.arange(60, 70))
-
-
-def test_byte_tokenizer_round_trip_all_values():
-    tok = tokenizers.get_tokenizer("bytes")
-    data = bytes(range(256)) * 3
-    assert tok.decode(tok.encode(data)) == data
-    with pytest.raises(ValueError, match="Unknown tokenizer"):
-        tokenizers.get_tokenizer("bpe:999999x")
