@@ -17,6 +17,7 @@ records all three and decompression refuses a mismatch up front. See models/lm_c
 import hashlib
 import json
 import os
+import pathlib
 import struct
 import sys
 import time
@@ -27,21 +28,20 @@ from absl import app, flags, logging
 
 import runs
 from coding import container, rans
-from data import (
-    corpus,  # noqa: F401  (tests use compress.corpus)
-    tokenizers,
-)
+from data import corpus  # noqa: F401  (tests use compress.corpus)
 from models import lm_coder
 
 _BLOB = struct.Struct("<4s32sIIBB16s8s")  # tag, model, lanes, chunk, precision, blocks, jax, device
 _TAG = b"LMC1"
 
 
-def model_fingerprint(config, params, step: int) -> bytes:
-    """sha256 over the model config, tokenizer, checkpoint step and every parameter's bytes."""
+def model_fingerprint(config, params, step: int, tokenizer_file: bytes = b"") -> bytes:
+    """sha256 over the model config, tokenizer (name and trained file), checkpoint step and
+    every parameter's bytes."""
     digest = hashlib.sha256()
     digest.update(json.dumps(config.model.to_dict(), sort_keys=True).encode())
     digest.update(config.tokenizer.encode())
+    digest.update(hashlib.sha256(tokenizer_file).digest())
     digest.update(str(step).encode())
     for path, leaf in sorted(
         jax.tree_util.tree_flatten_with_path(params)[0], key=lambda kv: jax.tree_util.keystr(kv[0])
@@ -118,12 +118,29 @@ class _Progress:
 
 
 def _load(workdir: str, step: int | None):
+    """Returns (model config, params, tokenizer, fingerprint) of a run."""
     config = runs.load_config(workdir)
     cfg, params, step = runs.restore_params(workdir, step)
-    tokenizer = tokenizers.get_tokenizer(config.tokenizer)
-    if tokenizer.name != "bytes":
-        raise ValueError(f"compress.py codes byte-level models; this run uses {tokenizer.name}.")
-    return cfg, params, model_fingerprint(config, params, step)
+    tokenizer = runs.load_tokenizer(workdir, config)
+    tokenizer_path = pathlib.Path(workdir) / runs.TOKENIZER_FILE
+    tokenizer_file = tokenizer_path.read_bytes() if tokenizer.name != "bytes" else b""
+    return cfg, params, tokenizer, model_fingerprint(config, params, step, tokenizer_file)
+
+
+def _tokenize_group(tokenizer, block: bytes, lanes: int, chunk: int):
+    """Cuts `block` into `lanes` chunks of `chunk` bytes and tokenises each on its own.
+
+    Returns (tokens int32 [lanes, chunk], token counts [lanes], byte counts [lanes]); a chunk
+    never has more tokens than bytes.
+    """
+    tokens = np.zeros((lanes, chunk), np.int32)
+    num_tokens = np.zeros(lanes, np.int32)
+    num_bytes = np.zeros(lanes, np.int32)
+    for i in range(lanes):
+        piece = block[i * chunk : (i + 1) * chunk]
+        ids = tokenizer.encode(piece)
+        tokens[i, : len(ids)], num_tokens[i], num_bytes[i] = ids, len(ids), len(piece)
+    return tokens, num_tokens, num_bytes
 
 
 def compress_file(
@@ -144,7 +161,7 @@ def compress_file(
     Raises:
       ValueError, FileNotFoundError: bad arguments or run.
     """
-    cfg, params, model_sha = _load(workdir, step)
+    cfg, params, tokenizer, model_sha = _load(workdir, step)
     shape = lm_coder.CoderShape(lanes=lanes, chunk_tokens=chunk_size or cfg.context_length)
     coder = lm_coder.LMCoder(cfg, params, shape)
     chunk = shape.chunk_tokens
@@ -156,15 +173,10 @@ def compress_file(
         writer = container.ContainerWriter(out, _pack_blob(model_sha, shape), chunk, raw_bytes)
         while block := src.read(lanes * chunk):
             digest.update(block)
-            data = np.frombuffer(block, np.uint8)
-            lengths = np.array(
-                [min(chunk, max(0, len(data) - i * chunk)) for i in range(lanes)], np.int32
-            )
-            tokens = np.zeros((lanes, chunk), np.int32)
-            tokens.reshape(-1)[: len(data)] = data
+            tokens, lengths, num_bytes = _tokenize_group(tokenizer, block, lanes, chunk)
             words, num_words, bits = coder.encode(tokens, lengths)
             ideal_bits += float(bits.sum())
-            for i in np.flatnonzero(lengths):
+            for i in np.flatnonzero(num_bytes):
                 payload = rans.words_to_bytes(words[i, : num_words[i]])
                 writer.write_chunk(payload, int(lengths[i]))
                 payload_bytes += len(payload)
@@ -199,7 +211,7 @@ def decompress_file(
       container.FormatError: wrong model or environment, truncated or corrupted stream.
       rans.CorruptStreamError: a chunk failed its decoding checks.
     """
-    cfg, params, model_sha = _load(workdir, step)
+    cfg, params, tokenizer, model_sha = _load(workdir, step)
     start = time.perf_counter()
     with open(input_path, "rb") as src:
         reader = container.ContainerReader(src)
@@ -218,7 +230,7 @@ def decompress_file(
                 lengths = np.zeros(shape.lanes, np.int32)
                 streams = []
                 for i, c in enumerate(group):
-                    if c.num_symbols != c.length_bytes:
+                    if tokenizer.name == "bytes" and c.num_symbols != c.length_bytes:
                         raise container.FormatError(f"chunk {c.index}: symbol count != length")
                     if len(c.payload) > 2 * coder.capacity_words:
                         raise container.FormatError(f"chunk {c.index}: payload too long")
@@ -230,8 +242,12 @@ def decompress_file(
                 for i in np.flatnonzero(errors[: len(group)]):  # padding lanes have no stream
                     why = rans.describe_errors(int(errors[i]))
                     raise rans.CorruptStreamError(f"chunk {first + i} failed to decode: {why}")
-                for i in range(len(group)):
-                    block = tokens[i, : lengths[i]].astype(np.uint8).tobytes()
+                for i, c in enumerate(group):
+                    block = tokenizer.decode(tokens[i, : lengths[i]])
+                    if len(block) != c.length_bytes:
+                        raise container.FormatError(
+                            f"chunk {c.index} decodes to {len(block)} bytes, not {c.length_bytes}"
+                        )
                     digest.update(block)
                     out.write(block)
                     bar.update(len(block))

@@ -19,10 +19,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 CHUNK = 2048
 
 
-def _train(workdir, seed):
-    config = default.get_config("size=test")
+def _train(workdir, seed, tokenizer="bytes", context=CHUNK):
+    config = default.get_config(f"size=test,tokenizer={tokenizer}")
     config.seed = seed
-    config.model.context_length = CHUNK
+    config.model.context_length = context
     config.train.batch_size = 2
     config.train.steps = 10
     config.train.eval_every = 1000
@@ -40,6 +40,23 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def other_run(tmp_path_factory):
     return _train(tmp_path_factory.mktemp("other"), seed=1)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        compress.corpus.pydocs_bytes()[:3000],
+        bytes(range(256)) + b"\xff\xfe not utf-8 \x80",
+        b"",
+    ],
+)
+def test_bpe_run_round_trip(tmp_path_factory, tmp_path, data):
+    run = tmp_path_factory.getbasetemp() / "bpe_run"
+    if not run.exists():
+        _train(run, seed=0, tokenizer="bpe:300", context=256)
+    s = _round_trip(str(run), tmp_path, data, lanes=4, chunk_size=256)
+    if data:
+        assert s["payload_bytes"] <= 1.01 * s["ideal_bits"] / 8 + 8 * s["num_chunks"]
 
 
 def _round_trip(run, tmp_path, data: bytes, lanes=3, chunk_size=256):
