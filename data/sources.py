@@ -1,0 +1,461 @@
+"""Evaluation data by name: each source yields fixed-size `bytes` chunks (2048 bytes by default).
+
+A source is named by a spec `NAME` or `NAME:ARG` (`SOURCES` holds the names):
+
+| spec | chunks | default count |
+|---|---|---|
+| `pydocs` | the embedded text corpus (`data.corpus`), no download | all full chunks |
+| `enwik9` | first 1e9 bytes of enwik9, consecutive | 488,281 (the paper's 1 GB) |
+| `enwik8`, `enwik7` | first 1e8 / 1e7 bytes of enwik8 (itself enwik9's first 1e8 bytes) | all |
+| `imagenet[:SPLIT]` | tfds `imagenet2012` (split `train` by default), grayscale patches | 488,281 |
+| `librispeech[:SPLIT]` | tfds `librispeech` (split `train_clean100`), 8-bit samples | 488,281 |
+| `images[:PATH]` | grayscale patches of an image file or of a directory's images | all |
+| `audio:PATH` | 8-bit samples of a WAV/FLAC file or of a directory's files | all |
+| `random` | seeded uniform bytes | 488,281 |
+| `file:PATH` | any local file, consecutive; the last chunk may be shorter | all |
+
+Images follow the paper: grayscale is the mean of R, G and B rounded down (the reference's
+`np.mean(image, -1).astype(np.uint8)`, computed here in integers: `(r + g + b) // 3`), cut into
+non-overlapping patches of 32 rows of `chunk_size // 32` pixels (32x64 for 2048 bytes), patch rows
+then patch columns, each patch's pixels row-major, images in the dataset's order; partial patches
+at the right and bottom edges are dropped. Audio follows the paper's 16 -> 8-bit conversion
+(`pcm16_to_uint8`); each recording is cut on its own and its last partial chunk dropped.
+
+Offline defaults. `images` with no path reads the one real photograph the installed packages ship,
+matplotlib's `mpl-data/sample_data/grace_hopper.jpg` (512x600 RGB, 144 patches). No installed
+package ships real recorded audio (scipy's and CPython's test WAVs are synthetic tones and
+plucks), so `audio` needs a path, e.g. a LibriSpeech FLAC file or an extracted
+`LibriSpeech/train-clean-100` directory (files in sorted path order). `imagenet` and `librispeech`
+need the optional `tensorflow-datasets` (with `tensorflow`), imported only inside their loaders.
+"""
+
+import dataclasses
+import importlib.util
+import itertools
+import os
+import pathlib
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+
+import numpy as np
+
+from data import corpus
+
+CHUNK_SIZE_BYTES = 2048
+PAPER_NUM_CHUNKS = 488_281  # The paper's 1 GB: floor(1e9 / 2048) chunks.
+PATCH_ROWS = 32
+AUDIO_SUFFIXES = (".flac", ".wav")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+_DEFAULT_IMAGE = "mpl-data/sample_data/grace_hopper.jpg"  # inside the matplotlib package
+_ENWIK_PREFIX_BYTES = {"enwik7": 10_000_000, "enwik8": 100_000_000, "enwik9": 1_000_000_000}
+
+
+class SourceError(ValueError):
+    """A source is unknown, missing, or lacks an optional dependency (the message says which)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceOptions:
+    """Where sources find their data.
+
+    Attributes:
+      path: a local enwik8/enwik9 file for the enwik sources (checked by sha256).
+      cache_dir: where enwik8/9 are downloaded ('' -> $LMC_DATA_DIR or ~/.cache/lmcompress).
+      tfds_data_dir: tensorflow-datasets data_dir ('' -> its default, ~/tensorflow_datasets).
+      manual_dir: where the ImageNet tars are ('' -> tfds's default manual dir).
+      tfds_download: let tfds download and prepare datasets that are not prepared yet.
+      seed: seed of the `random` source.
+    """
+
+    path: str = ""
+    cache_dir: str = ""
+    tfds_data_dir: str = ""
+    manual_dir: str = ""
+    tfds_download: bool = True
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A named stream of chunks.
+
+    Attributes:
+      name: the spec it was made from (recorded in results).
+      modality: 'text', 'image', 'audio' or 'bytes' (picks the paper's 7-bit mode).
+      default_num_chunks: chunks yielded when no count is given; None for all of them.
+      make_chunks: (chunk_size_bytes, num_chunks or None) -> iterator over chunks.
+    """
+
+    name: str
+    modality: str
+    default_num_chunks: int | None
+    make_chunks: Callable[[int, int | None], Iterator[bytes]]
+
+    def chunks(self, num_chunks: int = 0, chunk_size_bytes: int = CHUNK_SIZE_BYTES):
+        """Returns an iterator over the first `num_chunks` chunks (0: the source's default).
+
+        Raises:
+          SourceError: a fixed-size source holds fewer chunks than asked for, or a bad size.
+        """
+        if chunk_size_bytes < 1:
+            raise SourceError(f"chunk size must be >= 1 byte, got {chunk_size_bytes}.")
+        return self.make_chunks(chunk_size_bytes, num_chunks or self.default_num_chunks)
+
+
+def _take(chunks: Iterator[bytes], num_chunks: int | None) -> Iterator[bytes]:
+    return chunks if num_chunks is None else itertools.islice(chunks, num_chunks)
+
+
+def _array_chunks(data: np.ndarray, name: str, keep_partial: bool):
+    """Chunks of a uint8 array at fixed offsets; asking for more than it holds is an error."""
+
+    def make(chunk_size: int, num_chunks: int | None) -> Iterator[bytes]:
+        available = (len(data) + (chunk_size - 1 if keep_partial else 0)) // chunk_size
+        if num_chunks is not None and num_chunks > available:
+            raise SourceError(
+                f"{name} holds {available:,} chunks of {chunk_size} bytes, fewer than the "
+                f"{num_chunks:,} asked for: lower --config.num_chunks (0 takes them all)."
+            )
+        count = available if num_chunks is None else num_chunks
+        return (bytes(data[i * chunk_size : (i + 1) * chunk_size]) for i in range(count))
+
+    return make
+
+
+def _pydocs(arg: str, options: SourceOptions) -> Source:
+    data = corpus.load_corpus(corpus.DEFAULT_CORPUS)
+    return Source("pydocs", "text", None, _array_chunks(data, "pydocs", keep_partial=False))
+
+
+def _enwik(name: str) -> Callable[[str, SourceOptions], Source]:
+    """enwik9, or a prefix of enwik8: an enwik8 file, else the head of a local enwik9 copy."""
+
+    def make(arg: str, options: SourceOptions) -> Source:
+        prefix = _ENWIK_PREFIX_BYTES[name]
+        parent = "enwik9" if name == "enwik9" else "enwik8"
+        local_enwik9 = pathlib.Path(options.cache_dir or corpus.default_cache_dir()) / "enwik9"
+        if options.path:
+            data = corpus.load_corpus(parent, options.path)
+        elif parent == "enwik8" and local_enwik9.exists() and not _cached(parent, options):
+            data = corpus.load_corpus("enwik9", cache_dir=options.cache_dir)  # same first 1e8
+        else:
+            data = corpus.load_corpus(parent, cache_dir=options.cache_dir)
+        if len(data) < prefix:
+            raise SourceError(f"{name} needs {prefix:,} bytes, the file has {len(data):,}.")
+        default = PAPER_NUM_CHUNKS if name == "enwik9" else None
+        return Source(name, "text", default, _array_chunks(data[:prefix], name, False))
+
+    return make
+
+
+def _cached(name: str, options: SourceOptions) -> bool:
+    return (pathlib.Path(options.cache_dir or corpus.default_cache_dir()) / name).exists()
+
+
+def _file(arg: str, options: SourceOptions) -> Source:
+    if not arg:
+        raise SourceError("file needs a path: file:PATH.")
+    path = pathlib.Path(arg).expanduser()
+    if not path.is_file():
+        raise SourceError(f"No such file: {path} (source file:{arg}).")
+    data = corpus.load_corpus(path=str(path))
+    return Source(f"file:{arg}", "bytes", None, _array_chunks(data, f"file:{arg}", True))
+
+
+def _random(arg: str, options: SourceOptions) -> Source:
+    seed = int(arg) if arg else options.seed
+
+    def make(chunk_size: int, num_chunks: int | None) -> Iterator[bytes]:
+        rng = np.random.default_rng(seed)
+        return (rng.bytes(chunk_size) for _ in range(num_chunks))
+
+    return Source("random", "bytes", PAPER_NUM_CHUNKS, make)
+
+
+# --- Images -------------------------------------------------------------------------------------
+
+
+def to_grayscale(image: np.ndarray) -> np.ndarray:
+    """Returns the paper's grayscale [height, width] uint8 of a [height, width(, channels)] image.
+
+    The mean of the red, green and blue channels rounded down (an alpha channel is ignored), which
+    equals the reference's float mean cast to uint8. One-channel images are returned as they are.
+
+    Raises:
+      SourceError: not a uint8 image.
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise SourceError(f"expected a uint8 [h, w] or [h, w, c] image, got {image.dtype}.")
+    if image.ndim == 2 or image.shape[-1] == 1:
+        return image.reshape(image.shape[:2])
+    return (image[..., :3].astype(np.uint16).sum(-1) // 3).astype(np.uint8)
+
+
+def image_patches(gray: np.ndarray, chunk_size: int = CHUNK_SIZE_BYTES) -> Iterator[bytes]:
+    """Yields the non-overlapping patches of 32 rows x chunk_size/32 pixels of `gray` [h, w].
+
+    Patch rows then patch columns, pixels row-major inside a patch; the edges that do not fill a
+    whole patch are dropped.
+
+    Raises:
+      SourceError: `chunk_size` is not a multiple of 32.
+    """
+    if chunk_size % PATCH_ROWS:
+        raise SourceError(f"image chunks are 32 rows: chunk size {chunk_size} is not a multiple.")
+    rows, cols = PATCH_ROWS, chunk_size // PATCH_ROWS
+    height, width = gray.shape
+    for r in range(height // rows):
+        for c in range(width // cols):
+            yield gray[r * rows : (r + 1) * rows, c * cols : (c + 1) * cols].tobytes()
+
+
+def _read_image(path: pathlib.Path) -> np.ndarray:
+    from PIL import Image  # Pillow comes with matplotlib.
+
+    with Image.open(path) as image:
+        if image.mode not in ("L", "RGB"):
+            image = image.convert("RGB")
+        return np.asarray(image)
+
+
+def _list_files(path: pathlib.Path, suffixes: tuple[str, ...], what: str) -> list[pathlib.Path]:
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes)
+        if files:
+            return files
+        raise SourceError(f"{path} holds no {what} files ({', '.join(suffixes)}).")
+    raise SourceError(f"No such file or directory: {path}.")
+
+
+def _images(arg: str, options: SourceOptions) -> Source:
+    if arg:
+        path = pathlib.Path(arg).expanduser()
+    else:
+        spec = importlib.util.find_spec("matplotlib")  # located, not imported
+        package = spec.submodule_search_locations[0] if spec else ""
+        path = pathlib.Path(package) / _DEFAULT_IMAGE
+        if not path.is_file():
+            raise SourceError(f"matplotlib's sample image {path} is missing: pass images:PATH.")
+    files = _list_files(path, IMAGE_SUFFIXES, "image")
+
+    def make(chunk_size: int, num_chunks: int | None) -> Iterator[bytes]:
+        patches = (
+            patch
+            for f in files
+            for patch in image_patches(to_grayscale(_read_image(f)), chunk_size)
+        )
+        return _take(patches, num_chunks)
+
+    return Source(f"images:{arg}" if arg else "images", "image", None, make)
+
+
+# --- Audio --------------------------------------------------------------------------------------
+
+
+def pcm16_to_uint8(samples: np.ndarray) -> np.ndarray:
+    """Reduces signed 16-bit samples to unsigned 8-bit ones, exactly as the paper's code does.
+
+    The reference applies `audioop.lin2lin(x, 2, 1)`, which keeps each sample's most significant
+    byte, i.e. floor(x / 256) in [-128, 127], then `audioop.bias(y, 1, 128)`, which adds 128
+    modulo 256. So the byte is floor(x / 256) + 128 (the high byte with its top bit flipped):
+    -32768 -> 0, -1 -> 127, 0 -> 128, 32767 -> 255. Written with NumPy (`audioop` left Python
+    in 3.13). The reference hands audioop the tfds array's raw buffer; tfds stores audio as int64
+    by default, whose buffer audioop would read as four 16-bit words per sample, so this
+    converts sample by sample, the evident intent, whatever the input's integer dtype.
+
+    Args:
+      samples: integer samples in [-32768, 32767], any integer dtype (tfds gives int64).
+
+    Returns:
+      uint8 array of the same shape.
+
+    Raises:
+      SourceError: non-integer samples or values outside the 16-bit range.
+    """
+    samples = np.asarray(samples)
+    if not np.issubdtype(samples.dtype, np.integer):
+        raise SourceError(f"expected integer 16-bit samples, got {samples.dtype}.")
+    if samples.size and (samples.min() < -32768 or samples.max() > 32767):
+        raise SourceError("samples lie outside the signed 16-bit range.")
+    return ((samples.astype(np.int16) >> 8) + 128).astype(np.uint8)
+
+
+def audio_chunks(samples_u8: np.ndarray, chunk_size: int = CHUNK_SIZE_BYTES) -> Iterator[bytes]:
+    """Yields consecutive `chunk_size`-byte chunks of one recording, dropping its partial tail."""
+    for i in range(len(samples_u8) // chunk_size):
+        yield samples_u8[i * chunk_size : (i + 1) * chunk_size].tobytes()
+
+
+def read_audio_uint8(path: os.PathLike) -> np.ndarray:
+    """Reads a WAV/FLAC file as 8-bit samples [frames] (`pcm16_to_uint8`).
+
+    Samples are read at 16 bits (libsndfile keeps the top 16 bits of deeper formats); several
+    channels are mixed to one as their mean rounded down. The sample rate is kept as it is.
+    """
+    import soundfile  # in requirements.txt; reads FLAC without external binaries.
+
+    samples, _ = soundfile.read(str(path), dtype="int16", always_2d=True)
+    mono = samples.astype(np.int32).sum(1) // samples.shape[1]
+    return pcm16_to_uint8(mono)
+
+
+def _audio(arg: str, options: SourceOptions) -> Source:
+    if not arg:
+        raise SourceError(
+            "audio needs a path: audio:PATH, a WAV or FLAC file or a directory of them (e.g. an "
+            "extracted LibriSpeech/train-clean-100). No installed package ships real recorded "
+            "audio, so there is no offline default; the paper's set is the 'librispeech' source."
+        )
+    files = _list_files(pathlib.Path(arg).expanduser(), AUDIO_SUFFIXES, "audio")
+
+    def make(chunk_size: int, num_chunks: int | None) -> Iterator[bytes]:
+        chunks = (c for f in files for c in audio_chunks(read_audio_uint8(f), chunk_size))
+        return _take(chunks, num_chunks)
+
+    return Source(f"audio:{arg}", "audio", None, make)
+
+
+# --- tensorflow-datasets (optional) -------------------------------------------------------------
+
+
+def _import_tfds(name: str):
+    try:
+        import tensorflow_datasets as tfds  # optional: requirements-extra.txt
+    except ImportError as e:
+        raise SourceError(
+            f"The {name} source reads tensorflow-datasets, which is not installed: "
+            "pip install tensorflow-datasets tensorflow (see requirements-extra.txt). Offline "
+            "alternatives: 'images[:PATH]' and 'audio:PATH'."
+        ) from e
+    return tfds
+
+
+def _tfds_examples(tfds, name: str, split: str, options: SourceOptions, hint: str):
+    """Examples of a tfds dataset in its stored order, as NumPy dicts."""
+    kwargs = {}
+    if options.manual_dir:
+        config = tfds.download.DownloadConfig(manual_dir=options.manual_dir)
+        kwargs["download_and_prepare_kwargs"] = {"download_config": config}
+    try:
+        dataset = tfds.load(
+            name,
+            split=split,
+            data_dir=options.tfds_data_dir or None,
+            download=options.tfds_download,
+            shuffle_files=False,
+            **kwargs,
+        )
+    except Exception as e:  # noqa: BLE001 - tfds raises many types; all mean "data missing".
+        raise SourceError(f"tfds could not load {name} split {split!r} ({e}). {hint}") from e
+    return tfds.as_numpy(dataset)
+
+
+def _imagenet(arg: str, options: SourceOptions) -> Source:
+    tfds = _import_tfds("imagenet")
+    split = arg or "train"
+    hint = (
+        "ImageNet cannot be downloaded automatically: put ILSVRC2012_img_train.tar and "
+        "ILSVRC2012_img_val.tar in the manual dir (--config.data.manual_dir, default "
+        "~/tensorflow_datasets/downloads/manual) and tfds prepares it once."
+    )
+
+    def make(chunk_size: int, num_chunks: int | None) -> Iterator[bytes]:
+        examples = _tfds_examples(tfds, "imagenet2012", split, options, hint)
+        patches = (
+            p for ex in examples for p in image_patches(to_grayscale(ex["image"]), chunk_size)
+        )
+        return _take(patches, num_chunks)
+
+    return Source(f"imagenet:{arg}" if arg else "imagenet", "image", PAPER_NUM_CHUNKS, make)
+
+
+def _librispeech(arg: str, options: SourceOptions) -> Source:
+    tfds = _import_tfds("librispeech")
+    split = arg or "train_clean100"
+    hint = (
+        "tfds prepares LibriSpeech with Apache Beam (pip install apache-beam; about 6 GB for "
+        "train_clean100), or point --config.data.tfds_data_dir at a prepared copy. Without tfds, "
+        "'audio:DIR' reads the LibriSpeech FLAC files directly."
+    )
+
+    def make(chunk_size: int, num_chunks: int | None) -> Iterator[bytes]:
+        examples = _tfds_examples(tfds, "librispeech", split, options, hint)
+        chunks = (
+            c for ex in examples for c in audio_chunks(pcm16_to_uint8(ex["speech"]), chunk_size)
+        )
+        return _take(chunks, num_chunks)
+
+    name = f"librispeech:{arg}" if arg else "librispeech"
+    return Source(name, "audio", PAPER_NUM_CHUNKS, make)
+
+
+SOURCES: dict[str, Callable[[str, SourceOptions], Source]] = {
+    "pydocs": _pydocs,
+    "enwik7": _enwik("enwik7"),
+    "enwik8": _enwik("enwik8"),
+    "enwik9": _enwik("enwik9"),
+    "imagenet": _imagenet,
+    "librispeech": _librispeech,
+    "images": _images,
+    "audio": _audio,
+    "random": _random,
+    "file": _file,
+}
+
+
+def get_source(spec: str, options: SourceOptions | None = None) -> Source:
+    """Returns the source for `spec` ('NAME' or 'NAME:ARG', NAME a key of `SOURCES`).
+
+    Files, directories and optional dependencies are checked here, so a missing dataset fails
+    before any work starts.
+
+    Raises:
+      SourceError: unknown name, missing data or dependency (the message says what to do).
+      corpus.CorpusError: enwik8/9 could not be fetched or failed its checksum.
+    """
+    name, _, arg = spec.partition(":")
+    if name not in SOURCES:
+        raise SourceError(f"Unknown dataset {spec!r}: choose one of {sorted(SOURCES)}.")
+    return SOURCES[name](arg, options or SourceOptions())
+
+
+def prefetch(items: Iterable, depth: int = 4) -> Iterator:
+    """Yields `items`, produced ahead by a background thread (at most `depth` waiting).
+
+    Overlaps data loading with the consumer's work; an exception in the producer is re-raised
+    in the consumer. Abandoning the iterator stops the producer at its next item.
+    """
+    buffer: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    done, stop = object(), threading.Event()
+
+    def produce():
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                buffer.put((item, None))
+            buffer.put((done, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            buffer.put((done, e))
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = buffer.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full buffer
+            try:
+                buffer.get(timeout=0.1)
+            except queue.Empty:
+                pass

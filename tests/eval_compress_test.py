@@ -1,0 +1,305 @@
+"""eval_compress.py end to end: rates against direct computations, devices, 7-bit, CLI, errors."""
+
+import csv
+import dataclasses
+import gzip
+import json
+import lzma
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import compressors
+import eval_compress
+import train
+from compressors import language_model
+from configs import default
+from configs import eval as eval_config
+from data import corpus, sources
+from models import lm_coder, transformer
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CHUNK = 1024  # the test model's context; long enough that the 4-byte flush is < 1% of a chunk
+TIMING = ("seconds", "mb_per_s", "log_loss_seconds", "coded_seconds")
+LM_OPTIONS = {"lm.lanes": 2, "lm.chunks_per_device": 2, "chunk_size": CHUNK}
+if "attention_blocks" in {f.name for f in dataclasses.fields(lm_coder.CoderShape)}:
+    LM_OPTIONS["lm.attention_blocks"] = 1  # one scan per group: the shortest compile
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    config = default.get_config("size=test")
+    config.model.context_length = CHUNK
+    config.train.batch_size = 2
+    config.train.steps = 20
+    config.train.eval_every = 1000
+    config.train.eval_max_bytes = CHUNK
+    config.train.progress = False
+    workdir = tmp_path_factory.mktemp("run")
+    train.train(config, workdir)
+    return str(workdir)
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    """4 full chunks of real text and a partial one."""
+    path = tmp_path_factory.mktemp("data") / "text.txt"
+    path.write_bytes(corpus.pydocs_bytes()[100_000 : 100_000 + 4 * CHUNK + 300])
+    return path
+
+
+def _config(**overrides):
+    config = eval_config.get_config()
+    config.update_from_flattened_dict({"progress": False, "workers": 2, **overrides})
+    return config
+
+
+def _by_key(records):
+    return {(r["compressor"], r["chunking"]): r for r in records}
+
+
+def test_rates_formula():
+    rates = eval_compress.rates(compressed_bytes=100, raw_bytes=1000, num_params=50)
+    assert rates == {"raw_rate": 0.1, "adjusted_rate": (100 + 2 * 50) / 1000, "bits_per_byte": 0.8}
+    with pytest.raises(ValueError, match="no bytes"):
+        eval_compress.rates(1, 0)
+
+
+def test_chunked_and_unchunked_gzip_lzma_equal_direct_computation(tmp_path, text_file):
+    config = _config(dataset=f"file:{text_file}", compressors="gzip,lzma", chunk_size=CHUNK)
+    records = _by_key(eval_compress.evaluate(config, tmp_path))
+    data = text_file.read_bytes()
+    chunks = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
+    for name, compress in (("gzip", lambda b: gzip.compress(b, 9)), ("lzma", lzma.compress)):
+        header = len(compress(b"\0"))
+        expected = sum(len(compress(c)) for c in chunks) - header * (len(chunks) - 1)
+        r = records[name, "chunked"]
+        assert (r["compressed_bytes"], r["header_bytes"], r["num_chunks"]) == (
+            expected,
+            header,
+            5,
+        )
+        assert r["raw_rate"] == expected / len(data) == r["adjusted_rate"]
+        assert r["params"] == 0 and r["raw_bytes"] == len(data)
+        assert records[name, "unchunked"]["compressed_bytes"] == len(compress(data))
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == list(records.values())
+
+
+def test_seven_bit_accounting_for_classical(tmp_path):
+    data = "naïve café – 7-bit ".encode() * 300
+    path = tmp_path / "utf8.txt"
+    path.write_bytes(data)
+    config = _config(
+        dataset=f"file:{path}", compressors="gzip", chunking="chunked", seven_bit="ascii"
+    )
+    config.seven_bit_all = True
+    (record,) = eval_compress.evaluate(config, tmp_path)
+    chunks = [data[i : i + 2048] for i in range(0, len(data), 2048)]
+    masked = [compressors.mask_ascii(c) for c in chunks]
+    missed = sum(m for _, m in masked)
+    size = sum(len(gzip.compress(c, 9)) for c, _ in masked) - 21 * (len(chunks) - 1)
+    assert record["missed_bits"] == missed == sum(b >= 128 for b in data) > 0
+    assert record["compressed_bytes"] == pytest.approx(
+        size * 8 * len(data) / (8 * len(data) - missed)
+    )
+    assert record["seven_bit"] == "ascii"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_models():
+    """Builds each model compressor once per module, so its programs compile once."""
+    built = {}
+    constructor = compressors.COMPRESSORS["lm"]
+
+    def cached(workdir, **kwargs):
+        key = (workdir, *sorted(kwargs.items()))
+        if key not in built:
+            built[key] = constructor(workdir, **kwargs)
+        return built[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(compressors.COMPRESSORS, "lm", cached)
+        yield cached
+
+
+@pytest.fixture(scope="module")
+def lm_records(run, text_file, tmp_path_factory):
+    config = _config(
+        dataset=f"file:{text_file}", compressors=f"gzip,lm:{run}", **LM_OPTIONS, workers=1
+    )
+    config.lm.verify = True
+    return eval_compress.evaluate(config, tmp_path_factory.mktemp("eval"))
+
+
+def _lm(run, shared_models):
+    """The compressor lm_records used (same options, so the same compiled programs)."""
+    return shared_models(
+        run,
+        step=None,
+        chunks_per_device=2,
+        lanes=2,
+        dtype="",
+        attention="",
+        attention_blocks=LM_OPTIONS.get("lm.attention_blocks", 0),
+    )
+
+
+def test_lm_coded_rate_within_one_percent_of_log_loss(lm_records):
+    r = lm_records[-1]
+    assert r["rate_from"] == "coded" and r["verified"] is True
+    assert r["num_chunks"] == 5 and r["raw_bytes"] == 4 * CHUNK + 300
+    # 4 bytes of final state per chunk: under 1% of the ~500 coded bytes of a full chunk.
+    assert r["coded_bytes"] / r["num_chunks"] > 400
+    assert abs(r["coded_bytes"] - r["log_loss_bytes"]) <= 0.01 * r["log_loss_bytes"]
+    assert r["raw_rate"] == r["coded_bytes"] / r["raw_bytes"]
+    assert abs(r["raw_rate"] - r["log_loss_rate"]) <= 0.01 * r["log_loss_rate"]
+
+
+def test_lm_adjusted_rate_charges_two_bytes_per_parameter(run, lm_records):
+    r = lm_records[-1]
+    config = default.get_config("size=test")
+    config.model.context_length = CHUNK
+    cfg = transformer.TransformerConfig.from_config(config.model, 256)
+    assert r["params"] == transformer.closed_form_num_params(cfg) == 41_792
+    assert r["adjusted_rate"] == pytest.approx(
+        (r["coded_bytes"] + 2 * r["params"]) / r["raw_bytes"]
+    )
+    assert r["bits_per_byte"] == pytest.approx(8 * r["raw_rate"])
+
+
+_FOUR_DEVICES = """
+import json, sys
+import jax
+import eval_compress
+from configs import eval as eval_config
+assert jax.local_device_count() == 4, jax.devices()
+config = eval_config.get_config()
+config.update_from_flattened_dict(json.loads(sys.argv[1]))
+print("RECORDS" + json.dumps(eval_compress.evaluate(config, sys.argv[2])))
+"""
+
+
+def test_four_devices_match_one(run, text_file, lm_records, tmp_path):
+    overrides = {"dataset": f"file:{text_file}", "compressors": f"lm:{run}", "progress": False}
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    result = subprocess.run(
+        [sys.executable, "-c", _FOUR_DEVICES, json.dumps({**overrides, **LM_OPTIONS}), tmp_path],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (four,) = json.loads(result.stdout.split("RECORDS", 1)[1])
+    one = lm_records[-1]
+    assert (one["devices"], four["devices"]) == (1, 4)
+    assert (one["verified"], four["verified"]) == (True, False)
+    for key in set(one) - {*TIMING, "devices", "verified"}:
+        assert one[key] == four[key], key  # exactly: coded bytes and log-loss included
+    # (The log-loss batch spans all 4 devices; the 3 coder groups went to devices 0, 1, 2.)
+
+
+def test_verify_fails_on_a_corrupted_stream(run, shared_models, monkeypatch):
+    lm = _lm(run, shared_models)
+    chunks = list(sources.get_source("pydocs").chunks(3, CHUNK))
+    real = language_model.rans.bytes_to_words
+    calls = []
+
+    def corrupt(payload):
+        words = real(payload).copy()
+        calls.append(len(calls))
+        if len(calls) == 3:  # the third chunk: group 1, row 0
+            words[0] ^= 1
+        return words
+
+    monkeypatch.setattr(language_model.rans, "bytes_to_words", corrupt)
+    with pytest.raises(language_model.VerificationError, match="chunks 2 did not decode"):
+        lm.code(chunks, CHUNK, verify=True)
+    assert len(calls) == 3
+
+
+def test_lm_shift_mode_scales_log_loss_by_8_over_7(run, shared_models, text_file, tmp_path):
+    config = _config(
+        dataset=f"file:{text_file}", compressors=f"lm:{run}", seven_bit="paper", **LM_OPTIONS
+    )
+    config.lm.coded = False
+    (record,) = eval_compress.evaluate(config, tmp_path)
+    assert record["seven_bit"] == "shift"  # a file is not text to the paper's rule
+    assert record["missed_bits"] == record["raw_bytes"] and record["rate_from"] == "log_loss"
+    lm = _lm(run, shared_models)
+    chunks = sources.get_source(f"file:{text_file}").chunks(0, CHUNK)
+    bits = lm.log_loss([compressors.shift_right(c)[0] for c in chunks], CHUNK).sum()
+    assert record["compressed_bytes"] == pytest.approx(bits / 8 * 8 / 7, rel=1e-6)
+    assert record["coded_bytes"] is None and record["verified"] is False
+
+
+def test_chunk_longer_than_context_fails(run, text_file, tmp_path):
+    config = _config(dataset=f"file:{text_file}", compressors=f"lm:{run}", chunk_size=2 * CHUNK)
+    with pytest.raises(ValueError, match="context of 1024"):
+        eval_compress.evaluate(config, tmp_path)
+
+
+def test_missing_dataset_and_bad_compressor_fail_clearly(tmp_path):
+    with pytest.raises(sources.SourceError, match="No such file"):
+        eval_compress.evaluate(_config(dataset="file:/no/such/file"), tmp_path)
+    with pytest.raises(ValueError, match="Unknown compressor 'zip'"):
+        eval_compress.evaluate(_config(compressors="gzip,zip"), tmp_path)
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "eval_compress.py", "--config=configs/eval.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_prints_the_table_and_writes_results(tmp_path):
+    out = tmp_path / "out"
+    result = _cli(
+        "--config.dataset=images",
+        "--config.compressors=gzip,png",
+        "--config.progress=False",
+        "--config.workers=1",
+        f"--workdir={out}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "raw rate (%)" in result.stdout and "adjusted rate (%)" in result.stdout
+    assert " inf gzip" in result.stdout and "2048 png" in result.stdout
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    required = {"compressor", "dataset", "chunk_size", "num_chunks", "raw_bytes"}
+    required |= {"compressed_bytes", "raw_rate", "adjusted_rate", "params", "seconds"}
+    assert required <= set(rows[0])
+    assert {r["num_chunks"] for r in rows} == {"144"} and len(rows) == 4
+
+
+def test_results_merge_replaces_same_key(tmp_path):
+    config = _config(dataset="images", compressors="gzip,png", num_chunks=8, chunking="chunked")
+    eval_compress.evaluate(config, tmp_path)
+    config.compressors = "png,flac"
+    eval_compress.evaluate(config, tmp_path)
+    config.num_chunks = 4  # another dataset size: a new row
+    eval_compress.evaluate(config, tmp_path)
+    with open(tmp_path / "results.csv") as f:
+        rows = [(r["compressor"], r["num_chunks"]) for r in csv.DictReader(f)]
+    assert rows == [("gzip", "8"), ("png", "8"), ("flac", "8"), ("png", "4"), ("flac", "4")]
+    table = eval_compress.format_table(
+        [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    )
+    assert "2048 flac" in table and "images" in table
+
+
+def test_non_byte_run_is_refused(run, tmp_path):
+    config = json.loads((pathlib.Path(run) / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "tokenizer": "bpe:512"}))
+    with pytest.raises(ValueError, match="byte-level runs"):
+        language_model.LanguageModelCompressor(tmp_path)
