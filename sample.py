@@ -1,0 +1,220 @@
+"""Samples from a compressor's implied distribution: text, image rows or audio.
+
+    python sample.py --compressor=gzip --prompt_file=PROMPT --num_bytes=200 --seed=0 --output=OUT
+    python sample.py --compressor=lzma --mode=image --prompt_file=photo.jpg --output=out.png
+    python sample.py --compressor=zstd --mode=audio --prompt_file=in.wav --num_bytes=4000 \
+        --output=out.wav
+    python sample.py --compressor=lm --workdir=RUN_DIR --prompt_file=PROMPT --num_bytes=200 \
+        --output=OUT
+
+Modes: `text` writes the sampled bytes (without the prompt); `image` loads the prompt as 8-bit
+grayscale resized to --image_width x --image_height, keeps the first half of each row and samples
+the rest, and writes a PNG of the original beside the sample (enlarged x4); `audio` reads a WAV
+(first channel, reduced to unsigned 8 bit), samples --num_bytes samples after it and writes an
+8-bit mono WAV of the prompt followed by the continuation. The library is
+`compressors/generative.py`.
+"""
+
+import wave
+
+from absl import app, flags
+
+MODES = ("text", "image", "audio")
+
+
+def _define_flags() -> None:
+    """Defines the flags (only when run as a script: tests import this module beside others)."""
+    flags.DEFINE_string("compressor", "gzip", "gzip, lzma, zstd, bzip2, brotli or lm.")
+    flags.DEFINE_string("workdir", "", "Training run directory, for --compressor=lm.")
+    flags.DEFINE_string("prompt_file", None, "Prompt: bytes, an image or a WAV.")
+    flags.DEFINE_integer("num_bytes", 200, "Bytes (audio: samples) to sample.")
+    flags.DEFINE_integer("seed", 0, "Random seed; equal seeds give equal output.")
+    flags.DEFINE_string("output", None, "Where to write the sample.")
+    flags.DEFINE_enum("mode", "text", MODES, "What the prompt is.")
+    flags.DEFINE_float("temperature", 1.0, "T > 0: probabilities ^ (1/T).")
+    flags.DEFINE_integer("lookahead", 1, "K >= 1 (classical only); 1 = paper's rule.")
+    flags.DEFINE_integer("num_continuations", 4, "Continuations when K > 1.")
+    flags.DEFINE_integer("context_bytes", 2048, "Context: the last this many bytes.")
+    flags.DEFINE_integer("workers", 2, "Processes scoring candidates (classical).")
+    flags.DEFINE_integer("image_width", 64, "Image mode: resize to this width.")
+    flags.DEFINE_integer("image_height", 32, "Image mode: resize to this height.")
+
+
+def make_sampler(
+    compressor: str,
+    workdir: str = "",
+    seed: int = 0,
+    temperature: float = 1.0,
+    lookahead: int = 1,
+    num_continuations: int = 4,
+    context_bytes: int = 2048,
+    workers: int = 2,
+):
+    """Returns (sample_fn(context, num_bytes) -> bytes, close_fn), one seeded stream of draws.
+
+    Raises:
+      ValueError: unknown compressor, lm without a workdir, lookahead > 1 with lm, bad values.
+    """
+    from compressors import generative
+
+    generative.check_sampling_args(0, temperature, lookahead, context_bytes)
+    if compressor == "lm":
+        if not workdir:
+            raise ValueError("--compressor=lm needs --workdir=RUN_DIR (a train.py run).")
+        if lookahead != 1:
+            raise ValueError("--lookahead applies to classical compressors only.")
+        lm = generative.LanguageModelSampler(workdir, context_bytes)
+        calls = iter(range(1 << 62))  # a fresh seed per call, derived from --seed
+
+        def sample_lm(context: bytes, num_bytes: int) -> bytes:
+            return lm.sample(context, num_bytes, seed * 1_000_003 + next(calls), temperature)
+
+        return sample_lm, lambda: None
+    import numpy as np
+
+    scorer = generative.CandidateScorer(generative.ClassicalCompress(compressor), workers)
+    rng = np.random.default_rng(seed)
+
+    def sample_classical(context: bytes, num_bytes: int) -> bytes:
+        args = (temperature, lookahead, num_continuations, context_bytes)
+        return bytes(generative.iter_bytes(scorer, context, num_bytes, rng, *args))
+
+    return sample_classical, lambda: scorer.__exit__()
+
+
+def read_prompt(path: str) -> bytes:
+    """Returns the file's bytes. Raises FileNotFoundError naming the path."""
+    import pathlib
+
+    if not path or not pathlib.Path(path).is_file():
+        raise FileNotFoundError(f"Prompt file {path!r} not found (--prompt_file).")
+    return pathlib.Path(path).read_bytes()
+
+
+def load_image(path: str, width: int, height: int):
+    """Returns the image as [height, width] uint8 grayscale."""
+    import numpy as np
+    from PIL import Image
+
+    read_prompt(path)  # the clear error for a missing file
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L").resize((width, height), Image.BILINEAR), np.uint8)
+
+
+def save_side_by_side(original, sampled, path: str, scale: int = 4) -> None:
+    """Writes a PNG: original | 2-pixel white gap | sample, enlarged `scale` times."""
+    import numpy as np
+    from PIL import Image
+
+    gap = np.full((original.shape[0], 2), 255, np.uint8)
+    joined = np.concatenate([original, gap, sampled], axis=1)
+    image = Image.fromarray(joined, "L")
+    image.resize((joined.shape[1] * scale, joined.shape[0] * scale), Image.NEAREST).save(path)
+
+
+def read_wav_u8(path: str) -> tuple[bytes, int]:
+    """Returns (unsigned 8-bit samples of the first channel, frame rate) of a PCM WAV."""
+    import numpy as np
+
+    read_prompt(path)
+    with wave.open(path, "rb") as f:
+        width, channels, rate = f.getsampwidth(), f.getnchannels(), f.getframerate()
+        frames = f.readframes(f.getnframes())
+    if width == 1:
+        samples = np.frombuffer(frames, np.uint8)
+    elif width in (2, 4):
+        signed = np.frombuffer(frames, f"<i{width}")
+        samples = ((signed >> (8 * width - 8)) + 128).astype(np.uint8)  # keep the top byte
+    else:
+        raise ValueError(f"{path}: {8 * width}-bit WAV not supported (8, 16 or 32 bit PCM).")
+    return samples[::channels].tobytes(), rate
+
+
+def write_wav_u8(path: str, samples: bytes, rate: int) -> None:
+    """Writes unsigned 8-bit mono PCM."""
+    with wave.open(path, "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(1)
+        f.setframerate(rate)
+        f.writeframes(samples)
+
+
+def run(
+    compressor: str,
+    prompt_file: str,
+    output: str,
+    num_bytes: int = 200,
+    mode: str = "text",
+    image_width: int = 64,
+    image_height: int = 32,
+    **sampler_kwargs,
+) -> bytes:
+    """Samples one output file; returns the sampled bytes (image: the sampled pixels).
+
+    Raises:
+      ValueError / FileNotFoundError: bad arguments or a missing prompt file.
+    """
+    from compressors import generative
+
+    if compressor != "lm" and compressor not in generative.GENERATIVE_COMPRESSORS:
+        raise ValueError(
+            f"Unknown compressor {compressor!r}: choose from "
+            f"{list(generative.GENERATIVE_COMPRESSORS)} or lm (with --workdir)."
+        )
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+    if num_bytes < 0:
+        raise ValueError(f"num_bytes must be >= 0, got {num_bytes}.")
+    if not output:
+        raise ValueError("--output is required.")
+    if mode == "image":
+        original = load_image(prompt_file, image_width, image_height)
+    elif mode == "audio":
+        prompt, rate = read_wav_u8(prompt_file)
+    else:
+        prompt = read_prompt(prompt_file)
+    sample_fn, close = make_sampler(compressor, **sampler_kwargs)
+    try:
+        if mode == "image":
+            sampled = generative.complete_rows(sample_fn, original, image_width // 2)
+            save_side_by_side(original, sampled, output)
+            return sampled[:, image_width // 2 :].tobytes()
+        generated = sample_fn(prompt, num_bytes)
+    finally:
+        close()
+    if mode == "audio":
+        write_wav_u8(output, prompt + generated, rate)
+    else:
+        with open(output, "wb") as f:
+            f.write(generated)
+    return generated
+
+
+def main(argv):
+    FLAGS = flags.FLAGS
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    generated = run(
+        FLAGS.compressor,
+        FLAGS.prompt_file,
+        FLAGS.output,
+        num_bytes=FLAGS.num_bytes,
+        mode=FLAGS.mode,
+        image_width=FLAGS.image_width,
+        image_height=FLAGS.image_height,
+        workdir=FLAGS.workdir,
+        seed=FLAGS.seed,
+        temperature=FLAGS.temperature,
+        lookahead=FLAGS.lookahead,
+        num_continuations=FLAGS.num_continuations,
+        context_bytes=FLAGS.context_bytes,
+        workers=FLAGS.workers,
+    )
+    print(f"Sampled {len(generated)} bytes with {FLAGS.compressor}; wrote {FLAGS.output}.")
+    if FLAGS.mode == "text":
+        print(generated.decode("utf-8", "replace"))
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)
