@@ -1,0 +1,85 @@
+"""Training curves of addition runs: excess over the entropy floor, accuracy, excess per position.
+
+  python -m analysis.curves runs/addition-200K --out docs/addition_training.png
+
+Reads the run's metrics.jsonl (train_addition.py); plots held-out excess (nats per predicted
+token, log scale) against step with the 1%-of-floor target, the answers' exact-match accuracy,
+and a heat map of the excess per position over training.
+"""
+
+import argparse
+import json
+import pathlib
+
+import numpy as np
+
+
+def load_evals(workdir: str | pathlib.Path) -> dict[str, np.ndarray]:
+    """The eval lines of a run as arrays: step, excess_nats, answer_accuracy, excess_per_position
+    [num_evals, positions], and floor_nats (eval_loss - excess_nats of the last eval line).
+
+    Raises:
+      ValueError: the run has no eval lines.
+    """
+    lines = pathlib.Path(workdir, "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(x) for x in lines]
+    evals = [r for r in records if "excess_per_position" in r]
+    if not evals:
+        raise ValueError(f"{workdir} has no eval lines in metrics.jsonl.")
+    return {
+        "step": np.array([r["step"] for r in evals]),
+        "excess_nats": np.array([r["excess_nats"] for r in evals]),
+        "answer_accuracy": np.array([r["answer_accuracy"] for r in evals]),
+        "excess_per_position": np.array([r["excess_per_position"] for r in evals]),
+        "floor_nats": float(evals[-1]["eval_loss"] - evals[-1]["excess_nats"]),
+    }
+
+
+def plot_run(workdir: str | pathlib.Path, out: str | pathlib.Path, title: str = "") -> None:
+    """Writes the two-panel training-curve PNG of one addition run to `out`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ev = load_evals(workdir)
+    fig, (ax, heat) = plt.subplots(1, 2, figsize=(12, 4.2))
+    ax.semilogy(ev["step"], np.maximum(ev["excess_nats"], 1e-5), "o-", ms=3, label="excess")
+    target = 0.01 * ev["floor_nats"]
+    ax.axhline(target, color="r", ls="--", lw=1, label=f"1% of floor ({target:.4f})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("held-out loss - entropy floor (nats / token)")
+    ax.grid(alpha=0.3, which="both")
+    acc = ax.twinx()
+    acc.plot(ev["step"], ev["answer_accuracy"], "g.-", label="answer exact match")
+    acc.set_ylabel("answer exact match", color="g")
+    acc.set_ylim(0, 1)
+    lines = ax.get_legend_handles_labels()[0] + acc.get_legend_handles_labels()[0]
+    ax.legend(lines, [x.get_label() for x in lines], fontsize=8, loc="center right")
+    ax.set_title(title or pathlib.Path(workdir).name)
+
+    per_position = np.maximum(ev["excess_per_position"].T, 1e-4)  # [positions, evals]
+    image = heat.imshow(
+        np.log10(per_position), aspect="auto", origin="lower", cmap="viridis",
+        extent=(ev["step"][0], ev["step"][-1], 0.5, per_position.shape[0] + 0.5),
+    )  # fmt: skip
+    heat.set_xlabel("step")
+    heat.set_ylabel("predicted position (1 = first digit of a)")
+    heat.set_title("log10 excess per position (nats)")
+    fig.colorbar(image, ax=heat)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("workdir", help="an addition run directory")
+    parser.add_argument("--out", required=True, help="PNG to write")
+    parser.add_argument("--title", default="")
+    args = parser.parse_args(argv)
+    plot_run(args.workdir, args.out, args.title)
+    print(f"Wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

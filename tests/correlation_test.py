@@ -1,0 +1,144 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from analysis import correlation, curves
+
+
+def test_fit_line_recovers_an_exact_line_and_matches_polyfit():
+    x = np.array([0.5, 1.0, 2.0, 3.5, 7.0])
+    slope, intercept = correlation.fit_line(x, -2.5 * x + 4.0)
+    assert slope == pytest.approx(-2.5, abs=1e-12) and intercept == pytest.approx(4.0, abs=1e-12)
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=200)
+    y = 0.7 * x + rng.normal(scale=0.3, size=200)
+    np.testing.assert_allclose(correlation.fit_line(x, y), np.polyfit(x, y, 1), rtol=1e-10)
+
+
+def test_pearson_matches_numpy_corrcoef():
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        x = rng.normal(size=50)
+        y = -0.9 * x + rng.normal(scale=0.5, size=50)
+        assert correlation.pearson_r(x, y) == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-12)
+    assert correlation.pearson_r([1, 2, 3], [6, 4, 2]) == pytest.approx(-1.0)
+
+
+def test_spearman_uses_tie_averaged_ranks():
+    # x ranks 1, 2, 3, 4; y = [0, 0, 1, 3] has ranks 1.5, 1.5, 3, 4 (two tied at the bottom).
+    # Pearson of (1, 2, 3, 4) and (1.5, 1.5, 3, 4): 4.5 / sqrt(5 * 4.5) = 0.9486833.
+    assert correlation.spearman_rho([1, 2, 3, 4], [0, 0, 1, 3]) == pytest.approx(0.9486833)
+    assert correlation.spearman_rho([1, 2, 3], [1, 8, 27]) == pytest.approx(1.0)
+
+
+def test_fisher_interval_against_hand_computed_values():
+    # r = 0.5, n = 28: z = atanh(0.5) = 0.5493061, se = 1/5, half-width 1.959964 * 0.2 =
+    # 0.3919928, so z runs from 0.1573133 to 0.9412989, whose tanh are 0.1560284 and 0.7358185.
+    lo, hi = correlation.fisher_interval(0.5, 28)
+    assert lo == pytest.approx(0.1560284, abs=1e-6) and hi == pytest.approx(0.7358185, abs=1e-6)
+    # r = -0.93, n = 30: z = -1.6583900, se = 1/sqrt(27) = 0.1924501, half-width 0.3771952:
+    # tanh(-2.0355853) = -0.9664573 and tanh(-1.2811948) = -0.8568029.
+    lo, hi = correlation.fisher_interval(-0.93, 30)
+    assert lo == pytest.approx(-0.9664573, abs=1e-6) and hi == pytest.approx(-0.8568029, abs=1e-6)
+    # 90% is narrower, and the interval is antisymmetric in r.
+    lo90, hi90 = correlation.fisher_interval(-0.93, 30, confidence=0.90)
+    assert lo < lo90 < -0.93 < hi90 < hi
+    assert correlation.fisher_interval(0.93, 30) == pytest.approx((-hi, -lo))
+    assert correlation.fisher_interval(1.0, 10) == (1.0, 1.0)
+
+
+def test_correlate_reports_line_r_interval_and_rmse():
+    x = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    y = np.array([0.9, 0.8, 0.75, 0.5, 0.45, 0.2])
+    fit = correlation.correlate(x, y)
+    slope, intercept = np.polyfit(x, y, 1)
+    assert fit.n == 6 and fit.confidence == 0.95
+    assert fit.slope == pytest.approx(slope) and fit.intercept == pytest.approx(intercept)
+    assert fit.r == pytest.approx(np.corrcoef(x, y)[0, 1])
+    residual = y - (slope * x + intercept)
+    assert fit.rmse == pytest.approx(math.sqrt(np.mean(residual**2)))
+    assert (fit.ci_low, fit.ci_high) == pytest.approx(correlation.fisher_interval(fit.r, 6))
+
+
+def test_bad_inputs_fail_loudly():
+    with pytest.raises(ValueError, match="n >= 4"):
+        correlation.fisher_interval(0.5, 3)
+    with pytest.raises(ValueError, match="equal length"):
+        correlation.correlate([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="constant"):
+        correlation.pearson_r([1, 2, 3, 4], [5, 5, 5, 5])
+    with pytest.raises(ValueError, match="All x are equal"):
+        correlation.fit_line([2, 2, 2], [1, 2, 3])
+
+
+def test_huang_loader_reads_rows_and_refuses_the_empty_shipped_file(tmp_path):
+    path = tmp_path / "h.csv"
+    path.write_text(
+        "# a comment\nmodel,average_benchmark_score,average_bpc\nm1,0.5,0.6\nm2,0.4,0.7\n"
+    )
+    data = correlation.load_huang_csv(path)
+    assert list(data["model"]) == ["m1", "m2"]
+    np.testing.assert_allclose(data["average_bpc"], [0.6, 0.7])
+    np.testing.assert_allclose(data["average_benchmark_score"], [0.5, 0.4])
+
+    shipped = correlation.pathlib.Path(__file__).parents[1] / "data"
+    with pytest.raises(ValueError, match="no data rows"):
+        correlation.load_huang_csv(shipped / "huang2024_compression_intelligence.csv")
+    path.write_text("name,score\nm1,0.5\n")
+    with pytest.raises(ValueError, match="expected columns"):
+        correlation.load_huang_csv(path)
+
+
+def _fake_run(path, accuracies, bits):
+    path.mkdir()
+    (path / "config.json").write_text(
+        json.dumps({"size": "x", "model": {"num_layers": 2, "width": 32}})
+    )
+    lines = [{"step": 5, "loss": 2.0, "grad_norm": 1.0}]
+    for i, (acc, bpb) in enumerate(zip(accuracies, bits, strict=True)):
+        lines.append(
+            {"step": 10 * (i + 1), "answer_accuracy": acc, "eval_bits_per_byte": bpb,
+             "excess_nats": bpb - 1.0}
+        )  # fmt: skip
+    (path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+
+def test_run_points_and_cli(tmp_path, capsys):
+    _fake_run(tmp_path / "a", [0.0, 0.2, 0.5], [2.5, 2.2, 2.0])
+    _fake_run(tmp_path / "b", [0.1, 0.7, 0.9], [2.4, 1.95, 1.9])
+    points = correlation.load_run_points([tmp_path / "a", tmp_path / "b"])
+    assert [(p["run"], p["step"]) for p in points][:2] == [("a", 10), ("a", 20)]
+    assert len(points) == 6 and points[-1]["answer_accuracy"] == 0.9
+
+    out, js = tmp_path / "c.png", tmp_path / "c.json"
+    argv = ["--runs", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]
+    correlation.main([*argv, "--json", str(js), "--min_accuracy", "0.05", "0.15"])
+    assert out.stat().st_size > 1000
+    fits = json.loads(js.read_text())
+    x = [2.5, 2.2, 2.0, 2.4, 1.95, 1.9]
+    y = [0.0, 0.2, 0.5, 0.1, 0.7, 0.9]
+    assert fits["addition_all"]["r"] == pytest.approx(np.corrcoef(x, y)[0, 1])
+    assert fits["addition_accuracy_above_0.05"]["n"] == 5
+    assert fits["addition_accuracy_above_0.15"]["n"] == 4
+    assert "Pearson r" in capsys.readouterr().out
+
+
+def test_training_curve_plot_reads_eval_lines(tmp_path):
+    # analysis/curves.py shares this file: both read train_addition's metrics.jsonl.
+    run = tmp_path / "r"
+    run.mkdir()
+    lines = [
+        {"step": s, "eval_loss": 1.3 + e, "excess_nats": e, "answer_accuracy": a,
+         "excess_per_position": [e] * 10}
+        for s, e, a in [(10, 0.5, 0.0), (20, 0.05, 0.6), (30, 0.001, 0.99)]
+    ]  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    ev = curves.load_evals(run)
+    np.testing.assert_array_equal(ev["step"], [10, 20, 30])
+    assert ev["excess_per_position"].shape == (3, 10)
+    assert ev["floor_nats"] == pytest.approx(1.3)
+    curves.main([str(run), "--out", str(tmp_path / "c.png")])
+    assert (tmp_path / "c.png").stat().st_size > 1000
