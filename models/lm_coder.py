@@ -79,10 +79,10 @@ class LMCoder:
                 cfg.vocab_size, shape.precision_bits, factorized.DEFAULT_LOW_BITS
             )
         self._model = transformer.Transformer(cfg)
-        self._scan_jit = jax.jit(self._scan)
-        self._encode_words = jax.jit(
-            functools.partial(rans.encode_jax_core, precision_bits=shape.precision_bits)
-        )
+
+    def _run(self, *args):
+        """The shared program, compiled once per (architecture, coder shape) in this process."""
+        return _scan_jit(*args, cfg=self.cfg, shape=self.shape)
 
     @property
     def capacity_words(self) -> int:
@@ -183,11 +183,11 @@ class LMCoder:
         tokens = np.where(valid, tokens, 0)
         no_words = np.zeros((self.shape.lanes, self.capacity_words), np.uint16)
         zeros = np.zeros(self.shape.lanes, np.int32)
-        _, starts, freqs, bits, _ = self._scan_jit(
+        _, starts, freqs, bits, _ = self._run(
             self.params, tokens, lengths, no_words, zeros, jnp.bool_(True)
         )
-        words, num_words, invalid = self._encode_words(
-            starts, freqs, lengths * self.steps_per_token
+        words, num_words, invalid = rans.encode_jax_core(
+            starts, freqs, lengths * self.steps_per_token, self.shape.precision_bits
         )
         if np.any(invalid):  # cannot happen for valid tokens: quantize gives every symbol >= 1
             raise RuntimeError("the coder produced an invalid interval; please report this bug.")
@@ -212,7 +212,13 @@ class LMCoder:
         padded = np.zeros((self.shape.lanes, self.capacity_words), np.uint16)
         padded[:, : words.shape[1]] = words
         dummy = np.zeros((self.shape.lanes, self.shape.chunk_tokens), np.int32)
-        symbols, _, _, _, errors = self._scan_jit(
+        symbols, _, _, _, errors = self._run(
             self.params, dummy, lengths, padded, np.asarray(num_words, np.int32), jnp.bool_(False)
         )
         return np.asarray(symbols), np.asarray(errors)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "shape"))
+def _scan_jit(params, tokens, lengths, words, num_words, encoding, *, cfg, shape):
+    """`LMCoder._scan`, jitted and shared by every coder of the same cfg and shape."""
+    return LMCoder(cfg, None, shape)._scan(params, tokens, lengths, words, num_words, encoding)
