@@ -213,6 +213,63 @@ def _check_config_matches(workdir: pathlib.Path, config: ml_collections.ConfigDi
         )
 
 
+def make_mesh() -> jax.sharding.Mesh:
+    """A one-axis ('data') mesh over all devices: the batch is split, parameters replicated."""
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+
+
+def init_state(cfg: transformer.TransformerConfig, tx, seed: int, mesh) -> dict[str, Any]:
+    """Fresh training state {step, params, opt_state}, replicated over the mesh."""
+
+    def init():
+        params = transformer.init_params(cfg, jax.random.key(seed))
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+    return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
+
+
+def save_checkpoint(mngr: ocp.CheckpointManager, state, seed: int, step: int) -> None:
+    """Saves the state and the data sampler's state (seed, next step) at `step`."""
+    mngr.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave({"seed": seed, "next_step": step}),
+        ),
+        force=True,
+    )
+
+
+def restore_checkpoint(mngr: ocp.CheckpointManager, state, seed: int, workdir) -> tuple[Any, int]:
+    """Returns (state, next step) from the newest checkpoint, or (`state`, 0) if there is none.
+
+    Raises:
+      ValueError: the checkpoint's sampler state belongs to another seed.
+    """
+    if mngr.latest_step() is None:
+        return state, 0
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
+    restored = mngr.restore(
+        mngr.latest_step(),
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()
+        ),
+    )
+    state, sampler = restored["state"], restored["data"]
+    start = int(state["step"])
+    if sampler["seed"] != seed or sampler["next_step"] != start:
+        raise ValueError(f"Checkpoint data state {sampler} does not match seed {seed}.")
+    logging.warning("Resumed %s from step %d.", workdir, start)
+    return state, start
+
+
+def check_finite(values: list[tuple[int, dict[str, Any]]]) -> None:
+    """Raises NonFiniteLossError naming the first (step, metrics) whose loss is NaN or inf."""
+    for step, m in values:
+        if not np.isfinite(m["loss"]):
+            raise NonFiniteLossError(f"Loss is {m['loss']} at step {step}; stopping.")
+
+
 def _progress(total: int, initial: int, enabled: bool):
     if not enabled or jax.process_index() != 0:
         return contextlib.nullcontext(None)
@@ -260,7 +317,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         raise ValueError(
             f"train.batch_size={batch_size} must be a multiple of {num_devices} devices."
         )
-    mesh = jax.make_mesh((num_devices,), ("data",), axis_types=(AxisType.Auto,))
+    mesh = make_mesh()
     split_sharding = NamedSharding(mesh, P("data"))
 
     cfg = transformer.TransformerConfig.from_config(config.model, tokenizer.vocab_size)
@@ -268,12 +325,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     tx = make_optimizer(config.optim, config.train.steps)
     train_step, eval_step = make_steps(model, tx, mesh)
 
-    def init_state():
-        params = transformer.init_params(cfg, jax.random.key(config.seed))
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-
-    replicated = NamedSharding(mesh, P())
-    state = jax.jit(init_state, out_shardings=replicated)()
+    state = init_state(cfg, tx, config.seed, mesh)
     num_params = transformer.num_params(state["params"])
 
     eval_sets = {}
@@ -293,36 +345,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         )
 
     mngr = runs.checkpoint_manager(workdir, config.train.keep_checkpoints)
-    start = 0
-    if mngr.latest_step() is not None:
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
-        restored = mngr.restore(
-            mngr.latest_step(),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()
-            ),
-        )
-        state, sampler = restored["state"], restored["data"]
-        start = int(state["step"])
-        if sampler["seed"] != config.seed or sampler["next_step"] != start:
-            raise ValueError(f"Checkpoint data state {sampler} does not match seed {config.seed}.")
-        logging.warning("Resumed %s from step %d.", workdir, start)
+    state, start = restore_checkpoint(mngr, state, config.seed, workdir)
 
     writer = MetricsWriter(workdir, config)
     metrics = {"step": start, "num_params": num_params}
     tokens_per_step = batch_size * seq_len
     pending = []  # (step, device metrics) since the last log, read back together
     t_last, steps_since = time.perf_counter(), 0
-
-    def save(step):
-        mngr.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=ocp.args.JsonSave({"seed": config.seed, "next_step": step}),
-            ),
-            force=True,
-        )
 
     try:
         with _progress(config.train.steps, start, config.train.progress) as bar:
@@ -338,9 +367,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                 if done % config.train.log_every == 0 or is_last:
                     values = [(s, jax.device_get(m)) for s, m in pending]
                     pending.clear()
-                    for s, m in values:
-                        if not np.isfinite(m["loss"]):
-                            raise NonFiniteLossError(f"Loss is {m['loss']} at step {s}; stopping.")
+                    check_finite(values)
                     elapsed = time.perf_counter() - t_last
                     tokens_per_second = steps_since * tokens_per_step / elapsed
                     t_last, steps_since = time.perf_counter(), 0
@@ -375,7 +402,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                     )
                     t_last = time.perf_counter()  # keep eval time out of tokens/s
                 if done % config.train.checkpoint_every == 0 or is_last:
-                    save(done)
+                    save_checkpoint(mngr, state, config.seed, done)
                 if bar is not None:
                     bar.update(1)
 

@@ -23,9 +23,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import app, flags, logging
-from jax.sharding import AxisType, NamedSharding
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import runs
@@ -123,25 +122,6 @@ def _check_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> N
             )
 
 
-def _restore(mngr: ocp.CheckpointManager, state, seed: int, workdir: pathlib.Path):
-    """Returns (state, next step) from the newest checkpoint, or the given state and 0."""
-    if mngr.latest_step() is None:
-        return state, 0
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
-    restored = mngr.restore(
-        mngr.latest_step(),
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()
-        ),
-    )
-    state, sampler = restored["state"], restored["data"]
-    start = int(state["step"])
-    if sampler["seed"] != seed or sampler["next_step"] != start:
-        raise ValueError(f"Checkpoint data state {sampler} does not match seed {seed}.")
-    logging.warning("Resumed %s from step %d.", workdir, start)
-    return state, start
-
-
 def _eval_record(step: int, ev: dict[str, Any], elapsed_s: float) -> dict[str, Any]:
     """The metrics.jsonl line of one held-out evaluation."""
     return {
@@ -186,7 +166,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     (workdir / runs.CONFIG_FILE).write_text(config.to_json(indent=2))
     num_digits, batch_size = config.data.num_digits, config.train.batch_size
 
-    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+    mesh = lm_train.make_mesh()
     split_sharding = NamedSharding(mesh, P("data"))
     cfg = transformer.TransformerConfig.from_config(config.model, config.data.vocab_size)
     model = transformer.Transformer(cfg)
@@ -194,32 +174,18 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     train_step, _ = lm_train.make_steps(model, tx, mesh)
     eval_fn = make_eval_fn(model, num_digits)
 
-    def init_state():
-        params = transformer.init_params(cfg, jax.random.key(config.seed))
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-
-    state = jax.jit(init_state, out_shardings=NamedSharding(mesh, P()))()
+    state = lm_train.init_state(cfg, tx, config.seed, mesh)
     num_params = transformer.num_params(state["params"])
     eval_rows = addition.sample_batch(
         config.train.eval_samples, config.seed, 0, num_digits, split="eval"
     )
 
     mngr = runs.checkpoint_manager(workdir, config.train.keep_checkpoints)
-    state, start = _restore(mngr, state, config.seed, workdir)
+    state, start = lm_train.restore_checkpoint(mngr, state, config.seed, workdir)
     writer = lm_train.MetricsWriter(workdir, config)
     metrics = {"step": start, "num_params": num_params}
     metrics["floor_nats"] = addition.floor_nats_per_token(num_digits)
     pending, t_start = [], time.perf_counter()
-
-    def save(step):
-        mngr.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=ocp.args.JsonSave({"seed": config.seed, "next_step": step}),
-            ),
-            force=True,
-        )
 
     bar = _progress(config.train.steps, start, config.train.progress)
     try:
@@ -232,11 +198,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             if done % config.train.log_every == 0 or is_last:
                 values = [(s, jax.device_get(m)) for s, m in pending]
                 pending.clear()
-                for s, m in values:
-                    if not np.isfinite(m["loss"]):
-                        raise lm_train.NonFiniteLossError(
-                            f"Loss is {m['loss']} at step {s}; stopping."
-                        )
+                lm_train.check_finite(values)
                 s, m = values[-1]
                 # lm_train.make_steps averages over all L positions, the certain 's' included.
                 metrics.update(step=s, loss=float(m["loss"]), grad_norm=float(m["grad_norm"]))
@@ -261,7 +223,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                         excess=f"{ev['excess_nats']:.4f}", acc=f"{ev['answer_accuracy']:.3f}"
                     )
             if done % config.train.checkpoint_every == 0 or is_last:
-                save(done)
+                lm_train.save_checkpoint(mngr, state, config.seed, done)
             if bar is not None:
                 bar.update(1)
     finally:

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
-from jax.sharding import AxisType, NamedSharding  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import train  # noqa: E402
@@ -42,7 +42,7 @@ def bench_size(size: str) -> dict:
     cfg = transformer.TransformerConfig.from_config(config.model, 256)
     model = transformer.Transformer(cfg)
     tx = train.make_optimizer(config.optim, 1000)
-    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+    mesh = train.make_mesh()
     train_step, _ = train.make_steps(model, tx, mesh)
     params = transformer.init_params(cfg, jax.random.key(0))
     state = jax.device_put(
