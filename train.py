@@ -37,6 +37,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, met
 
 CONFIG_FILE = runs.CONFIG_FILE
 METRICS_FILE = "metrics.jsonl"
+RESULTS_FILE = "results.json"  # final metrics, written once the run has reached train.steps
 LN2 = math.log(2.0)
 
 
@@ -204,11 +205,14 @@ def _check_config_matches(workdir: pathlib.Path, config: ml_collections.ConfigDi
         for k, v in now[section].items()
         if saved[section].get(k) != v
     ]
+    for k in ("name", "train_bytes"):  # the data the model has seen so far
+        if saved["data"].get(k, 0) != now["data"][k]:
+            diffs.append(f"data.{k}: {saved['data'].get(k)!r} -> {now['data'][k]!r}")
     if saved.get("tokenizer") != now["tokenizer"]:
         diffs.append(f"tokenizer: {saved.get('tokenizer')!r} -> {now['tokenizer']!r}")
     if diffs:
         raise ValueError(
-            f"{workdir} holds a run with another model ({'; '.join(diffs)}): "
+            f"{workdir} holds a run with another model or data ({'; '.join(diffs)}): "
             "use a new --workdir or the saved config."
         )
 
@@ -283,7 +287,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
 
     Args:
       config: a config from `configs/default.py`.
-      workdir: run directory; holds config.json, metrics.jsonl and checkpoints/.
+      workdir: run directory; holds config.json, metrics.jsonl, checkpoints/ and, once all
+        train.steps are done, results.json (the returned metrics; sweep.py's completion mark).
 
     Returns:
       Final metrics: step, loss, num_params, eval/test bits per byte, gzip and LZMA2 bits per byte
@@ -295,21 +300,28 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     """
     if config.distributed:
         jax.distributed.initialize()
+    t_start = time.perf_counter()
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     _check_config_matches(workdir, config)
-    if jax.process_index() == 0:
-        (workdir / CONFIG_FILE).write_text(config.to_json(indent=2))
-
     data = corpus.load_corpus(config.data.name, config.data.path, config.data.cache_dir)
     train_split, valid_split, test_split = corpus.split(
         data, config.data.valid_fraction, config.data.test_fraction
     )
+    if config.data.train_bytes < 0 or config.data.train_bytes > len(train_split):
+        raise ValueError(
+            f"data.train_bytes={config.data.train_bytes} is outside [0, {len(train_split)}], "
+            "the train split's size (0 trains on all of it)."
+        )
+    if config.data.train_bytes:
+        train_split = train_split[: config.data.train_bytes]
     tokenizer = tokenizers.get_tokenizer(
         config.tokenizer, train_data=train_split, cache_path=workdir / runs.TOKENIZER_FILE
     )
     train_ids = tokenizer.encode_array(train_split)
     bytes_per_token = len(train_split) / max(1, len(train_ids))  # 1 for bytes
+    if jax.process_index() == 0:
+        (workdir / CONFIG_FILE).write_text(config.to_json(indent=2))
     seq_len, batch_size = config.model.context_length, config.train.batch_size
 
     num_devices = jax.device_count()
@@ -434,7 +446,18 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             }
         )
     writer.close()
+    metrics["train_bytes"] = len(train_split)
+    metrics["tokens_seen"] = metrics["step"] * tokens_per_step
+    metrics["seconds"] = time.perf_counter() - t_start  # this invocation's (a resume counts anew)
+    if jax.process_index() == 0 and metrics["step"] == config.train.steps:
+        _write_atomic(workdir / RESULTS_FILE, json.dumps(metrics, indent=2))
     return metrics
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _report(metrics: dict[str, Any]) -> str:

@@ -62,6 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.cache_dir = ""  # '' -> $LMC_DATA_DIR or ~/.cache/lmcompress.
     c.data.valid_fraction = 0.05
     c.data.test_fraction = 0.05
+    c.data.train_bytes = 0  # train on the first N bytes of the train split (0: all of it).
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 16 if is_test else 128

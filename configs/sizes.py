@@ -3,13 +3,17 @@
 The paper's three models (Deletang et al., 2024, Table 1) are `200K`, `800K` and `3.2M`: 4 layers,
 MLP x4, rotary positions, 2048-byte context. Their measured counts with a 256-symbol vocabulary are
 231,936 / 856,832 / 3,286,272 (the reference architecture's closed form
-12*L*d^2 + 9*L*d + 2*V*d + V). Larger presets serve scaling studies; `test` trains in seconds on a
+12*L*d^2 + 9*L*d + 2*V*d + V). `20K` and `65K` (widths 16 and 32,
+21,312 and 66,944 parameters) extend the same 4-layer family downwards and larger presets upwards
+for scaling studies; `test` trains in seconds on a
 CPU. The names are nominal: results always record the count measured from the parameters.
 """
 
 # name -> (num_layers, width, num_heads, context_length)
 PRESETS = {
     "test": (2, 32, 2, 64),
+    "20K": (4, 16, 2, 2048),
+    "65K": (4, 32, 4, 2048),
     "200K": (4, 64, 4, 2048),
     "800K": (4, 128, 4, 2048),
     "3.2M": (4, 256, 8, 2048),

@@ -4,7 +4,7 @@ A source is named by a spec `NAME` or `NAME:ARG` (`SOURCES` holds the names):
 
 | spec | chunks | default count |
 |---|---|---|
-| `pydocs` | the embedded text corpus (`data.corpus`), no download | all full chunks |
+| `pydocs[:PART]` | the embedded text corpus (`data.corpus`), no download; PART: see below | all |
 | `enwik9` | first 1e9 bytes of enwik9, consecutive | 488,281 (the paper's 1 GB) |
 | `enwik8`, `enwik7` | first 1e8 / 1e7 bytes of enwik8 (itself enwik9's first 1e8 bytes) | all |
 | `imagenet[:SPLIT]` | tfds `imagenet2012` (split `train` by default), grayscale patches | 488,281 |
@@ -13,6 +13,9 @@ A source is named by a spec `NAME` or `NAME:ARG` (`SOURCES` holds the names):
 | `audio:PATH` | 8-bit samples of a WAV/FLAC file or of a directory's files | all |
 | `random` | seeded uniform bytes | 488,281 |
 | `file:PATH` | any local file, consecutive; the last chunk may be shorter | all |
+
+`pydocs:PART` is one part of train.py's default 90/5/5 split of that corpus: `train`, `valid`,
+`test`, or `heldout` (valid + test, the last 10%), so trained models can be rated on unseen text.
 
 Images follow the paper: grayscale is the mean of R, G and B rounded down (the reference's
 `np.mean(image, -1).astype(np.uint8)`, computed here in integers: `(r + g + b) // 3`), cut into
@@ -123,9 +126,19 @@ def _array_chunks(data: np.ndarray, name: str, keep_partial: bool):
     return make
 
 
+PYDOCS_PARTS = ("", "train", "valid", "test", "heldout")
+
+
 def _pydocs(arg: str, options: SourceOptions) -> Source:
+    """The whole corpus, or one part of train.py's default 90/5/5 split ('heldout': valid+test)."""
+    if arg not in PYDOCS_PARTS:
+        raise SourceError(f"pydocs:{arg}: the part must be one of {', '.join(PYDOCS_PARTS[1:])}.")
     data = corpus.load_corpus(corpus.DEFAULT_CORPUS)
-    return Source("pydocs", "text", None, _array_chunks(data, "pydocs", keep_partial=False))
+    if arg:
+        train, valid, test = corpus.split(data)
+        data = {"train": train, "valid": valid, "test": test}.get(arg, data[len(train) :])
+    name = f"pydocs:{arg}" if arg else "pydocs"
+    return Source(name, "text", None, _array_chunks(data, name, keep_partial=False))
 
 
 def _enwik(name: str) -> Callable[[str, SourceOptions], Source]:

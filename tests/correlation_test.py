@@ -74,7 +74,7 @@ def test_bad_inputs_fail_loudly():
         correlation.fit_line([2, 2, 2], [1, 2, 3])
 
 
-def test_huang_loader_reads_rows_and_refuses_the_empty_shipped_file(tmp_path):
+def test_huang_loader_reads_rows_and_refuses_bad_files(tmp_path):
     path = tmp_path / "h.csv"
     path.write_text(
         "# a comment\nmodel,average_benchmark_score,average_bpc\nm1,0.5,0.6\nm2,0.4,0.7\n"
@@ -84,12 +84,23 @@ def test_huang_loader_reads_rows_and_refuses_the_empty_shipped_file(tmp_path):
     np.testing.assert_allclose(data["average_bpc"], [0.6, 0.7])
     np.testing.assert_allclose(data["average_benchmark_score"], [0.5, 0.4])
 
-    shipped = correlation.pathlib.Path(__file__).parents[1] / "data"
+    path.write_text("# only a comment\nmodel,average_benchmark_score,average_bpc\n")
     with pytest.raises(ValueError, match="no data rows"):
-        correlation.load_huang_csv(shipped / "huang2024_compression_intelligence.csv")
+        correlation.load_huang_csv(path)
     path.write_text("name,score\nm1,0.5\n")
     with pytest.raises(ValueError, match="expected columns"):
         correlation.load_huang_csv(path)
+
+
+def test_shipped_huang_rows_reproduce_the_papers_fit():
+    # Huang et al. 2024 (arXiv v2), Figure 1: 19 general-purpose models, Pearson -0.931, RMSE 3.1
+    # points; the shipped rows are their Appendix B tables (see the CSV's header).
+    shipped = correlation.pathlib.Path(__file__).parents[1] / "data"
+    data = correlation.load_huang_csv(shipped / "huang2024_compression_intelligence.csv")
+    assert len(data["model"]) == 19
+    fit = correlation.correlate(data["average_bpc"], data["average_benchmark_score"])
+    assert round(fit.r, 3) == -0.931
+    assert abs(fit.rmse - 3.1) < 0.05
 
 
 def _fake_run(path, accuracies, bits):

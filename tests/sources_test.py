@@ -33,6 +33,18 @@ def test_pydocs_chunks_are_consecutive_full_chunks():
     ]
 
 
+def test_pydocs_parts_are_train_py_splits():
+    data = np.frombuffer(corpus.pydocs_bytes(), np.uint8)
+    train, valid, test = corpus.split(data)
+    for part, expected in (("test", test), ("valid", valid), ("heldout", data[len(train) :])):
+        source = sources.get_source(f"pydocs:{part}")
+        assert source.name == f"pydocs:{part}"
+        joined = b"".join(source.chunks(chunk_size_bytes=256))
+        assert joined == expected.tobytes()[: len(expected) // 256 * 256]
+    with pytest.raises(sources.SourceError, match="part must be one of"):
+        sources.get_source("pydocs:nope")
+
+
 def test_file_keeps_every_byte_and_refuses_more_chunks_than_it_holds(tmp_path):
     path = tmp_path / "blob"
     path.write_bytes(bytes(range(256)) * 20)  # 5,120 bytes: two full chunks and 1,024 left

@@ -83,6 +83,18 @@ def test_resume_refuses_another_model(tmp_path):
         train.train(_config(steps=5, **{"model.width": 64}), tmp_path)
 
 
+def test_train_bytes_limits_the_data_and_is_part_of_the_run(tmp_path):
+    metrics = train.train(_config(steps=2, **{"data.train_bytes": 3000}), tmp_path)
+    assert metrics["train_bytes"] == 3000
+    saved = json.loads((tmp_path / train.RESULTS_FILE).read_text())
+    assert saved["step"] == 2 and saved["train_bytes"] == 3000
+    with pytest.raises(ValueError, match="another model or data.*train_bytes"):
+        train.train(_config(steps=4, **{"data.train_bytes": 6000}), tmp_path)
+    with pytest.raises(ValueError, match="outside"):
+        train.train(_config(steps=2, **{"data.train_bytes": 10**9}), tmp_path / "big")
+    assert not (tmp_path / "big" / train.CONFIG_FILE).exists()
+
+
 def test_non_finite_loss_stops_with_step(tmp_path):
     config = _config(steps=20, **{"optim.peak_lr": 1e30, "optim.warmup_steps": 1})
     with pytest.raises(train.NonFiniteLossError, match=r"at step \d+"):

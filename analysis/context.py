@@ -1,0 +1,158 @@
+r"""Compression rate against context length, per modality, for language models, gzip and LZMA2.
+
+  python -m analysis.context --runs=runs/context/size=200K --out_dir=docs \
+      --datasets=pydocs:heldout,images,random --lengths=64,128,256,512,1024,2048
+
+For every dataset and chunk length L, the same leading bytes (--bytes, rounded down to whole
+chunks) are cut into L-byte chunks and each chunk is compressed on its own: the in-context setting
+of the paper, where L is all the context a compressor gets. Each model of --runs is rated for the
+lengths up to its training context (by its log-loss by default, --coded for the bytes the rANS
+coder writes), gzip -9 and LZMA2 with their headers counted per chunk. Image chunks are patches
+of 32 rows of L / 32 pixels (data.sources).
+
+Runs `eval_compress.evaluate` for each (dataset, L) with results in --workdir, then writes
+OUT/PREFIX.csv (dataset, modality, compressor, chunk_size, raw_rate, ...) and OUT/PREFIX.png (one
+panel per dataset, raw rate against L on a log2 axis).
+"""
+
+import argparse
+import csv
+import pathlib
+
+import eval_compress
+import runs
+from configs import eval as eval_config
+
+DEFAULT_LENGTHS = (64, 128, 256, 512, 1024, 2048)
+FIELDS = (
+    "dataset",
+    "compressor",
+    "chunk_size",
+    "num_chunks",
+    "raw_bytes",
+    "compressed_bytes",
+    "raw_rate",
+    "bits_per_byte",
+    "rate_from",
+    "seconds",
+)
+
+
+def _label(entry: str) -> str:
+    if entry.startswith("lm:"):
+        config = runs.load_config(entry[3:])
+        return f"LM {config.size} (ctx {config.model.context_length})"
+    return {"gzip": "gzip -9", "lzma": "LZMA2"}.get(entry, entry)
+
+
+def study(
+    run_dirs: list[str],
+    datasets: list[str],
+    lengths: list[int],
+    total_bytes: int,
+    workdir: str | pathlib.Path,
+    coded: bool = False,
+    progress: bool = True,
+) -> list[dict]:
+    """Rates gzip, LZMA2 and the models on every (dataset, length); returns one row each."""
+    contexts = {d: runs.load_config(d).model.context_length for d in run_dirs}
+    rows = []
+    for dataset in datasets:
+        for length in lengths:
+            if total_bytes < length:
+                raise ValueError(f"--bytes={total_bytes} is less than one {length}-byte chunk.")
+            models = [f"lm:{d}" for d in run_dirs if length <= contexts[d]]
+            config = eval_config.get_config()
+            config.dataset = dataset
+            config.compressors = ",".join(["gzip", "lzma", *models])
+            config.chunk_size = length
+            config.num_chunks = total_bytes // length
+            config.chunking = "chunked"
+            config.progress = progress
+            config.workers = 1  # a few dozen KB per call: worker processes would cost more
+            config.lm.coded = coded
+            config.lm.log_loss = True
+            config.lm.chunks_per_device = max(1, 8192 // length)
+            for record in eval_compress.evaluate(config, workdir):
+                rows.append(
+                    {
+                        **{k: record.get(k) for k in FIELDS},
+                        "modality": _modality(dataset),
+                        "compressor": _label(record["compressor"]),
+                        "bits_per_byte": 8 * record["raw_rate"],
+                    }
+                )
+    return rows
+
+
+def _modality(dataset: str) -> str:
+    name = dataset.split(":")[0]
+    return {"images": "image", "imagenet": "image", "audio": "audio", "librispeech": "audio"}.get(
+        name, "random" if name == "random" else "text"
+    )
+
+
+def write_csv(rows: list[dict], path: pathlib.Path) -> None:
+    fields = ["dataset", "modality", *[f for f in FIELDS if f != "dataset"]]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+
+
+def plot(rows: list[dict], path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.4 * len(datasets), 3.8), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        mine = [r for r in rows if r["dataset"] == dataset]
+        for name in dict.fromkeys(r["compressor"] for r in mine):
+            points = sorted(
+                (r["chunk_size"], r["raw_rate"]) for r in mine if r["compressor"] == name
+            )
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, "o-", label=name, lw=1.2, ms=4)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context = chunk length (bytes)")
+        ax.set_ylabel("raw compression rate")
+        ax.set_title(f"{dataset} ({mine[0]['modality']})")
+        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", default="", help="comma-separated train.py workdirs")
+    parser.add_argument("--datasets", default="pydocs:heldout,images,random")
+    parser.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)))
+    parser.add_argument("--bytes", type=int, default=49_152, help="bytes per (dataset, length)")
+    parser.add_argument("--workdir", default="runs/context_eval", help="eval_compress results")
+    parser.add_argument("--out_dir", required=True)
+    parser.add_argument("--prefix", default="context")
+    parser.add_argument("--coded", action="store_true", help="rate models by coded bytes")
+    args = parser.parse_args(argv)
+    run_dirs = [d for d in args.runs.split(",") if d]
+    lengths = [int(x) for x in args.lengths.split(",")]
+    rows = study(run_dirs, args.datasets.split(","), lengths, args.bytes, args.workdir, args.coded)
+    out = pathlib.Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out / f"{args.prefix}.csv")
+    plot(rows, out / f"{args.prefix}.png")
+    for row in rows:
+        print(
+            f"{row['dataset']:16s} {row['compressor']:24s} L={row['chunk_size']:5d} "
+            f"rate={row['raw_rate']:.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+r"""Scaling fits: compression rate against parameter count, with the model's own bytes counted.
+
+  python -m analysis.scaling --csv=runs/scaling/results.csv --out_dir=docs \
+      --dataset_sizes=500000,1e7,1e8,1e9
+
+The raw rate (compressed / raw, held-out log-loss in bytes per byte) of models of N parameters is
+fitted, per training-set size, by the power law
+
+    rate(N) = a * N^-alpha + c
+
+(scipy's `curve_fit`, standard errors from its covariance). Coding a dataset of D bytes also costs
+the model itself, 2 bytes per parameter (the paper's accounting), so the adjusted rate is
+
+    adjusted(N, D) = rate(N) + 2 N / D,
+
+which has one minimum, at N* = (alpha * a * D / 2)^(1 / (1 + alpha)): the optimal model size for D
+bytes (the paper's Figure 2: "the larger the dataset, the more parameters we can afford"). Its
+uncertainty comes from drawing the fitted parameters from their covariance (16th and 84th
+percentiles). An N* outside the measured sizes is an extrapolation, and marked so.
+
+Writes OUT/PREFIX_points.csv (every measured point with its adjusted rate per D),
+OUT/PREFIX_fits.csv (a, alpha, c with standard errors, N* with its interval, per training-set size
+and D) and OUT/PREFIX.png (log-log, one panel per training-set size, a curve per D).
+"""
+
+import argparse
+import csv
+import dataclasses
+import math
+import pathlib
+from collections.abc import Sequence
+
+import numpy as np
+
+BYTES_PER_PARAM = 2  # the paper's cost of one parameter in the adjusted rate
+
+
+def power_law(n, a, alpha, c):
+    """a * n^-alpha + c."""
+    return a * np.power(np.asarray(n, np.float64), -alpha) + c
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerLawFit:
+    """rate(N) = a * N^-alpha + c with the covariance of (a, alpha, c)."""
+
+    a: float
+    alpha: float
+    c: float
+    cov: np.ndarray  # 3x3, order (a, alpha, c)
+    num_points: int
+    rms_residual: float
+
+    @property
+    def stderr(self) -> tuple[float, float, float]:
+        return tuple(float(x) for x in np.sqrt(np.clip(np.diag(self.cov), 0, None)))
+
+    def __call__(self, n):
+        return power_law(n, self.a, self.alpha, self.c)
+
+    def adjusted(self, n, dataset_bytes: float):
+        """The adjusted rate rate(N) + 2N/D."""
+        return self(n) + BYTES_PER_PARAM * np.asarray(n, np.float64) / dataset_bytes
+
+    def optimal_size(self, dataset_bytes: float) -> float:
+        """N* minimising the adjusted rate for D bytes (see the module docstring)."""
+        return optimal_size(self.a, self.alpha, dataset_bytes)
+
+    def optimal_size_interval(
+        self, dataset_bytes: float, draws: int = 4000, seed: int = 0
+    ) -> tuple[float, float]:
+        """16th and 84th percentiles of N* over parameters drawn from the fit's covariance."""
+        rng = np.random.default_rng(seed)
+        theta = rng.multivariate_normal([self.a, self.alpha, self.c], self.cov, draws, "ignore")
+        ok = (theta[:, 0] > 0) & (theta[:, 1] > 0)
+        values = optimal_size(theta[ok, 0], theta[ok, 1], dataset_bytes)
+        if values.size < draws // 2:  # the fit does not pin the optimum down
+            return math.nan, math.nan
+        lo, hi = np.percentile(values, [16, 84])
+        return float(lo), float(hi)
+
+
+def optimal_size(a, alpha, dataset_bytes: float):
+    """argmin over N of a*N^-alpha + 2N/D: (alpha * a * D / 2)^(1 / (1 + alpha))."""
+    a, alpha = np.asarray(a, np.float64), np.asarray(alpha, np.float64)
+    return np.power(alpha * a * dataset_bytes / BYTES_PER_PARAM, 1.0 / (1.0 + alpha))
+
+
+def fit_power_law(
+    num_params: Sequence[float], rates: Sequence[float], sigma: Sequence[float] | None = None
+) -> PowerLawFit:
+    """Least-squares fit of rate(N) = a * N^-alpha + c (a > 0, alpha in (0, 4], 0 <= c < min).
+
+    N is scaled by its geometric mean inside the fit, which keeps the problem well conditioned.
+    Without `sigma`, the covariance is scaled by the residuals (scipy's default).
+
+    Raises:
+      ValueError: fewer than four points (three parameters need at least one degree of freedom),
+        or non-positive sizes or rates.
+    """
+    from scipy import optimize
+
+    n = np.asarray(num_params, np.float64)
+    y = np.asarray(rates, np.float64)
+    if n.shape != y.shape or n.ndim != 1:
+        raise ValueError("num_params and rates must be 1-D and of equal length.")
+    if len(n) < 4:
+        raise ValueError(f"A three-parameter fit needs at least 4 points, got {len(n)}.")
+    if np.any(n <= 0) or np.any(y <= 0):
+        raise ValueError("Sizes and rates must be positive.")
+    n0 = float(np.exp(np.mean(np.log(n))))
+    x = n / n0
+
+    def f(x, amp, alpha, c):
+        return amp * np.power(x, -alpha) + c
+
+    # Start from a straight line in log-log space with c at half the smallest rate.
+    c0 = 0.5 * y.min()
+    slope = np.polyfit(np.log(x), np.log(np.maximum(y - c0, 1e-12)), 1)[0]
+    p0 = [max(float(np.exp(np.mean(np.log(y - c0)))), 1e-6), min(max(-slope, 0.05), 3.0), c0]
+    upper_c = float(y.min()) * (1 - 1e-9)
+    params, cov = optimize.curve_fit(
+        f,
+        x,
+        y,
+        p0=p0,
+        sigma=None if sigma is None else np.asarray(sigma, np.float64),
+        absolute_sigma=sigma is not None,
+        bounds=([1e-12, 1e-6, 0.0], [np.inf, 4.0, upper_c]),
+        maxfev=20_000,
+    )
+    amp, alpha, c = (float(v) for v in params)
+    # a * N^-alpha = amp * (N / n0)^-alpha, so a = amp * n0^alpha; propagate the covariance.
+    scale = n0**alpha
+    jac = np.array([[scale, amp * scale * math.log(n0), 0.0], [0, 1, 0], [0, 0, 1]])
+    cov = jac @ np.asarray(cov, np.float64) @ jac.T
+    residual = y - power_law(n, amp * scale, alpha, c)
+    return PowerLawFit(amp * scale, alpha, c, cov, len(n), float(np.sqrt(np.mean(residual**2))))
+
+
+def _read_rows(path: pathlib.Path) -> list[dict]:
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("status", "complete") == "complete"]
+    if not rows:
+        raise ValueError(f"{path} has no complete runs.")
+    return rows
+
+
+def _group_label(row: dict) -> str:
+    train_bytes = int(float(row["train_bytes"]))
+    tokenizer = row.get("tokenizer_name") or "bytes"
+    return f"train {train_bytes:,} B" + ("" if tokenizer == "bytes" else f", {tokenizer}")
+
+
+def _format_size(d: float) -> str:
+    names = {1e7: "enwik7-sized", 1e8: "enwik8-sized", 1e9: "enwik9-sized"}
+    return names.get(d, f"{d:,.0f} B")
+
+
+def analyse(
+    csv_path: str | pathlib.Path,
+    out_dir: str | pathlib.Path,
+    dataset_sizes: Sequence[float],
+    prefix: str = "scaling",
+    rate_key: str = "test_bits_per_byte",
+) -> list[dict]:
+    """Fits every training-set group of a sweep's results.csv; writes points, fits and a plot.
+
+    Returns the fit rows (one per group and dataset size).
+    """
+    rows = _read_rows(pathlib.Path(csv_path))
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(_group_label(row), []).append(row)
+
+    points, fits, plotted = [], [], []
+    for label, members in groups.items():
+        members.sort(key=lambda r: int(r["num_params"]))
+        n = np.array([int(r["num_params"]) for r in members], np.float64)
+        rate = np.array([float(r[rate_key]) / 8 for r in members])
+        fit = fit_power_law(n, rate) if len(n) >= 4 else None
+        for r, ni, ri in zip(members, n, rate, strict=True):
+            for d in dataset_sizes:
+                points.append(
+                    {
+                        "group": label,
+                        "run": r["run"],
+                        "num_params": int(ni),
+                        "dataset_bytes": d,
+                        "raw_rate": ri,
+                        "adjusted_rate": ri + BYTES_PER_PARAM * ni / d,
+                    }
+                )
+        if fit is None:
+            continue
+        a_err, alpha_err, c_err = fit.stderr
+        for d in dataset_sizes:
+            n_opt = float(fit.optimal_size(d))
+            lo, hi = fit.optimal_size_interval(d)
+            fits.append(
+                {
+                    "group": label,
+                    "dataset_bytes": d,
+                    "a": fit.a,
+                    "a_stderr": a_err,
+                    "alpha": fit.alpha,
+                    "alpha_stderr": alpha_err,
+                    "c": fit.c,
+                    "c_stderr": c_err,
+                    "rms_residual": fit.rms_residual,
+                    "num_points": fit.num_points,
+                    "optimal_params": n_opt,
+                    "optimal_params_p16": lo,
+                    "optimal_params_p84": hi,
+                    "adjusted_rate_at_optimum": float(fit.adjusted(n_opt, d)),
+                    "extrapolated": not (n.min() <= n_opt <= n.max()),
+                }
+            )
+        plotted.append((label, n, rate, fit))
+
+    _write_csv(out_dir / f"{prefix}_points.csv", points)
+    _write_csv(out_dir / f"{prefix}_fits.csv", fits)
+    _plot(plotted, dataset_sizes, out_dir / f"{prefix}.png")
+    return fits
+
+
+def _write_csv(path: pathlib.Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+
+
+def _plot(groups, dataset_sizes, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.2), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (label, n, rate, fit) in zip(axes[0], groups, strict=True):
+        grid = np.geomspace(n.min() / 3, n.max() * 3, 200)
+        for i, d in enumerate(dataset_sizes):
+            color = colors[i % len(colors)]
+            adjusted = rate + BYTES_PER_PARAM * n / d
+            ax.plot(n, adjusted, "o", color=color, label=_format_size(d))
+            if fit is not None:
+                ax.plot(grid, fit.adjusted(grid, d), "-", color=color, lw=1)
+                n_opt = float(fit.optimal_size(d))
+                if grid[0] <= n_opt <= grid[-1]:
+                    ax.plot(n_opt, fit.adjusted(n_opt, d), "*", color=color, ms=12, mec="k")
+        if fit is not None:
+            ax.plot(grid, fit(grid), "k--", lw=1, label="raw rate fit")
+            ax.text(
+                0.02,
+                0.02,
+                f"rate = {fit.a:.3g} N^-{fit.alpha:.3f} + {fit.c:.3f}",
+                transform=ax.transAxes,
+                fontsize=8,
+            )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("parameters")
+        ax.set_ylabel("adjusted compression rate")
+        ax.set_title(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--csv", required=True, help="a sweep's results.csv (sweep.py)")
+    parser.add_argument("--out_dir", required=True)
+    parser.add_argument("--prefix", default="scaling")
+    parser.add_argument(
+        "--dataset_sizes",
+        default="1e7,1e8,1e9",
+        help="comma-separated D in bytes for the adjusted rates (enwik7/8/9 sizes by default)",
+    )
+    args = parser.parse_args(argv)
+    sizes = [float(s) for s in args.dataset_sizes.split(",")]
+    fits = analyse(args.csv, args.out_dir, sizes, args.prefix)
+    for row in fits:
+        print(
+            f"{row['group']:28s} D={_format_size(row['dataset_bytes']):>14s}  "
+            f"alpha={row['alpha']:.3f}+-{row['alpha_stderr']:.3f}  c={row['c']:.3f}  "
+            f"N*={row['optimal_params']:,.0f} [{row['optimal_params_p16']:,.0f}, "
+            f"{row['optimal_params_p84']:,.0f}]{' (extrapolated)' if row['extrapolated'] else ''}"
+        )
+
+
+if __name__ == "__main__":
+    main()

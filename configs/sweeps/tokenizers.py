@@ -1,0 +1,30 @@
+"""Tokenizer sweep: the 200K model on bytes and on byte-level BPE with 1K, 2K and 5K tokens.
+
+  python sweep.py --sweep=configs/sweeps/tokenizers.py --mode=local
+
+Same budget as configs/sweeps/scaling.py (256-token context, batch 32, 400 steps on `pydocs`), so a
+BPE model sees more bytes per window and per step than the byte model; rates are per original
+byte and the parameter counts include the larger embedding and output layers.
+"""
+
+
+def get_sweep():
+    return {
+        "name": "tokenizers",
+        "config": "configs/default.py",
+        "fixed": {
+            "dataset": "pydocs",
+            "size": "200K",
+            "model.context_length": 256,
+            "train.batch_size": 32,
+            "train.steps": 400,
+            "train.log_every": 50,
+            "train.eval_every": 200,
+            "train.checkpoint_every": 200,
+            "train.eval_max_bytes": 65536,
+            "train.progress": False,
+            "optim.peak_lr": 2e-3,
+            "optim.warmup_steps": 40,
+        },
+        "axes": {"tokenizer": ["bytes", "bpe:1000", "bpe:2000", "bpe:5000"]},
+    }

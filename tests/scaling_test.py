@@ -1,0 +1,97 @@
+"""Scaling fits: known curves are recovered, the optimum is the true minimum, files are written."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from analysis import scaling
+
+
+def _points(a, alpha, c, noise, num=10, seed=0):
+    rng = np.random.default_rng(seed)
+    n = np.geomspace(2e4, 1e8, num)
+    y = scaling.power_law(n, a, alpha, c)
+    return n, y * (1 + noise * rng.standard_normal(num))
+
+
+@pytest.mark.parametrize("a, alpha, c", [(3.0, 0.3, 0.15), (40.0, 0.5, 0.1), (1.2, 0.12, 0.05)])
+def test_fit_recovers_known_parameters_from_noisy_points(a, alpha, c):
+    n, y = _points(a, alpha, c, noise=0.002)
+    fit = scaling.fit_power_law(n, y)
+    a_err, alpha_err, c_err = fit.stderr
+    for true, got, err in ((a, fit.a, a_err), (alpha, fit.alpha, alpha_err), (c, fit.c, c_err)):
+        assert abs(got - true) < 4 * err + 1e-9, (true, got, err)
+    assert abs(fit.alpha - alpha) / alpha < 0.1
+    assert fit.rms_residual < 0.01 * y.mean()
+
+
+def test_fit_is_exact_without_noise_and_errors_shrink_with_noise():
+    n, y = _points(3.0, 0.3, 0.15, noise=0.0)
+    fit = scaling.fit_power_law(n, y)
+    np.testing.assert_allclose([fit.a, fit.alpha, fit.c], [3.0, 0.3, 0.15], rtol=1e-4)
+    noisy = scaling.fit_power_law(*_points(3.0, 0.3, 0.15, noise=0.01))
+    quiet = scaling.fit_power_law(*_points(3.0, 0.3, 0.15, noise=0.001))
+    assert quiet.stderr[1] < noisy.stderr[1]
+
+
+def test_optimal_size_is_the_minimum_of_the_adjusted_rate():
+    fit = scaling.fit_power_law(*_points(3.0, 0.3, 0.15, noise=0.0))
+    for d in (1e7, 1e8, 1e9):
+        grid = np.geomspace(1e3, 1e10, 200_001)
+        brute = grid[np.argmin(fit.adjusted(grid, d))]
+        assert abs(np.log(fit.optimal_size(d) / brute)) < 1e-3
+    # the larger the dataset, the more parameters it affords
+    sizes = [fit.optimal_size(d) for d in (1e7, 1e8, 1e9)]
+    assert sizes == sorted(sizes)
+    lo, hi = fit.optimal_size_interval(1e8)
+    assert lo <= hi
+
+
+def test_fit_refuses_too_few_or_bad_points():
+    with pytest.raises(ValueError, match="at least 4"):
+        scaling.fit_power_law([1e4, 1e5, 1e6], [0.5, 0.4, 0.3])
+    with pytest.raises(ValueError, match="positive"):
+        scaling.fit_power_law([1e4, 1e5, 1e6, 0], [0.5, 0.4, 0.3, 0.2])
+
+
+def test_analyse_writes_points_fits_and_plot_per_training_size(tmp_path):
+    rows = []
+    for train_bytes, a in ((0, 3.0), (65536, 2.0)):
+        for n in (21_312, 66_944, 231_936, 856_832, 3_286_272):
+            bpb = 8 * scaling.power_law(n, a, 0.3, 0.15)
+            rows.append(
+                {
+                    "run": f"{train_bytes}-{n}",
+                    "status": "complete",
+                    "num_params": n,
+                    "train_bytes": train_bytes or 450_000,
+                    "tokenizer_name": "bytes",
+                    "test_bits_per_byte": bpb,
+                }
+            )
+    rows.append(
+        {
+            "run": "unfinished",
+            "status": "partial",
+            "num_params": "",
+            "train_bytes": "",
+            "tokenizer_name": "",
+            "test_bits_per_byte": "",
+        }
+    )
+    path = tmp_path / "results.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    fits = scaling.analyse(path, tmp_path / "out", [1e6, 1e8])
+    assert len(fits) == 4  # 2 training sizes x 2 dataset sizes
+    assert {f["group"] for f in fits} == {"train 450,000 B", "train 65,536 B"}
+    for f in fits:
+        assert abs(f["alpha"] - 0.3) < 1e-3
+    assert (tmp_path / "out" / "scaling.png").stat().st_size > 10_000
+    with open(tmp_path / "out" / "scaling_points.csv") as f:
+        assert len(list(csv.DictReader(f))) == 10 * 2
+    with open(tmp_path / "out" / "scaling_fits.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
