@@ -38,6 +38,7 @@ CSV_FIELDS = (
     "num_params",
     "step",
     "tokens_seen",
+    "bytes_per_token",
     "train_bytes",
     "window_bytes",
     "test_bytes",

@@ -448,6 +448,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     writer.close()
     metrics["train_bytes"] = len(train_split)
     metrics["tokens_seen"] = metrics["step"] * tokens_per_step
+    metrics["bytes_per_token"] = bytes_per_token  # of the training split; 1 for bytes
     metrics["seconds"] = time.perf_counter() - t_start  # this invocation's (a resume counts anew)
     if jax.process_index() == 0 and metrics["step"] == config.train.steps:
         _write_atomic(workdir / RESULTS_FILE, json.dumps(metrics, indent=2))

@@ -95,3 +95,24 @@ def test_analyse_writes_points_fits_and_plot_per_training_size(tmp_path):
         assert len(list(csv.DictReader(f))) == 10 * 2
     with open(tmp_path / "out" / "scaling_fits.csv") as f:
         assert len(list(csv.DictReader(f))) == 4
+
+
+def test_tokenizer_table_charges_the_larger_vocabularies(tmp_path):
+    from analysis import tokenizers
+
+    path = tmp_path / "results.csv"
+    header = "run,status,tokenizer_name,num_params,tokens_seen,bytes_per_token,test_bits_per_byte\n"
+    path.write_text(
+        header
+        + "b,complete,bytes,231936,1000,1.0,2.0\n"
+        + "k,complete,bpe:1000,327424,1000,2.5,1.8\n"
+        + "p,partial,bpe:2000,,,,\n"
+    )
+    rows = tokenizers.table(path, [1e6])
+    assert [r["tokenizer"] for r in rows] == ["bytes", "bpe:1000"]
+    assert [r["vocab_size"] for r in rows] == [256, 1000]
+    assert rows[1]["bytes_seen"] == 2500
+    assert rows[0]["adjusted_rate_D=1e+06"] == pytest.approx(2.0 / 8 + 2 * 231936 / 1e6)
+    assert rows[1]["adjusted_rate_D=1e+06"] == pytest.approx(1.8 / 8 + 2 * 327424 / 1e6)
+    tokenizers.plot(rows, [1e6], tmp_path / "t.png")
+    assert (tmp_path / "t.png").stat().st_size > 5_000

@@ -1,0 +1,106 @@
+r"""Tokenizer comparison: raw and adjusted rates of one model size on bytes and on BPE vocabularies.
+
+  python -m analysis.tokenizers --csv=runs/tokenizers/results.csv --out_dir=docs \
+      --dataset_sizes=500000,1e7,1e9
+
+Reads a sweep's results.csv (sweep.py) whose runs differ by `tokenizer`, and writes
+OUT/PREFIX.csv (tokenizer, vocabulary, parameters, bytes per token, raw rate, adjusted rate per D)
+and OUT/PREFIX.png (rates against vocabulary size). Rates are per original byte; the parameter
+count includes the larger embedding and output layers, so the adjusted rate charges for them.
+"""
+
+import argparse
+import csv
+import pathlib
+from collections.abc import Sequence
+
+from analysis import scaling
+
+
+def vocab_size(tokenizer: str) -> int:
+    """256 for `bytes`, N for `bpe:N`."""
+    return 256 if tokenizer == "bytes" else int(tokenizer.split(":")[1])
+
+
+def table(csv_path: str | pathlib.Path, dataset_sizes: Sequence[float]) -> list[dict]:
+    """One row per complete run, sorted by vocabulary size."""
+    with open(csv_path, newline="") as f:
+        runs = [r for r in csv.DictReader(f) if r["status"] == "complete"]
+    if not runs:
+        raise ValueError(f"{csv_path} has no complete runs.")
+    rows = []
+    for r in sorted(runs, key=lambda r: vocab_size(r["tokenizer_name"])):
+        params = int(r["num_params"])
+        raw = float(r["test_bits_per_byte"]) / 8
+        row = {
+            "tokenizer": r["tokenizer_name"],
+            "vocab_size": vocab_size(r["tokenizer_name"]),
+            "num_params": params,
+            "bytes_per_token": float(r.get("bytes_per_token") or 1.0),
+            "bytes_seen": _bytes_seen(r),
+            "test_bits_per_byte": float(r["test_bits_per_byte"]),
+            "raw_rate": raw,
+        }
+        for d in dataset_sizes:
+            row[f"adjusted_rate_D={d:g}"] = raw + scaling.BYTES_PER_PARAM * params / d
+        rows.append(row)
+    return rows
+
+
+def _bytes_seen(run: dict) -> int:
+    """Training bytes the model saw: tokens seen times the run's bytes per token."""
+    tokens = float(run["tokens_seen"])
+    return int(round(tokens * float(run.get("bytes_per_token") or 1.0)))
+
+
+def plot(rows: list[dict], dataset_sizes: Sequence[float], path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.0))
+    vocab = [r["vocab_size"] for r in rows]
+    ax.plot(vocab, [r["raw_rate"] for r in rows], "ko-", label="raw rate")
+    for d in dataset_sizes:
+        ax.plot(
+            vocab, [r[f"adjusted_rate_D={d:g}"] for r in rows], "o--", label=f"adjusted, D={d:g} B"
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("vocabulary size (256 = bytes)")
+    ax.set_ylabel("compression rate (per original byte)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--csv", required=True, help="the tokenizer sweep's results.csv")
+    parser.add_argument("--out_dir", required=True)
+    parser.add_argument("--prefix", default="tokenizers")
+    parser.add_argument("--dataset_sizes", default="1e7,1e9")
+    args = parser.parse_args(argv)
+    sizes = [float(s) for s in args.dataset_sizes.split(",")]
+    rows = table(args.csv, sizes)
+    out = pathlib.Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / f"{args.prefix}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+    plot(rows, sizes, out / f"{args.prefix}.png")
+    for row in rows:
+        extra = "  ".join(f"{k[9:]}: {v:.4f}" for k, v in row.items() if k.startswith("adjusted"))
+        print(
+            f"{row['tokenizer']:9s} {row['num_params']:>9,} params  "
+            f"{row['test_bits_per_byte']:.3f} bits/byte  raw {row['raw_rate']:.4f}  {extra}"
+        )
+
+
+if __name__ == "__main__":
+    main()
