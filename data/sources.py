@@ -10,7 +10,7 @@ A source is named by a spec `NAME` or `NAME:ARG` (`SOURCES` holds the names):
 | `imagenet[:SPLIT]` | tfds `imagenet2012` (split `train` by default), grayscale patches | 488,281 |
 | `librispeech[:SPLIT]` | tfds `librispeech` (split `train_clean100`), 8-bit samples | 488,281 |
 | `images[:PATH]` | grayscale patches of an image file or of a directory's images | all |
-| `audio:PATH` | 8-bit samples of a WAV/FLAC file or of a directory's files | all |
+| `audio[:PATH]` | 8-bit samples of a WAV/FLAC file or of a directory's files | all |
 | `random` | seeded uniform bytes | 488,281 |
 | `file:PATH` | any local file, consecutive; the last chunk may be shorter | all |
 
@@ -25,9 +25,15 @@ at the right and bottom edges are dropped. Audio follows the paper's 16 -> 8-bit
 (`pcm16_to_uint8`); each recording is cut on its own and its last partial chunk dropped.
 
 Offline defaults. `images` with no path reads the one real photograph the installed packages ship,
-matplotlib's `mpl-data/sample_data/grace_hopper.jpg` (512x600 RGB, 144 patches). No installed
-package ships real recorded audio (scipy's and CPython's test WAVs are synthetic tones and
-plucks), so `audio` needs a path, e.g. a LibriSpeech FLAC file or an extracted
+matplotlib's `mpl-data/sample_data/grace_hopper.jpg` (512x600 RGB, 144 patches). `audio` with no
+path reads a real speech recording that the auditok 0.2.0 wheel ships (MIT licence; pinned in
+requirements.txt, as auditok 0.4 and later no longer ship it):
+`auditok/data/1to6arabic_16000_mono_bc_noise.wav`, which auditok's `dataset` module describes as
+"a pronunciation of Arabic numbers from 1 to 6" (its `bc_noise` presumably marks the audible
+background noise; no further origin is documented). It is 18.8 s of 16-bit mono at 16 kHz,
+LibriSpeech's rate: 146 chunks of 2048 bytes, about two thirds of them the noisy pauses between
+the words. scipy's and CPython's test WAVs are synthetic tones and plucks, so they are not
+used. For more audio, pass a path, e.g. a LibriSpeech FLAC file or an extracted
 `LibriSpeech/train-clean-100` directory (files in sorted path order). `imagenet` and `librispeech`
 need the optional `tensorflow-datasets` (with `tensorflow`), imported only inside their loaders.
 """
@@ -51,6 +57,7 @@ PATCH_ROWS = 32
 AUDIO_SUFFIXES = (".flac", ".wav")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _DEFAULT_IMAGE = "mpl-data/sample_data/grace_hopper.jpg"  # inside the matplotlib package
+_DEFAULT_AUDIO = "data/1to6arabic_16000_mono_bc_noise.wav"  # inside the auditok 0.2.0 package
 _ENWIK_PREFIX_BYTES = {"enwik7": 10_000_000, "enwik8": 100_000_000, "enwik9": 1_000_000_000}
 
 
@@ -244,15 +251,23 @@ def _list_files(path: pathlib.Path, suffixes: tuple[str, ...], what: str) -> lis
     raise SourceError(f"No such file or directory: {path}.")
 
 
+def _package_file(package: str, relative: str) -> pathlib.Path | None:
+    """The data file `relative` inside an installed package (located, not imported), or None."""
+    spec = importlib.util.find_spec(package)
+    locations = spec.submodule_search_locations if spec else None
+    path = pathlib.Path(locations[0]) / relative if locations else None
+    return path if path and path.is_file() else None
+
+
 def _images(arg: str, options: SourceOptions) -> Source:
     if arg:
         path = pathlib.Path(arg).expanduser()
     else:
-        spec = importlib.util.find_spec("matplotlib")  # located, not imported
-        package = spec.submodule_search_locations[0] if spec else ""
-        path = pathlib.Path(package) / _DEFAULT_IMAGE
-        if not path.is_file():
-            raise SourceError(f"matplotlib's sample image {path} is missing: pass images:PATH.")
+        path = _package_file("matplotlib", _DEFAULT_IMAGE)
+        if path is None:
+            raise SourceError(
+                f"matplotlib's sample image {_DEFAULT_IMAGE} is missing: pass images:PATH."
+            )
     files = _list_files(path, IMAGE_SUFFIXES, "image")
 
     def make(chunk_size: int, num_chunks: int | None) -> Iterator[bytes]:
@@ -317,19 +332,24 @@ def read_audio_uint8(path: os.PathLike) -> np.ndarray:
 
 
 def _audio(arg: str, options: SourceOptions) -> Source:
-    if not arg:
-        raise SourceError(
-            "audio needs a path: audio:PATH, a WAV or FLAC file or a directory of them (e.g. an "
-            "extracted LibriSpeech/train-clean-100). No installed package ships real recorded "
-            "audio, so there is no offline default; the paper's set is the 'librispeech' source."
-        )
-    files = _list_files(pathlib.Path(arg).expanduser(), AUDIO_SUFFIXES, "audio")
+    if arg:
+        path = pathlib.Path(arg).expanduser()
+    else:
+        path = _package_file("auditok", _DEFAULT_AUDIO)
+        if path is None:
+            raise SourceError(
+                f"audio with no path reads auditok's speech recording {_DEFAULT_AUDIO}, which is "
+                "missing: pip install auditok==0.2.0 (in requirements.txt; auditok 0.4 and later "
+                "dropped the file), or pass audio:PATH, a WAV or FLAC file or a directory of them "
+                "(e.g. an extracted LibriSpeech/train-clean-100)."
+            )
+    files = _list_files(path, AUDIO_SUFFIXES, "audio")
 
     def make(chunk_size: int, num_chunks: int | None) -> Iterator[bytes]:
         chunks = (c for f in files for c in audio_chunks(read_audio_uint8(f), chunk_size))
         return _take(chunks, num_chunks)
 
-    return Source(f"audio:{arg}", "audio", None, make)
+    return Source(f"audio:{arg}" if arg else "audio", "audio", None, make)
 
 
 # --- tensorflow-datasets (optional) -------------------------------------------------------------
@@ -342,7 +362,7 @@ def _import_tfds(name: str):
         raise SourceError(
             f"The {name} source reads tensorflow-datasets, which is not installed: "
             "pip install tensorflow-datasets tensorflow (see requirements-extra.txt). Offline "
-            "alternatives: 'images[:PATH]' and 'audio:PATH'."
+            "alternatives: 'images[:PATH]' and 'audio[:PATH]'."
         ) from e
     return tfds
 

@@ -1,5 +1,6 @@
 """Evaluation sources: chunking, image patches, audio conversion, clear errors on missing data."""
 
+import importlib.util
 import pathlib
 import sys
 import types
@@ -160,10 +161,34 @@ def test_audio_from_real_librispeech_flac():
     assert chunks[3] == sources.pcm16_to_uint8(samples[3 * 2048 : 4 * 2048]).tobytes()
 
 
+def test_audio_default_is_auditoks_real_speech_recording():
+    package = pathlib.Path(importlib.util.find_spec("auditok").submodule_search_locations[0])
+    path = package / "data" / "1to6arabic_16000_mono_bc_noise.wav"
+    import soundfile
+
+    samples, rate = soundfile.read(path, dtype="int16")
+    assert (rate, samples.ndim, len(samples)) == (16_000, 1, 300_606)  # 18.8 s of mono speech
+    source = sources.get_source("audio")
+    assert (source.name, source.modality) == ("audio", "audio")
+    chunks = list(source.chunks())
+    assert len(chunks) == 300_606 // 2048 == 146
+    assert all(len(c) == 2048 for c in chunks)
+    assert list(source.chunks()) == chunks  # deterministic
+    assert b"".join(chunks) == sources.pcm16_to_uint8(samples[: 146 * 2048]).tobytes()
+    u8 = np.frombuffer(b"".join(chunks), np.uint8)
+    assert len(np.unique(u8)) > 200  # loud speech spans most byte values
+    assert np.mean([len(set(c)) > 20 for c in chunks]) > 0.2  # not mostly silence or a tone
+
+
+def test_audio_default_without_auditok_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "auditok", None)  # find_spec finds nothing
+    with pytest.raises(sources.SourceError, match=r"pip install auditok==0.2.0.*audio:PATH"):
+        sources.get_source("audio")
+
+
 @pytest.mark.parametrize(
     "spec,match",
     [
-        ("audio", "audio needs a path"),
         ("file:/no/such/file", "No such file"),
         ("images:/no/such/dir", "No such file or directory"),
         ("enwik10", "Unknown dataset"),
