@@ -15,8 +15,10 @@ the model itself, 2 bytes per parameter (the paper's accounting), so the adjuste
 
 which has one minimum, at N* = (alpha * a * D / 2)^(1 / (1 + alpha)): the optimal model size for D
 bytes (the paper's Figure 2: "the larger the dataset, the more parameters we can afford"). Its
-uncertainty comes from drawing the fitted parameters from their covariance (16th and 84th
-percentiles). An N* outside the measured sizes is an extrapolation, and marked so.
+uncertainty comes from drawing the fitted parameters from their covariance, in the fit's own
+coordinates (N scaled by its geometric mean), and taking the 16th and 84th percentiles of N*
+(N* can peak near the fitted alpha, so the point estimate may sit at the interval's top). An N*
+outside the measured sizes is an extrapolation, and marked so.
 
 Writes OUT/PREFIX_points.csv (every measured point with its adjusted rate per D),
 OUT/PREFIX_fits.csv (a, alpha, c with standard errors, N* with its interval, per training-set size
@@ -50,6 +52,10 @@ class PowerLawFit:
     cov: np.ndarray  # 3x3, order (a, alpha, c)
     num_points: int
     rms_residual: float
+    # The fit's own coordinates, rate = amp * (N / n0)^-alpha + c, where the least-squares
+    # surface is close to Gaussian (a = amp * n0^alpha is not: it is exponential in alpha).
+    n0: float = 1.0
+    native_cov: np.ndarray | None = None  # of (amp, alpha, c)
 
     @property
     def stderr(self) -> tuple[float, float, float]:
@@ -71,9 +77,12 @@ class PowerLawFit:
     ) -> tuple[float, float]:
         """16th and 84th percentiles of N* over parameters drawn from the fit's covariance."""
         rng = np.random.default_rng(seed)
-        theta = rng.multivariate_normal([self.a, self.alpha, self.c], self.cov, draws, "ignore")
+        amp = self.a * self.n0**-self.alpha
+        cov = self.cov if self.native_cov is None else self.native_cov
+        theta = rng.multivariate_normal([amp, self.alpha, self.c], cov, draws, "ignore")
         ok = (theta[:, 0] > 0) & (theta[:, 1] > 0)
-        values = optimal_size(theta[ok, 0], theta[ok, 1], dataset_bytes)
+        a = theta[ok, 0] * np.power(self.n0, theta[ok, 1])
+        values = optimal_size(a, theta[ok, 1], dataset_bytes)
         if values.size < draws // 2:  # the fit does not pin the optimum down
             return math.nan, math.nan
         lo, hi = np.percentile(values, [16, 84])
@@ -133,9 +142,18 @@ def fit_power_law(
     # a * N^-alpha = amp * (N / n0)^-alpha, so a = amp * n0^alpha; propagate the covariance.
     scale = n0**alpha
     jac = np.array([[scale, amp * scale * math.log(n0), 0.0], [0, 1, 0], [0, 0, 1]])
-    cov = jac @ np.asarray(cov, np.float64) @ jac.T
+    native_cov = np.asarray(cov, np.float64)
     residual = y - power_law(n, amp * scale, alpha, c)
-    return PowerLawFit(amp * scale, alpha, c, cov, len(n), float(np.sqrt(np.mean(residual**2))))
+    return PowerLawFit(
+        amp * scale,
+        alpha,
+        c,
+        jac @ native_cov @ jac.T,
+        len(n),
+        float(np.sqrt(np.mean(residual**2))),
+        n0,
+        native_cov,
+    )
 
 
 def _read_rows(path: pathlib.Path) -> list[dict]:
