@@ -12,7 +12,7 @@ of 32 rows of L / 32 pixels (data.sources).
 
 Runs `eval_compress.evaluate` for each (dataset, L) with results in --workdir, then writes
 OUT/PREFIX.csv (dataset, modality, compressor, chunk_size, raw_rate, ...) and OUT/PREFIX.png (one
-panel per dataset, raw rate against L on a log2 axis).
+panel per dataset, raw rate against L on a log2 axis), and prints the rates as a Markdown table.
 """
 
 import argparse
@@ -101,6 +101,22 @@ def write_csv(rows: list[dict], path: pathlib.Path) -> None:
             writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """Raw rates as a Markdown table: a row per (dataset, compressor), a column per length."""
+    lengths = sorted({r["chunk_size"] for r in rows})
+    lines = [
+        "| dataset | compressor | " + " | ".join(map(str, lengths)) + " |",
+        "|---|---|" + "---:|" * len(lengths),
+    ]
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        mine = [r for r in rows if r["dataset"] == dataset]
+        for name in dict.fromkeys(r["compressor"] for r in mine):
+            rate = {r["chunk_size"]: r["raw_rate"] for r in mine if r["compressor"] == name}
+            cells = [f"{rate[n]:.3f}" if n in rate else "-" for n in lengths]
+            lines.append(f"| {dataset} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], path: pathlib.Path) -> None:
     import matplotlib
 
@@ -151,11 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / f"{args.prefix}.csv")
     plot(rows, out / f"{args.prefix}.png")
-    for row in rows:
-        print(
-            f"{row['dataset']:16s} {row['compressor']:24s} L={row['chunk_size']:5d} "
-            f"rate={row['raw_rate']:.3f}"
-        )
+    print(markdown_table(rows))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,10 @@ def test_study_covers_every_length_and_keeps_models_within_their_context(tmp_pat
     assert all(r["raw_rate"] > 0.95 for k, r in by_key.items() if k[0] == "random" and "LM" in k[1])
     text = [by_key[("pydocs:test", "LZMA2", n)]["raw_rate"] for n in (16, 32, 64)]
     assert text == sorted(text, reverse=True)
+    table = context.markdown_table(rows).splitlines()
+    assert table[0] == "| dataset | compressor | 16 | 32 | 64 |"
+    assert len(table) == 2 + 2 * 3  # header, rule, (gzip, LZMA2, LM) per dataset
+    assert all(line.endswith("| - |") for line in table if " LM " in line)  # none at 64 B
     context.write_csv(rows, tmp_path / "context.csv")
     context.plot(rows, tmp_path / "context.png")
     with open(tmp_path / "context.csv") as f:
