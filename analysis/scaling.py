@@ -156,6 +156,28 @@ def fit_power_law(
     )
 
 
+OVERFIT_TOLERANCE = 0.02  # a larger model this much worse than the best marks overfitting
+
+
+def _fit_group(n: np.ndarray, rate: np.ndarray) -> tuple[PowerLawFit | None, str]:
+    """Fits a group's points, or says why not: a power law falls with N, so where the raw rate
+    rises again (larger models overfitting small data) only the points up to the best model are
+    fitted, and none when fewer than four remain."""
+    best = int(np.argmin(rate))
+    used = len(n)
+    if rate[-1] > rate[best] * (1 + OVERFIT_TOLERANCE):
+        used = best + 1
+        why = f"rate rises past {n[best]:,.0f} params (overfitting)"
+        if used < 4:
+            return None, f"not fitted: {why}, {used} points before it"
+    else:
+        why = ""
+    if used < 4:
+        return None, f"not fitted: {used} points (a 3-parameter fit needs 4)"
+    fit = fit_power_law(n[:used], rate[:used])
+    return fit, f"fitted on {used} points" + (f"; {why}" if why else "")
+
+
 def _read_rows(path: pathlib.Path) -> list[dict]:
     with open(path, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("status", "complete") == "complete"]
@@ -198,7 +220,7 @@ def analyse(
         members.sort(key=lambda r: int(r["num_params"]))
         n = np.array([int(r["num_params"]) for r in members], np.float64)
         rate = np.array([float(r[rate_key]) / 8 for r in members])
-        fit = fit_power_law(n, rate) if len(n) >= 4 else None
+        fit, note = _fit_group(n, rate)
         for r, ni, ri in zip(members, n, rate, strict=True):
             for d in dataset_sizes:
                 points.append(
@@ -211,32 +233,36 @@ def analyse(
                         "adjusted_rate": ri + BYTES_PER_PARAM * ni / d,
                     }
                 )
-        if fit is None:
-            continue
-        a_err, alpha_err, c_err = fit.stderr
+        nan = math.nan
+        a_err, alpha_err, c_err = fit.stderr if fit else (nan, nan, nan)
         for d in dataset_sizes:
-            n_opt = float(fit.optimal_size(d))
-            lo, hi = fit.optimal_size_interval(d)
+            adjusted = rate + BYTES_PER_PARAM * n / d
+            best = int(np.argmin(adjusted))
+            n_opt = float(fit.optimal_size(d)) if fit else nan
+            lo, hi = fit.optimal_size_interval(d) if fit else (nan, nan)
             fits.append(
                 {
                     "group": label,
                     "dataset_bytes": d,
-                    "a": fit.a,
+                    "fit": note,
+                    "a": fit.a if fit else nan,
                     "a_stderr": a_err,
-                    "alpha": fit.alpha,
+                    "alpha": fit.alpha if fit else nan,
                     "alpha_stderr": alpha_err,
-                    "c": fit.c,
+                    "c": fit.c if fit else nan,
                     "c_stderr": c_err,
-                    "rms_residual": fit.rms_residual,
-                    "num_points": fit.num_points,
+                    "rms_residual": fit.rms_residual if fit else nan,
+                    "num_points": fit.num_points if fit else 0,
                     "optimal_params": n_opt,
                     "optimal_params_p16": lo,
                     "optimal_params_p84": hi,
-                    "adjusted_rate_at_optimum": float(fit.adjusted(n_opt, d)),
-                    "extrapolated": not (n.min() <= n_opt <= n.max()),
+                    "adjusted_rate_at_optimum": float(fit.adjusted(n_opt, d)) if fit else nan,
+                    "extrapolated": bool(fit) and not (n.min() <= n_opt <= n.max()),
+                    "best_measured_params": int(n[best]),
+                    "best_measured_adjusted_rate": float(adjusted[best]),
                 }
             )
-        plotted.append((label, n, rate, fit))
+        plotted.append((label, n, rate, fit, note))
 
     _write_csv(out_dir / f"{prefix}_points.csv", points)
     _write_csv(out_dir / f"{prefix}_fits.csv", fits)
@@ -262,7 +288,7 @@ def _plot(groups, dataset_sizes, path: pathlib.Path) -> None:
 
     fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.2), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, (label, n, rate, fit) in zip(axes[0], groups, strict=True):
+    for ax, (label, n, rate, fit, note) in zip(axes[0], groups, strict=True):
         grid = np.geomspace(n.min() / 3, n.max() * 3, 200)
         for i, d in enumerate(dataset_sizes):
             color = colors[i % len(colors)]
@@ -273,6 +299,10 @@ def _plot(groups, dataset_sizes, path: pathlib.Path) -> None:
                 n_opt = float(fit.optimal_size(d))
                 if grid[0] <= n_opt <= grid[-1]:
                     ax.plot(n_opt, fit.adjusted(n_opt, d), "*", color=color, ms=12, mec="k")
+        if fit is None:
+            for i, d in enumerate(dataset_sizes):  # join the measured points instead
+                adjusted = rate + BYTES_PER_PARAM * n / d
+                ax.plot(n, adjusted, ":", color=colors[i % len(colors)], lw=1)
         if fit is not None:
             ax.plot(grid, fit(grid), "k--", lw=1, label="raw rate fit")
             ax.text(
@@ -286,7 +316,7 @@ def _plot(groups, dataset_sizes, path: pathlib.Path) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("parameters")
         ax.set_ylabel("adjusted compression rate")
-        ax.set_title(label)
+        ax.set_title(label if fit is not None else f"{label}\n{note}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -308,11 +338,19 @@ def main(argv: list[str] | None = None) -> None:
     sizes = [float(s) for s in args.dataset_sizes.split(",")]
     fits = analyse(args.csv, args.out_dir, sizes, args.prefix)
     for row in fits:
+        head = f"{row['group']:20s} D={_format_size(row['dataset_bytes']):>13s}  "
+        best = (
+            f"best measured {row['best_measured_params']:,} "
+            f"(adjusted {row['best_measured_adjusted_rate']:.3f})"
+        )
+        if math.isnan(row["alpha"]):
+            print(f"{head}{best}; {row['fit']}")
+            continue
         print(
-            f"{row['group']:28s} D={_format_size(row['dataset_bytes']):>14s}  "
-            f"alpha={row['alpha']:.3f}+-{row['alpha_stderr']:.3f}  c={row['c']:.3f}  "
-            f"N*={row['optimal_params']:,.0f} [{row['optimal_params_p16']:,.0f}, "
-            f"{row['optimal_params_p84']:,.0f}]{' (extrapolated)' if row['extrapolated'] else ''}"
+            f"{head}{best}; alpha={row['alpha']:.3f}+-{row['alpha_stderr']:.3f} "
+            f"c={row['c']:.3f}+-{row['c_stderr']:.3f} N*={row['optimal_params']:,.0f} "
+            f"[{row['optimal_params_p16']:,.0f}, {row['optimal_params_p84']:,.0f}]"
+            f"{' (extrapolated)' if row['extrapolated'] else ''}"
         )
 
 

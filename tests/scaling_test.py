@@ -97,6 +97,19 @@ def test_analyse_writes_points_fits_and_plot_per_training_size(tmp_path):
         assert len(list(csv.DictReader(f))) == 4
 
 
+def test_overfitting_groups_are_fitted_only_below_the_best_model_or_not_at_all():
+    n = np.geomspace(2e4, 3e6, 7)
+    rising = scaling.power_law(n, 3.0, 0.3, 0.15)
+    rising[-2:] *= [1.05, 1.3]  # the two largest models overfit
+    fit, note = scaling._fit_group(n, rising)
+    assert fit is not None and fit.num_points == 5 and "overfitting" in note
+    assert abs(fit.alpha - 0.3) < 1e-3
+    early = scaling.power_law(n, 3.0, 0.3, 0.15)
+    early[2:] = early[1] * np.linspace(1.05, 2.0, 5)  # best at the second size
+    fit, note = scaling._fit_group(n, early)
+    assert fit is None and note.startswith("not fitted") and "2 points" in note
+
+
 def test_tokenizer_table_charges_the_larger_vocabularies(tmp_path):
     from analysis import tokenizers
 
