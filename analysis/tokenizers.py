@@ -58,6 +58,7 @@ def plot(rows: list[dict], dataset_sizes: Sequence[float], path: pathlib.Path) -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(5.5, 4.0))
     vocab = [r["vocab_size"] for r in rows]
@@ -68,6 +69,11 @@ def plot(rows: list[dict], dataset_sizes: Sequence[float], path: pathlib.Path) -
         )
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_xticks(vocab, [str(v) for v in vocab])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("vocabulary size (256 = bytes)")
     ax.set_ylabel("compression rate (per original byte)")
     ax.grid(True, which="both", alpha=0.3)
@@ -95,7 +101,11 @@ def main(argv: list[str] | None = None) -> None:
             writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
     plot(rows, sizes, out / f"{args.prefix}.png")
     for row in rows:
-        extra = "  ".join(f"{k[9:]}: {v:.4f}" for k, v in row.items() if k.startswith("adjusted"))
+        extra = "  ".join(
+            f"adjusted {k.split('_D=')[1]} B: {v:.4f}"
+            for k, v in row.items()
+            if k.startswith("adjusted")
+        )
         print(
             f"{row['tokenizer']:9s} {row['num_params']:>9,} params  "
             f"{row['test_bits_per_byte']:.3f} bits/byte  raw {row['raw_rate']:.4f}  {extra}"
