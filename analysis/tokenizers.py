@@ -23,16 +23,19 @@ def vocab_size(tokenizer: str) -> int:
 
 
 def table(csv_path: str | pathlib.Path, dataset_sizes: Sequence[float]) -> list[dict]:
-    """One row per complete run, sorted by vocabulary size."""
+    """One row per complete run, by model size (the `size` column, if any), then vocabulary."""
     with open(csv_path, newline="") as f:
         runs = [r for r in csv.DictReader(f) if r["status"] == "complete"]
     if not runs:
         raise ValueError(f"{csv_path} has no complete runs.")
     rows = []
-    for r in sorted(runs, key=lambda r: vocab_size(r["tokenizer_name"])):
+    runs.sort(key=lambda r: vocab_size(r["tokenizer_name"]))
+    order = list(dict.fromkeys(r.get("size", "") for r in runs))
+    for r in sorted(runs, key=lambda r: order.index(r.get("size", ""))):
         params = int(r["num_params"])
         raw = float(r["test_bits_per_byte"]) / 8
         row = {
+            "size": r.get("size", ""),
             "tokenizer": r["tokenizer_name"],
             "vocab_size": vocab_size(r["tokenizer_name"]),
             "num_params": params,
@@ -58,15 +61,27 @@ def plot(rows: list[dict], dataset_sizes: Sequence[float], path: pathlib.Path) -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    sizes = list(dict.fromkeys(r["size"] for r in rows))
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5.2 * len(sizes), 4.0), squeeze=False)
+    for ax, size in zip(axes[0], sizes, strict=True):
+        mine = [r for r in rows if r["size"] == size]
+        _panel(ax, mine, dataset_sizes, f"model {size}" if size else "")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _panel(ax, rows, dataset_sizes, title):
     import matplotlib.ticker
 
-    fig, ax = plt.subplots(figsize=(5.5, 4.0))
     vocab = [r["vocab_size"] for r in rows]
     ax.plot(vocab, [r["raw_rate"] for r in rows], "ko-", label="raw rate")
     for d in dataset_sizes:
         ax.plot(
             vocab, [r[f"adjusted_rate_D={d:g}"] for r in rows], "o--", label=f"adjusted, D={d:g} B"
         )
+    ax.set_title(title)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(vocab, [str(v) for v in vocab])
@@ -78,9 +93,6 @@ def plot(rows: list[dict], dataset_sizes: Sequence[float], path: pathlib.Path) -
     ax.set_ylabel("compression rate (per original byte)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
             if k.startswith("adjusted")
         )
         print(
-            f"{row['tokenizer']:9s} {row['num_params']:>9,} params  "
+            f"{row['size']:5s} {row['tokenizer']:9s} {row['num_params']:>9,} params  "
             f"{row['test_bits_per_byte']:.3f} bits/byte  raw {row['raw_rate']:.4f}  {extra}"
         )
 

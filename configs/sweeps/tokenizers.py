@@ -1,4 +1,4 @@
-"""Tokenizer sweep: the 200K model on bytes and on byte-level BPE with 1K, 2K and 5K tokens.
+"""Tokenizer sweep: the 200K and 800K models on bytes and on byte-level BPE with 1K, 2K, 5K tokens.
 
   python sweep.py --sweep=configs/sweeps/tokenizers.py --mode=local
 
@@ -14,7 +14,6 @@ def get_sweep():
         "config": "configs/default.py",
         "fixed": {
             "dataset": "pydocs",
-            "size": "200K",
             "model.context_length": 256,
             "train.batch_size": 32,
             "train.steps": 400,
@@ -26,5 +25,8 @@ def get_sweep():
             "optim.peak_lr": 2e-3,
             "optim.warmup_steps": 40,
         },
-        "axes": {"tokenizer": ["bytes", "bpe:1000", "bpe:2000", "bpe:5000"]},
+        "axes": {
+            "size": ["200K", "800K"],
+            "tokenizer": ["bytes", "bpe:1000", "bpe:2000", "bpe:5000"],
+        },
     }
