@@ -16,11 +16,11 @@ panel per dataset, raw rate against L on a log2 axis), and prints the rates as a
 """
 
 import argparse
-import csv
 import pathlib
 
 import eval_compress
 import runs
+from analysis import tables
 from configs import eval as eval_config
 
 DEFAULT_LENGTHS = (64, 128, 256, 512, 1024, 2048)
@@ -38,13 +38,6 @@ FIELDS = (
 )
 
 
-def _label(entry: str) -> str:
-    if entry.startswith("lm:"):
-        config = runs.load_config(entry[3:])
-        return f"LM {config.size} (ctx {config.model.context_length})"
-    return {"gzip": "gzip -9", "lzma": "LZMA2"}.get(entry, entry)
-
-
 def study(
     run_dirs: list[str],
     datasets: list[str],
@@ -55,7 +48,10 @@ def study(
     progress: bool = True,
 ) -> list[dict]:
     """Rates gzip, LZMA2 and the models on every (dataset, length); returns one row each."""
-    contexts = {d: runs.load_config(d).model.context_length for d in run_dirs}
+    configs = {d: runs.load_config(d) for d in run_dirs}
+    contexts = {d: c.model.context_length for d, c in configs.items()}
+    labels = {"gzip": "gzip -9", "lzma": "LZMA2"}
+    labels.update({f"lm:{d}": f"LM {c.size} (ctx {contexts[d]})" for d, c in configs.items()})
     rows = []
     for dataset in datasets:
         for length in lengths:
@@ -78,7 +74,7 @@ def study(
                     {
                         **{k: record.get(k) for k in FIELDS},
                         "modality": _modality(dataset),
-                        "compressor": _label(record["compressor"]),
+                        "compressor": labels[record["compressor"]],
                         "bits_per_byte": 8 * record["raw_rate"],
                     }
                 )
@@ -94,11 +90,7 @@ def _modality(dataset: str) -> str:
 
 def write_csv(rows: list[dict], path: pathlib.Path) -> None:
     fields = ["dataset", "modality", *[f for f in FIELDS if f != "dataset"]]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+    tables.write_csv(path, rows, fields)
 
 
 def markdown_table(rows: list[dict]) -> str:

@@ -34,6 +34,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from analysis import tables
+
 BYTES_PER_PARAM = 2  # the paper's cost of one parameter in the adjusted rate
 
 
@@ -44,18 +46,31 @@ def power_law(n, a, alpha, c):
 
 @dataclasses.dataclass(frozen=True)
 class PowerLawFit:
-    """rate(N) = a * N^-alpha + c with the covariance of (a, alpha, c)."""
+    """rate(N) = a * N^-alpha + c, fitted as amp * (N / n0)^-alpha + c.
+
+    The fit's own coordinates (amp, alpha, c) are where the least-squares surface is close to
+    Gaussian; a = amp * n0^alpha is not (it is exponential in alpha), so `native_cov` holds the
+    covariance of (amp, alpha, c) and `cov` that of (a, alpha, c) derived from it.
+    """
 
     a: float
     alpha: float
     c: float
-    cov: np.ndarray  # 3x3, order (a, alpha, c)
+    n0: float
+    native_cov: np.ndarray  # 3x3, order (amp, alpha, c)
     num_points: int
     rms_residual: float
-    # The fit's own coordinates, rate = amp * (N / n0)^-alpha + c, where the least-squares
-    # surface is close to Gaussian (a = amp * n0^alpha is not: it is exponential in alpha).
-    n0: float = 1.0
-    native_cov: np.ndarray | None = None  # of (amp, alpha, c)
+
+    @property
+    def amp(self) -> float:
+        return self.a * self.n0**-self.alpha
+
+    @property
+    def cov(self) -> np.ndarray:
+        """Covariance of (a, alpha, c), propagated from `native_cov` to first order."""
+        scale = self.n0**self.alpha
+        jac = np.array([[scale, self.amp * scale * math.log(self.n0), 0.0], [0, 1, 0], [0, 0, 1]])
+        return jac @ self.native_cov @ jac.T
 
     @property
     def stderr(self) -> tuple[float, float, float]:
@@ -77,9 +92,8 @@ class PowerLawFit:
     ) -> tuple[float, float]:
         """16th and 84th percentiles of N* over parameters drawn from the fit's covariance."""
         rng = np.random.default_rng(seed)
-        amp = self.a * self.n0**-self.alpha
-        cov = self.cov if self.native_cov is None else self.native_cov
-        theta = rng.multivariate_normal([amp, self.alpha, self.c], cov, draws, "ignore")
+        mean = [self.amp, self.alpha, self.c]
+        theta = rng.multivariate_normal(mean, self.native_cov, draws, "ignore")
         ok = (theta[:, 0] > 0) & (theta[:, 1] > 0)
         a = theta[ok, 0] * np.power(self.n0, theta[ok, 1])
         values = optimal_size(a, theta[ok, 1], dataset_bytes)
@@ -139,21 +153,10 @@ def fit_power_law(
         maxfev=20_000,
     )
     amp, alpha, c = (float(v) for v in params)
-    # a * N^-alpha = amp * (N / n0)^-alpha, so a = amp * n0^alpha; propagate the covariance.
-    scale = n0**alpha
-    jac = np.array([[scale, amp * scale * math.log(n0), 0.0], [0, 1, 0], [0, 0, 1]])
-    native_cov = np.asarray(cov, np.float64)
-    residual = y - power_law(n, amp * scale, alpha, c)
-    return PowerLawFit(
-        amp * scale,
-        alpha,
-        c,
-        jac @ native_cov @ jac.T,
-        len(n),
-        float(np.sqrt(np.mean(residual**2))),
-        n0,
-        native_cov,
-    )
+    a = amp * n0**alpha  # a * N^-alpha = amp * (N / n0)^-alpha
+    residual = y - power_law(n, a, alpha, c)
+    rms = float(np.sqrt(np.mean(residual**2)))
+    return PowerLawFit(a, alpha, c, n0, np.asarray(cov, np.float64), len(n), rms)
 
 
 OVERFIT_TOLERANCE = 0.02  # a larger model this much worse than the best marks overfitting
@@ -264,20 +267,10 @@ def analyse(
             )
         plotted.append((label, n, rate, fit, note))
 
-    _write_csv(out_dir / f"{prefix}_points.csv", points)
-    _write_csv(out_dir / f"{prefix}_fits.csv", fits)
+    tables.write_csv(out_dir / f"{prefix}_points.csv", points)
+    tables.write_csv(out_dir / f"{prefix}_fits.csv", fits)
     _plot(plotted, dataset_sizes, out_dir / f"{prefix}.png")
     return fits
-
-
-def _write_csv(path: pathlib.Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
 
 
 def _plot(groups, dataset_sizes, path: pathlib.Path) -> None:

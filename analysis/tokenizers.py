@@ -14,7 +14,7 @@ import csv
 import pathlib
 from collections.abc import Sequence
 
-from analysis import scaling
+from analysis import scaling, tables
 
 
 def vocab_size(tokenizer: str) -> int:
@@ -34,13 +34,14 @@ def table(csv_path: str | pathlib.Path, dataset_sizes: Sequence[float]) -> list[
     for r in sorted(runs, key=lambda r: order.index(r.get("size", ""))):
         params = int(r["num_params"])
         raw = float(r["test_bits_per_byte"]) / 8
+        bytes_per_token = float(r.get("bytes_per_token") or 1.0)
         row = {
             "size": r.get("size", ""),
             "tokenizer": r["tokenizer_name"],
             "vocab_size": vocab_size(r["tokenizer_name"]),
             "num_params": params,
-            "bytes_per_token": float(r.get("bytes_per_token") or 1.0),
-            "bytes_seen": _bytes_seen(r),
+            "bytes_per_token": bytes_per_token,
+            "bytes_seen": int(round(float(r["tokens_seen"]) * bytes_per_token)),
             "test_bits_per_byte": float(r["test_bits_per_byte"]),
             "raw_rate": raw,
         }
@@ -48,12 +49,6 @@ def table(csv_path: str | pathlib.Path, dataset_sizes: Sequence[float]) -> list[
             row[f"adjusted_rate_D={d:g}"] = raw + scaling.BYTES_PER_PARAM * params / d
         rows.append(row)
     return rows
-
-
-def _bytes_seen(run: dict) -> int:
-    """Training bytes the model saw: tokens seen times the run's bytes per token."""
-    tokens = float(run["tokens_seen"])
-    return int(round(tokens * float(run.get("bytes_per_token") or 1.0)))
 
 
 def plot(rows: list[dict], dataset_sizes: Sequence[float], path: pathlib.Path) -> None:
@@ -106,11 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = table(args.csv, sizes)
     out = pathlib.Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / f"{args.prefix}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+    tables.write_csv(out / f"{args.prefix}.csv", rows)
     plot(rows, sizes, out / f"{args.prefix}.png")
     for row in rows:
         extra = "  ".join(

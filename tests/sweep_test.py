@@ -127,3 +127,17 @@ def test_real_sweep_trains_gathers_and_then_skips(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
     assert sweep.main(args) == 0
     assert calls == []  # both complete: nothing runs again
+
+
+@pytest.mark.parametrize("name, count", [("scaling", 10), ("tokenizers", 8), ("context", 1)])
+def test_shipped_sweeps_expand_to_valid_configs(name, count):
+    from configs import default
+
+    runs = sweep.expand(sweep.load_sweep(REPO / "configs" / "sweeps" / f"{name}.py"))
+    assert len(runs) == count
+    for run in runs:
+        config = default.get_config(run.config_arg.split(":", 1)[1])
+        for key, value in run.overrides.items():  # a misspelt field fails on the locked config
+            section, field = key.split(".")
+            config[section][field] = value
+        assert config.train.steps == run.steps == 400

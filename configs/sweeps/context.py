@@ -7,24 +7,18 @@ Sized for a 2-core CPU: batch 4 x 2048 bytes, 400 steps on `pydocs`. The context
 held-out chunks of 64 to 2048 bytes with this model, gzip and LZMA2.
 """
 
+from configs.sweeps import cpu_budget
+
 
 def get_sweep():
     return {
         "name": "context",
         "config": "configs/default.py",
         "fixed": {
-            "dataset": "pydocs",
+            **cpu_budget.TRAINING,
             "tokenizer": "bytes",
             "model.context_length": 2048,
             "train.batch_size": 4,
-            "train.steps": 400,
-            "train.log_every": 50,
-            "train.eval_every": 200,
-            "train.checkpoint_every": 200,
-            "train.eval_max_bytes": 65536,
-            "train.progress": False,
-            "optim.peak_lr": 2e-3,
-            "optim.warmup_steps": 40,
         },
         "axes": {"size": ["200K"]},
     }

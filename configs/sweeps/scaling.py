@@ -8,24 +8,18 @@ the embedded `pydocs` corpus, all of its train split (about 450 KB) or its first
 accelerator raise `train.steps`, the context (2048 is the paper's) and `dataset` (enwik8).
 """
 
+from configs.sweeps import cpu_budget
+
 
 def get_sweep():
     return {
         "name": "scaling",
         "config": "configs/default.py",
         "fixed": {
-            "dataset": "pydocs",
+            **cpu_budget.TRAINING,
             "tokenizer": "bytes",
             "model.context_length": 256,
             "train.batch_size": 32,
-            "train.steps": 400,
-            "train.log_every": 50,
-            "train.eval_every": 200,
-            "train.checkpoint_every": 200,
-            "train.eval_max_bytes": 65536,
-            "train.progress": False,
-            "optim.peak_lr": 2e-3,
-            "optim.warmup_steps": 40,
         },
         "axes": {
             "data.train_bytes": [0, 65536],  # 0: the whole train split

@@ -7,23 +7,17 @@ BPE model sees more bytes per window and per step than the byte model; rates are
 byte and the parameter counts include the larger embedding and output layers.
 """
 
+from configs.sweeps import cpu_budget
+
 
 def get_sweep():
     return {
         "name": "tokenizers",
         "config": "configs/default.py",
         "fixed": {
-            "dataset": "pydocs",
+            **cpu_budget.TRAINING,
             "model.context_length": 256,
             "train.batch_size": 32,
-            "train.steps": 400,
-            "train.log_every": 50,
-            "train.eval_every": 200,
-            "train.checkpoint_every": 200,
-            "train.eval_max_bytes": 65536,
-            "train.progress": False,
-            "optim.peak_lr": 2e-3,
-            "optim.warmup_steps": 40,
         },
         "axes": {
             "size": ["200K", "800K"],
