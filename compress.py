@@ -14,133 +14,60 @@ device (CPU or GPU) that made them, since those fix the floats the model compute
 records all three and decompression refuses a mismatch up front. See models/lm_coder.py.
 """
 
+import collections
 import hashlib
 import json
 import os
 import pathlib
-import struct
 import sys
 import time
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import jax
-import numpy as np
 from absl import app, flags, logging
+from tqdm import tqdm
 
 import runs
-from coding import container, rans
-from data import corpus  # noqa: F401  (tests use compress.corpus)
+from coding import container
 from models import lm_coder
-
-_BLOB = struct.Struct("<4s32sIIBB16s8s")  # tag, model, lanes, chunk, precision, blocks, jax, device
-_TAG = b"LMC1"
+from training import checkpoints
 
 
-def model_fingerprint(config, params, step: int, tokenizer_file: bytes = b"") -> bytes:
-    """sha256 over the model config, tokenizer (name and trained file), checkpoint step and
-    every parameter's bytes."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps(config.model.to_dict(), sort_keys=True).encode())
-    digest.update(config.tokenizer.encode())
-    digest.update(hashlib.sha256(tokenizer_file).digest())
-    digest.update(str(step).encode())
-    for path, leaf in sorted(
-        jax.tree_util.tree_flatten_with_path(params)[0], key=lambda kv: jax.tree_util.keystr(kv[0])
-    ):
-        array = np.asarray(leaf)
-        digest.update(f"{jax.tree_util.keystr(path)}{array.dtype}{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.digest()
-
-
-def _environment() -> tuple[bytes, bytes]:
-    """(jax version, backend), NUL-padded as stored in the stream."""
-    return jax.__version__.encode()[:16].ljust(16, b"\0"), jax.default_backend().encode()[:8].ljust(
-        8, b"\0"
+def _load(workdir: str, step: int | None):
+    """Returns (model config, params, tokenizer, model fingerprint) of a run's checkpoint."""
+    config = runs.load_config(workdir)
+    model_cfg, params, step = checkpoints.restore_params(workdir, step)
+    tokenizer = runs.load_tokenizer(workdir, config)
+    tokenizer_path = pathlib.Path(workdir) / runs.TOKENIZER_FILE
+    tokenizer_file = tokenizer_path.read_bytes() if tokenizer.name != "bytes" else b""
+    description = (
+        json.dumps(config.model.to_dict(), sort_keys=True).encode()
+        + config.tokenizer.encode()
+        + hashlib.sha256(tokenizer_file).digest()
+        + str(step).encode()
     )
+    return model_cfg, params, tokenizer, lm_coder.params_sha256(description, params)
 
 
-def _text(field: bytes) -> str:
-    return field.rstrip(b"\0").decode(errors="replace")
-
-
-def _pack_blob(model_sha: bytes, shape: lm_coder.CoderShape) -> bytes:
-    jax_version, device = _environment()
-    return _BLOB.pack(
-        _TAG,
+def _stream_info(model_sha: bytes, shape: lm_coder.CoderShape) -> container.StreamInfo:
+    return container.StreamInfo(
         model_sha,
         shape.lanes,
         shape.chunk_tokens,
         shape.precision_bits,
         shape.attention_blocks,
-        jax_version,
-        device,
+        jax.__version__,
+        jax.default_backend(),
     )
 
 
-def _unpack_blob(blob: bytes, model_sha: bytes) -> lm_coder.CoderShape:
-    """Parses the stream's fingerprint and checks it against this model and environment."""
-    if len(blob) != _BLOB.size or not blob.startswith(_TAG):
-        raise container.FormatError("not a stream made by compress.py (unknown fingerprint)")
-    _, sha, lanes, chunk, precision, blocks, jax_version, device = _BLOB.unpack(blob)
-    if sha != model_sha:
-        raise container.FormatError(
-            "this stream was made by a different model (or checkpoint): decompress with the "
-            "run and --step that compressed it"
-        )
-    here_jax, here_device = _environment()
-    if (jax_version, device) != (here_jax, here_device):
-        raise container.FormatError(
-            f"this stream was made with jax {_text(jax_version)} on {_text(device)}, this is "
-            f"jax {_text(here_jax)} on {_text(here_device)}: exact decoding needs the same"
-        )
-    if lanes < 1 or chunk < 1 or blocks < 1 or not 1 <= precision <= 16:
-        raise container.FormatError(f"corrupted fingerprint (lanes={lanes}, chunk={chunk})")
-    return lm_coder.CoderShape(lanes, chunk, precision_bits=precision, attention_blocks=blocks)
-
-
-class _Progress:
-    """A tqdm bar over bytes when enabled, else nothing."""
-
-    def __init__(self, total: int, enabled: bool, desc: str):
-        self._bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, unit="B", unit_scale=True, desc=desc, file=sys.stderr)
-
-    def update(self, n: int) -> None:
-        if self._bar is not None:
-            self._bar.update(n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-def _load(workdir: str, step: int | None):
-    """Returns (model config, params, tokenizer, fingerprint) of a run."""
-    config = runs.load_config(workdir)
-    cfg, params, step = runs.restore_params(workdir, step)
-    tokenizer = runs.load_tokenizer(workdir, config)
-    tokenizer_path = pathlib.Path(workdir) / runs.TOKENIZER_FILE
-    tokenizer_file = tokenizer_path.read_bytes() if tokenizer.name != "bytes" else b""
-    return cfg, params, tokenizer, model_fingerprint(config, params, step, tokenizer_file)
-
-
-def _tokenize_group(tokenizer, block: bytes, lanes: int, chunk: int):
-    """Cuts `block` into `lanes` chunks of `chunk` bytes and tokenises each on its own.
-
-    Returns (tokens int32 [lanes, chunk], token counts [lanes], byte counts [lanes]); a chunk
-    never has more tokens than bytes.
-    """
-    tokens = np.zeros((lanes, chunk), np.int32)
-    num_tokens = np.zeros(lanes, np.int32)
-    num_bytes = np.zeros(lanes, np.int32)
-    for i in range(lanes):
-        piece = block[i * chunk : (i + 1) * chunk]
-        ids = tokenizer.encode(piece)
-        tokens[i, : len(ids)], num_tokens[i], num_bytes[i] = ids, len(ids), len(piece)
-    return tokens, num_tokens, num_bytes
+def _read_pieces(src: BinaryIO, size: int, digest, bar) -> Iterator[bytes]:
+    """Yields `src` in pieces of `size` bytes, hashing and counting them."""
+    while piece := src.read(size):
+        digest.update(piece)
+        bar.update(len(piece))
+        yield piece
 
 
 def compress_file(
@@ -161,29 +88,29 @@ def compress_file(
     Raises:
       ValueError, FileNotFoundError: bad arguments or run.
     """
-    cfg, params, tokenizer, model_sha = _load(workdir, step)
-    shape = lm_coder.CoderShape(lanes=lanes, chunk_tokens=chunk_size or cfg.context_length)
-    coder = lm_coder.LMCoder(cfg, params, shape)
+    model_cfg, params, tokenizer, model_sha = _load(workdir, step)
+    shape = lm_coder.CoderShape(lanes=lanes, chunk_tokens=chunk_size or model_cfg.context_length)
+    coder = lm_coder.LMCoder(model_cfg, params, shape)
     chunk = shape.chunk_tokens
     raw_bytes = os.path.getsize(input_path)
     start, ideal_bits, payload_bytes = time.perf_counter(), 0.0, 0
     digest = hashlib.sha256()
-    bar = _Progress(raw_bytes, progress, "compress")
-    with open(input_path, "rb") as src, container.atomic_output(output_path) as out:
-        writer = container.ContainerWriter(out, _pack_blob(model_sha, shape), chunk, raw_bytes)
-        while block := src.read(lanes * chunk):
-            digest.update(block)
-            tokens, lengths, num_bytes = _tokenize_group(tokenizer, block, lanes, chunk)
-            words, num_words, bits = coder.encode(tokens, lengths)
-            ideal_bits += float(bits.sum())
-            for i in np.flatnonzero(num_bytes):
-                payload = rans.words_to_bytes(words[i, : num_words[i]])
-                writer.write_chunk(payload, int(lengths[i]))
-                payload_bytes += len(payload)
-            bar.update(len(block))
+    with (
+        open(input_path, "rb") as src,
+        container.atomic_output(output_path) as out,
+        tqdm(
+            total=raw_bytes, unit="B", unit_scale=True, desc="compress", disable=not progress
+        ) as bar,
+    ):
+        info = _stream_info(model_sha, shape)
+        writer = container.ContainerWriter(out, info.pack(), chunk, raw_bytes)
+        pieces = _read_pieces(src, chunk, digest, bar)
+        for coded in coder.encode_chunks(tokenizer.encode(piece) for piece in pieces):
+            writer.write_chunk(coded.payload, coded.num_tokens)
+            ideal_bits += coded.bits
+            payload_bytes += len(coded.payload)
         writer.finish(digest.digest())
         compressed_bytes = out.tell()
-    bar.close()
     seconds = time.perf_counter() - start
     return {
         "raw_bytes": raw_bytes,
@@ -209,62 +136,51 @@ def decompress_file(
 
     Raises:
       container.FormatError: wrong model or environment, truncated or corrupted stream.
-      rans.CorruptStreamError: a chunk failed its decoding checks.
+      coding.rans.CorruptStreamError: a chunk failed its decoding checks.
     """
-    cfg, params, tokenizer, model_sha = _load(workdir, step)
+    model_cfg, params, tokenizer, model_sha = _load(workdir, step)
     start = time.perf_counter()
     with open(input_path, "rb") as src:
         reader = container.ContainerReader(src)
-        shape = _unpack_blob(reader.header.fingerprint, model_sha)
-        if reader.header.chunk_size_bytes != shape.chunk_tokens:
+        info = container.StreamInfo.unpack(reader.header.fingerprint)
+        info.check_decodable(_stream_info(model_sha, lm_coder.CoderShape(1, 1)))
+        if reader.header.chunk_size_bytes != info.chunk_tokens:
             raise container.FormatError("chunk size in header and fingerprint differ")
-        coder = lm_coder.LMCoder(cfg, params, shape)
-        bar = _Progress(reader.header.original_length_bytes, progress, "decompress")
+        shape = lm_coder.CoderShape(
+            info.lanes, info.chunk_tokens, info.precision_bits, info.attention_blocks
+        )
+        coder = lm_coder.LMCoder(model_cfg, params, shape)
+        pending = collections.deque()
+
+        def streams():
+            for c in reader.chunks():
+                if tokenizer.name == "bytes" and c.num_symbols != c.length_bytes:
+                    raise container.FormatError(f"chunk {c.index}: symbol count != length")
+                pending.append(c)
+                yield c.payload, c.num_symbols
+
         digest = hashlib.sha256()
-        with container.atomic_output(output_path) as out:
-            chunks = reader.chunks()
-            for first in range(0, reader.header.num_chunks, shape.lanes):
-                group = [
-                    next(chunks) for _ in range(min(shape.lanes, reader.header.num_chunks - first))
-                ]
-                lengths = np.zeros(shape.lanes, np.int32)
-                streams = []
-                for i, c in enumerate(group):
-                    if tokenizer.name == "bytes" and c.num_symbols != c.length_bytes:
-                        raise container.FormatError(f"chunk {c.index}: symbol count != length")
-                    if len(c.payload) > 2 * coder.capacity_words:
-                        raise container.FormatError(f"chunk {c.index}: payload too long")
-                    lengths[i] = c.num_symbols
-                    streams.append(rans.bytes_to_words(c.payload))
-                streams += [np.zeros(0, np.uint16)] * (shape.lanes - len(group))
-                words, num_words = rans.pad_streams(streams)
-                tokens, errors = coder.decode(words, num_words, lengths)
-                for i in np.flatnonzero(errors[: len(group)]):  # padding lanes have no stream
-                    why = rans.describe_errors(int(errors[i]))
-                    raise rans.CorruptStreamError(f"chunk {first + i} failed to decode: {why}")
-                for i, c in enumerate(group):
-                    block = tokenizer.decode(tokens[i, : lengths[i]])
-                    if len(block) != c.length_bytes:
-                        raise container.FormatError(
-                            f"chunk {c.index} decodes to {len(block)} bytes, not {c.length_bytes}"
-                        )
-                    digest.update(block)
-                    out.write(block)
-                    bar.update(len(block))
+        total = reader.header.original_length_bytes
+        with (
+            container.atomic_output(output_path) as out,
+            tqdm(
+                total=total, unit="B", unit_scale=True, desc="decompress", disable=not progress
+            ) as bar,
+        ):
+            for tokens in coder.decode_chunks(streams()):
+                c = pending.popleft()
+                block = tokenizer.decode(tokens)
+                if len(block) != c.length_bytes:
+                    raise container.FormatError(
+                        f"chunk {c.index} decodes to {len(block)} bytes, not {c.length_bytes}"
+                    )
+                digest.update(block)
+                out.write(block)
+                bar.update(len(block))
             reader.verify_original(digest.digest())
             raw_bytes = out.tell()
-        bar.close()
     seconds = time.perf_counter() - start
     return {"raw_bytes": raw_bytes, "seconds": seconds, "mb_per_s": raw_bytes / 1e6 / seconds}
-
-
-def _define_flags() -> None:
-    """Defined here rather than at import, so tests can import this module beside train.py."""
-    flags.DEFINE_string("workdir", None, "Training run directory (its newest checkpoint).")
-    flags.DEFINE_integer("lanes", 64, "Chunks coded together (compress; stored in the stream).")
-    flags.DEFINE_integer("chunk_size", 0, "Bytes per chunk; 0 = the model's context.")
-    flags.DEFINE_integer("step", None, "Checkpoint step to use (default: newest).")
-    flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
 def main(argv):
@@ -302,5 +218,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _define_flags()
+    flags.DEFINE_string("workdir", None, "Training run directory (its newest checkpoint).")
+    flags.DEFINE_integer("lanes", 64, "Chunks coded together (compress; stored in the stream).")
+    flags.DEFINE_integer("chunk_size", 0, "Bytes per chunk; 0 = the model's context.")
+    flags.DEFINE_integer("step", None, "Checkpoint step to use (default: newest).")
+    flags.DEFINE_bool("progress", True, "Show a progress bar.")
     app.run(main)

@@ -1,68 +1,123 @@
-"""A training run's directory: its saved config and orbax checkpoints.
+"""A run directory and the results files the tools write, without JAX.
 
-Shared by train.py (which writes runs) and the tools that use trained models (compress.py).
+One place for the names of a training run's files and for the small I/O every tool shares:
+train.py writes runs, sweep.py gathers them, eval_compress.py and the analyses write tables.
+Importing this module imports neither JAX nor orbax, so `sweep.py --mode=print` and the
+analyses start fast; checkpoints are read by `training.checkpoints`.
+
+A run directory holds:
+
+| file | written by | what |
+|---|---|---|
+| `config.json` | train.py at start | the run's config |
+| `metrics.jsonl` | train.py, one line per log / eval / test | `step` plus metrics |
+| `results.json` | train.py once all `train.steps` are done | final metrics; the run is complete |
+| `tokenizer.json` | train.py, trained tokenizers only | the BPE vocabulary |
+| `checkpoints/` | orbax | params, optimizer state, step, sampler state |
 """
 
+import csv
 import json
 import os
 import pathlib
+import tempfile
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-import jax
 import ml_collections
-import orbax.checkpoint as ocp
-
-from data import tokenizers
-from models import transformer
 
 CONFIG_FILE = "config.json"
-TOKENIZER_FILE = "tokenizer.json"  # trained tokenizers (bpe:N) live with their run
+METRICS_FILE = "metrics.jsonl"
+RESULTS_FILE = "results.json"
+TOKENIZER_FILE = "tokenizer.json"
+CHECKPOINT_DIR = "checkpoints"
 
 
 def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-    """Returns the config a run in `workdir` was trained with."""
+    """Returns the config a run in `workdir` was trained with.
+
+    Raises:
+      FileNotFoundError: `workdir` holds no config.json.
+    """
     path = pathlib.Path(workdir) / CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(f"{workdir} is not a training run: it has no {CONFIG_FILE}.")
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
+def load_results(workdir: str | os.PathLike) -> dict[str, Any] | None:
+    """Returns a run's final metrics (results.json), or None if the run is not complete."""
+    path = pathlib.Path(workdir) / RESULTS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def load_tokenizer(workdir: str | os.PathLike, config: ml_collections.ConfigDict | None = None):
     """Returns the tokenizer a run was trained with (a trained BPE is read from the run)."""
+    from data import tokenizers
+
     config = config or load_config(workdir)
     return tokenizers.get_tokenizer(
         config.tokenizer, cache_path=pathlib.Path(workdir) / TOKENIZER_FILE
     )
 
 
-def checkpoint_manager(workdir, keep: int | None = None, read_only=False) -> ocp.CheckpointManager:
-    """The run's orbax CheckpointManager over workdir/checkpoints, keeping the newest `keep`."""
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, read_only=read_only
-    )
-    return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints", options=options)
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` to `path` so that readers see the old file or the whole new one."""
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
 
 
-def restore_params(workdir: str | os.PathLike, step: int | None = None):
-    """Returns (model config, params, step) of the newest (or given) checkpoint in `workdir`."""
-    config = load_config(workdir)
-    tokenizer = load_tokenizer(workdir, config)
-    cfg = transformer.TransformerConfig.from_config(config.model, tokenizer.vocab_size)
-    abstract = jax.eval_shape(lambda: transformer.init_params(cfg, jax.random.key(0)))
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    with checkpoint_manager(workdir, read_only=True) as mngr:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"{workdir} has no checkpoint.")
-        restored = mngr.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
-                    item={"params": abstract},
-                    restore_args=jax.tree_util.tree_map(
-                        lambda _: ocp.ArrayRestoreArgs(sharding=device), {"params": abstract}
-                    ),
-                    partial_restore=True,
-                )
-            ),
-        )
-    return cfg, restored["state"]["params"], step
+def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Appends one JSON line to `path`."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Returns the records of a JSON-lines file ([] if it does not exist)."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_csv(
+    path: str | os.PathLike,
+    rows: Iterable[dict[str, Any]],
+    fields: Sequence[str] = (),
+    float_format: str = "",
+) -> None:
+    """Writes `rows` to `path` atomically, `fields` as columns.
+
+    Args:
+      path: output file.
+      rows: dicts; keys outside `fields` are left out, missing ones left empty.
+      fields: columns; default the keys of all rows in order of appearance.
+      float_format: e.g. '.6g' to round floats; '' writes them as Python prints them.
+        Nothing is written when there are neither rows nor fields.
+    """
+    rows = list(rows)
+    fields = list(fields) or list(dict.fromkeys(k for r in rows for k in r))
+    if not fields:
+        return
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", restval="")
+        writer.writeheader()
+        for row in rows:
+            if float_format:
+                row = {k: _format(v, float_format) for k, v in row.items()}
+            writer.writerow(row)
+    os.replace(tmp, path)
+
+
+def _format(value: Any, float_format: str) -> Any:
+    return format(value, float_format) if isinstance(value, float) else value

@@ -19,11 +19,9 @@ does that by itself). After `local` (and in `gather`) the runs' results are coll
 ROOT/NAME/results.csv: one row per run with its axis values, status and final metrics.
 """
 
-import csv
 import dataclasses
 import importlib.util
 import itertools
-import json
 import pathlib
 import shlex
 import subprocess
@@ -31,9 +29,9 @@ import sys
 import time
 from typing import Any
 
+import runs
+
 DEFAULT_ARG_KEYS = ("size", "dataset", "tokenizer")
-RESULTS_FILE = "results.json"  # train.RESULTS_FILE (not imported: printing needs no jax)
-CONFIG_FILE = "config.json"
 CSV_FIELDS = (
     "num_params",
     "step",
@@ -64,17 +62,13 @@ class Run:
 
     def command(self, workdir: pathlib.Path, python: str = "python") -> list[str]:
         args = [python, "train.py", f"--config={self.config_arg}"]
-        args += [f"--config.{k}={_format(v)}" for k, v in self.overrides.items()]
+        args += [f"--config.{k}={v}" for k, v in self.overrides.items()]
         return args + [f"--workdir={workdir}"]
-
-
-def _format(value: Any) -> str:
-    return str(value)
 
 
 def _slug(key: str, value: Any) -> str:
     leaf = key.rsplit(".", 1)[-1]
-    text = f"{leaf}={_format(value)}"
+    text = f"{leaf}={value}"
     return "".join(ch if ch.isalnum() or ch in "=-._" else "-" for ch in text)
 
 
@@ -98,7 +92,7 @@ def load_sweep(path: str | pathlib.Path) -> dict[str, Any]:
     for key, values in sweep["axes"].items():
         if not isinstance(values, (list, tuple)) or not values:
             raise ValueError(f"{path}: axis {key!r} needs a non-empty list of values.")
-        if len(set(map(_format, values))) != len(values):
+        if len(set(map(str, values))) != len(values):
             raise ValueError(f"{path}: axis {key!r} repeats a value.")
     overlap = set(sweep.get("fixed", {})) & set(sweep["axes"])
     if overlap:
@@ -115,7 +109,7 @@ def expand(sweep: dict[str, Any]) -> list[Run]:
     for combo in itertools.product(*(sweep["axes"][k] for k in keys)):
         values = dict(zip(keys, combo, strict=True))
         settings = {**fixed, **values}
-        arg = ",".join(f"{k}={_format(v)}" for k, v in settings.items() if k in arg_keys)
+        arg = ",".join(f"{k}={v}" for k, v in settings.items() if k in arg_keys)
         overrides = {k: v for k, v in settings.items() if k not in arg_keys}
         steps = overrides.get("train.steps")
         result.append(
@@ -132,67 +126,61 @@ def expand(sweep: dict[str, Any]) -> list[Run]:
 
 def run_status(workdir: pathlib.Path, run: Run) -> str:
     """'complete' (results.json at the configured steps), 'partial' (started) or 'new'."""
-    results = workdir / RESULTS_FILE
-    if results.exists():
-        step = json.loads(results.read_text()).get("step")
+    results = runs.load_results(workdir)
+    if results is not None:
         steps = run.steps
-        if steps is None and (workdir / CONFIG_FILE).exists():
-            steps = json.loads((workdir / CONFIG_FILE).read_text())["train"]["steps"]
-        if step == steps:
+        if steps is None and (workdir / runs.CONFIG_FILE).exists():
+            steps = runs.load_config(workdir).train.steps
+        if results.get("step") == steps:
             return "complete"
     return "partial" if workdir.exists() and any(workdir.iterdir()) else "new"
 
 
 def gather(sweep: dict[str, Any], root: pathlib.Path) -> pathlib.Path:
     """Writes ROOT/NAME/results.csv, one row per run of the sweep, and returns its path."""
-    runs = expand(sweep)
+    planned = expand(sweep)
     base = root / sweep["name"]
     base.mkdir(parents=True, exist_ok=True)
     axis_keys = list(sweep["axes"])
     rows = []
-    for run in runs:
+    for run in planned:
         workdir = base / run.name
         status = run_status(workdir, run)
         row = {"run": run.name, "status": status, **{k: run.values[k] for k in axis_keys}}
         metrics = {}
         if status == "complete":
-            metrics = json.loads((workdir / RESULTS_FILE).read_text())
-            config = json.loads((workdir / CONFIG_FILE).read_text())
-            row["tokenizer_name"] = config["tokenizer"]
-            row["context_length"] = config["model"]["context_length"]
+            metrics = runs.load_results(workdir)
+            config = runs.load_config(workdir)
+            row["tokenizer_name"] = config.tokenizer
+            row["context_length"] = config.model.context_length
         row.update({k: metrics.get(k, "") for k in CSV_FIELDS})
         rows.append(row)
     fields = ["run", "status", *axis_keys, "tokenizer_name", "context_length", *CSV_FIELDS]
     out = base / "results.csv"
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(out)
+    runs.write_csv(out, rows, fields)
     return out
 
 
 def run_local(sweep: dict[str, Any], root: pathlib.Path, python: str) -> int:
     """Runs the sweep's incomplete runs one after another; returns the number that failed."""
-    runs = expand(sweep)
+    planned = expand(sweep)
     failed = []
-    for i, run in enumerate(runs, 1):
+    for i, run in enumerate(planned, 1):
         workdir = root / sweep["name"] / run.name
         status = run_status(workdir, run)
         if status == "complete":
-            print(f"[{i}/{len(runs)}] {run.name}: complete, skipped", flush=True)
+            print(f"[{i}/{len(planned)}] {run.name}: complete, skipped", flush=True)
             continue
         verb = "resuming" if status == "partial" else "starting"
-        print(f"[{i}/{len(runs)}] {run.name}: {verb}", flush=True)
+        print(f"[{i}/{len(planned)}] {run.name}: {verb}", flush=True)
         t0 = time.perf_counter()
         code = subprocess.call(run.command(workdir, python))
         took = time.perf_counter() - t0
         if code != 0:
             failed.append(run.name)
-            print(f"[{i}/{len(runs)}] {run.name}: FAILED (exit {code}) after {took:.0f} s")
+            print(f"[{i}/{len(planned)}] {run.name}: FAILED (exit {code}) after {took:.0f} s")
         else:
-            print(f"[{i}/{len(runs)}] {run.name}: done in {took:.0f} s", flush=True)
+            print(f"[{i}/{len(planned)}] {run.name}: done in {took:.0f} s", flush=True)
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}")
     return len(failed)

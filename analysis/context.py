@@ -20,7 +20,7 @@ import pathlib
 
 import eval_compress
 import runs
-from analysis import tables
+from analysis import plots
 from configs import eval as eval_config
 
 DEFAULT_LENGTHS = (64, 128, 256, 512, 1024, 2048)
@@ -90,7 +90,7 @@ def _modality(dataset: str) -> str:
 
 def write_csv(rows: list[dict], path: pathlib.Path) -> None:
     fields = ["dataset", "modality", *[f for f in FIELDS if f != "dataset"]]
-    tables.write_csv(path, rows, fields)
+    runs.write_csv(path, rows, fields, float_format=".6g")
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -110,11 +110,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: pathlib.Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     ncols = min(len(datasets), 2)
     nrows = -(-len(datasets) // ncols)
@@ -130,15 +126,10 @@ def plot(rows: list[dict], path: pathlib.Path) -> None:
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, "o-", label=name, lw=1.2, ms=4)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("context = chunk length (bytes)")
-        ax.set_ylabel("raw compression rate")
-        ax.set_title(f"{dataset} ({mine[0]['modality']})")
         ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        title = f"{dataset} ({mine[0]['modality']})"
+        plots.finish_axes(ax, "context = chunk length (bytes)", "raw compression rate", title)
+    plots.save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

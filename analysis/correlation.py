@@ -25,6 +25,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from analysis import plots
+
 HUANG_COLUMNS = ("model", "average_benchmark_score", "average_bpc")
 
 
@@ -200,11 +202,7 @@ def plot(ax, x, y, fit: Correlation, groups=None, xlabel="", ylabel="", title=""
         lw=1,
         label=f"fit: r = {fit.r:.3f} [{fit.ci_low:.3f}, {fit.ci_high:.3f}], n = {fit.n}",
     )
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    plots.finish_axes(ax, xlabel, ylabel, title, fontsize=7)
 
 
 def _describe(name: str, fit: Correlation) -> str:
@@ -267,16 +265,11 @@ def main(argv: list[str] | None = None) -> None:
         payload = {k: dataclasses.asdict(v) for k, v in results.items()}
         pathlib.Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
     if args.out:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = plots.pyplot()
         fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
         for ax, (x, y, fit, groups, xlabel, ylabel, title) in zip(axes[0], panels, strict=True):
             plot(ax, x, y, fit, groups, xlabel, ylabel, title)
-        fig.tight_layout()
-        fig.savefig(args.out, dpi=120)
+        plots.save(fig, args.out)
         print(f"Wrote {args.out}")
 
 

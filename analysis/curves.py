@@ -13,6 +13,8 @@ import pathlib
 
 import numpy as np
 
+from analysis import plots
+
 
 def load_evals(workdir: str | pathlib.Path) -> dict[str, np.ndarray]:
     """The eval lines of a run as arrays: step, excess_nats, answer_accuracy, excess_per_position
@@ -37,11 +39,7 @@ def load_evals(workdir: str | pathlib.Path) -> dict[str, np.ndarray]:
 
 def plot_run(workdir: str | pathlib.Path, out: str | pathlib.Path, title: str = "") -> None:
     """Writes the two-panel training-curve PNG of one addition run to `out`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     ev = load_evals(workdir)
     fig, (ax, heat) = plt.subplots(1, 2, figsize=(12, 4.2))
     ax.semilogy(ev["step"], np.maximum(ev["excess_nats"], 1e-5), "o-", ms=3, label="excess")
@@ -67,8 +65,7 @@ def plot_run(workdir: str | pathlib.Path, out: str | pathlib.Path, title: str = 
     heat.set_ylabel("predicted position (1 = first digit of a)")
     heat.set_title("log10 excess per position (nats)")
     fig.colorbar(image, ax=heat)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    plots.save(fig, out)
 
 
 def main(argv: list[str] | None = None) -> None:

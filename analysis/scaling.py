@@ -34,7 +34,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from analysis import tables
+import runs
+from analysis import plots
 
 BYTES_PER_PARAM = 2  # the paper's cost of one parameter in the adjusted rate
 
@@ -267,18 +268,14 @@ def analyse(
             )
         plotted.append((label, n, rate, fit, note))
 
-    tables.write_csv(out_dir / f"{prefix}_points.csv", points)
-    tables.write_csv(out_dir / f"{prefix}_fits.csv", fits)
+    runs.write_csv(out_dir / f"{prefix}_points.csv", points, float_format=".6g")
+    runs.write_csv(out_dir / f"{prefix}_fits.csv", fits, float_format=".6g")
     _plot(plotted, dataset_sizes, out_dir / f"{prefix}.png")
     return fits
 
 
 def _plot(groups, dataset_sizes, path: pathlib.Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.2), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (label, n, rate, fit, note) in zip(axes[0], groups, strict=True):
@@ -307,14 +304,9 @@ def _plot(groups, dataset_sizes, path: pathlib.Path) -> None:
             )
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("parameters")
-        ax.set_ylabel("adjusted compression rate")
-        ax.set_title(label if fit is not None else f"{label}\n{note}", fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        title = label if fit is not None else f"{label}\n{note}"
+        plots.finish_axes(ax, "parameters", "adjusted compression rate", title)
+    plots.save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

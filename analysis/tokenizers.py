@@ -14,7 +14,8 @@ import csv
 import pathlib
 from collections.abc import Sequence
 
-from analysis import scaling, tables
+import runs
+from analysis import plots, scaling
 
 
 def vocab_size(tokenizer: str) -> int:
@@ -52,19 +53,13 @@ def table(csv_path: str | pathlib.Path, dataset_sizes: Sequence[float]) -> list[
 
 
 def plot(rows: list[dict], dataset_sizes: Sequence[float], path: pathlib.Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     sizes = list(dict.fromkeys(r["size"] for r in rows))
     fig, axes = plt.subplots(1, len(sizes), figsize=(5.2 * len(sizes), 4.0), squeeze=False)
     for ax, size in zip(axes[0], sizes, strict=True):
         mine = [r for r in rows if r["size"] == size]
         _panel(ax, mine, dataset_sizes, f"model {size}" if size else "")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def _panel(ax, rows, dataset_sizes, title):
@@ -76,7 +71,7 @@ def _panel(ax, rows, dataset_sizes, title):
         ax.plot(
             vocab, [r[f"adjusted_rate_D={d:g}"] for r in rows], "o--", label=f"adjusted, D={d:g} B"
         )
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(vocab, [str(v) for v in vocab])
@@ -84,10 +79,7 @@ def _panel(ax, rows, dataset_sizes, title):
     ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
     ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("vocabulary size (256 = bytes)")
-    ax.set_ylabel("compression rate (per original byte)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    plots.finish_axes(ax, "vocabulary size (256 = bytes)", "compression rate (per original byte)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = table(args.csv, sizes)
     out = pathlib.Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tables.write_csv(out / f"{args.prefix}.csv", rows)
+    runs.write_csv(out / f"{args.prefix}.csv", rows, float_format=".6g")
     plot(rows, sizes, out / f"{args.prefix}.png")
     for row in rows:
         extra = "  ".join(

@@ -68,14 +68,15 @@ def _random_run(workdir: str) -> str:
     import runs
     from configs import default
     from models import transformer
+    from training import checkpoints
 
     config = default.get_config(f"size={_SIZE.value}")
     config.model.context_length = _CONTEXT.value or config.model.context_length
-    cfg = transformer.TransformerConfig.from_config(config.model, 256)
-    params = transformer.init_params(cfg, jax.random.key(0))
+    model_cfg = transformer.TransformerConfig.from_config(config.model, 256)
+    params = transformer.init_params(model_cfg, jax.random.key(0))
     with open(os.path.join(workdir, runs.CONFIG_FILE), "w") as f:
         f.write(config.to_json(indent=2))
-    with runs.checkpoint_manager(workdir) as mngr:
+    with checkpoints.manager(workdir) as mngr:
         mngr.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params})))
         mngr.wait_until_finished()
     return workdir
@@ -98,7 +99,7 @@ def bench_model(workdir: str) -> list[dict]:
         attention=_ATTENTION.value,
         attention_blocks=_BLOCKS.value,
     )
-    chunk_size = _CHUNK.value or lm.cfg.context_length
+    chunk_size = _CHUNK.value or lm.model_cfg.context_length
     source = sources.get_source(_DATASET.value)
 
     def chunks(n):
@@ -111,7 +112,7 @@ def bench_model(workdir: str) -> list[dict]:
         "chunk_size": chunk_size,
         "devices": len(lm.devices),
         "device_kind": lm.devices[0].device_kind,
-        "dtype": lm.cfg.dtype,
+        "dtype": lm.model_cfg.dtype,
     }
     rows_per_pass = _CHUNKS_PER_DEVICE.value * len(lm.devices)
     lm.log_loss(chunks(rows_per_pass), chunk_size)  # compile

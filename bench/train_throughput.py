@@ -3,8 +3,9 @@ r"""Training throughput (tokens/s) of the size presets.
   python bench/train_throughput.py --sizes=200K,800K,3.2M --batch_size=128 --seq_len=2048 \
       --dtype=bfloat16 --steps=20
 
-Times `train.make_steps`' jitted step (the one train.py runs) on random tokens after a warm-up,
-with the batch split over all local devices, and prints one JSON line per size and a table.
+Times `training.steps.make_train_step`'s jitted step (the one train.py runs) on random tokens
+after a warm-up, with the batch split over all local devices, and prints one JSON line per size
+and a table.
 """
 
 import json
@@ -20,9 +21,9 @@ from absl import app, flags  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
-import train  # noqa: E402
 from configs import default  # noqa: E402
 from models import transformer  # noqa: E402
+from training import steps  # noqa: E402
 
 _SIZES = flags.DEFINE_list("sizes", ["200K", "800K", "3.2M"], "Presets to time.")
 _BATCH = flags.DEFINE_integer("batch_size", 128, "Global batch size.")
@@ -39,12 +40,12 @@ def bench_size(size: str) -> dict:
     config.model.dtype = _DTYPE.value
     config.model.attention = _ATTN.value
     config.model.context_length = _SEQ.value
-    cfg = transformer.TransformerConfig.from_config(config.model, 256)
-    model = transformer.Transformer(cfg)
-    tx = train.make_optimizer(config.optim, 1000)
-    mesh = train.make_mesh()
-    train_step, _ = train.make_steps(model, tx, mesh)
-    params = transformer.init_params(cfg, jax.random.key(0))
+    model_cfg = transformer.TransformerConfig.from_config(config.model, 256)
+    model = transformer.Transformer(model_cfg)
+    tx = steps.make_optimizer(config.optim, 1000)
+    mesh = steps.make_mesh()
+    train_step = steps.make_train_step(model, tx, mesh)
+    params = transformer.init_params(model_cfg, jax.random.key(0))
     state = jax.device_put(
         {"step": np.int32(0), "params": params, "opt_state": tx.init(params)},
         NamedSharding(mesh, P()),

@@ -20,6 +20,10 @@ seekable file, as `atomic_output` gives); the reader validates the header and th
 (checksums, lengths against the file size) before handing out payloads one by one, so nothing
 is ever allocated from an unvalidated length and memory use does not grow with the file.
 Every problem with a file raises `FormatError` with a one-line message.
+
+The fingerprint compress.py stores is a `StreamInfo`: the model's sha256 and everything that
+fixes the coder's compiled program (lanes, chunk length, precision, attention blocks) or its
+floats (jax version, device kind). A decoder reads it first and refuses a mismatch up front.
 """
 
 import contextlib
@@ -48,6 +52,81 @@ _TABLE_BLOCK_ENTRIES = 4096
 
 class FormatError(ValueError):
     """The file is not a valid container, is corrupted, or belongs to a different model."""
+
+
+_INFO = struct.Struct("<4s32sIIBB16s8s")  # tag, model, lanes, chunk, precision, blocks, jax, device
+_INFO_TAG = b"LMC1"
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamInfo:
+    """What decoding a stream needs to match: stored as the container's fingerprint.
+
+    Attributes:
+      model_sha256: the model's fingerprint (32 bytes).
+      lanes: chunks coded together in one group.
+      chunk_tokens: tokens per chunk.
+      precision_bits: log2 of each frequency table's total.
+      attention_blocks: the coder's attention blocks.
+      jax_version: the jax version that computed the model's floats (at most 16 characters).
+      device: the kind of device ('cpu', 'gpu', at most 8 characters).
+    """
+
+    model_sha256: bytes
+    lanes: int
+    chunk_tokens: int
+    precision_bits: int
+    attention_blocks: int
+    jax_version: str
+    device: str
+
+    def pack(self) -> bytes:
+        """The fingerprint bytes."""
+        return _INFO.pack(
+            _INFO_TAG,
+            self.model_sha256,
+            self.lanes,
+            self.chunk_tokens,
+            self.precision_bits,
+            self.attention_blocks,
+            self.jax_version.encode()[:16],
+            self.device.encode()[:8],
+        )
+
+    @classmethod
+    def unpack(cls, blob: bytes) -> "StreamInfo":
+        """Parses a fingerprint.
+
+        Raises:
+          FormatError: not a fingerprint compress.py writes, or impossible values.
+        """
+        if len(blob) != _INFO.size or not blob.startswith(_INFO_TAG):
+            raise FormatError("not a stream made by compress.py (unknown fingerprint)")
+        _, sha, lanes, chunk, precision, blocks, jax_version, device = _INFO.unpack(blob)
+        if lanes < 1 or chunk < 1 or blocks < 1 or not 1 <= precision <= 16:
+            raise FormatError(f"corrupted fingerprint (lanes={lanes}, chunk={chunk})")
+        text = lambda field: field.rstrip(b"\0").decode(errors="replace")  # noqa: E731
+        return cls(sha, lanes, chunk, precision, blocks, text(jax_version), text(device))
+
+    def check_decodable(self, here: "StreamInfo") -> None:
+        """Refuses to decode with another model or environment than the stream's.
+
+        Args:
+          here: this decoder's model fingerprint and environment (its shape fields unused).
+
+        Raises:
+          FormatError: naming the difference.
+        """
+        if self.model_sha256 != here.model_sha256:
+            raise FormatError(
+                "this stream was made by a different model (or checkpoint): decompress with the "
+                "run and --step that compressed it"
+            )
+        if (self.jax_version, self.device) != (here.jax_version, here.device):
+            raise FormatError(
+                f"this stream was made with jax {self.jax_version} on {self.device}, this is "
+                f"jax {here.jax_version} on {here.device}: exact decoding needs the same"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

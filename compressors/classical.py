@@ -12,8 +12,7 @@ Settings follow the paper (Deletang et al., 2024) where it has them:
 * `flac`: the bytes as unsigned 8-bit mono samples at 16 kHz (as the reference feeds them to
   ffmpeg), written through libsndfile (the `soundfile` package, no external binary) as signed
   8-bit FLAC at its highest compression level (libFLAC level 8). The reference used ffmpeg's
-  `-compression_level 12`, an ffmpeg-only extension of libFLAC's 0-8 scale, so rates may differ
-  slightly.
+  `-compression_level 12`, an ffmpeg-only extension of libFLAC's 0-8 scale.
 * `zstd` level 19, `bzip2` level 9, `brotli` quality 11 (their strongest standard settings).
 
 Each class has `compress`, `decompress` (for round-trip tests) and `stream()`, a compressor
@@ -36,20 +35,6 @@ import numpy as np
 
 FLAC_SAMPLE_RATE = 16_000
 PATCH_WIDTH = 64
-
-
-class _Sink(io.RawIOBase):
-    """A write-only file that counts bytes and keeps none."""
-
-    def __init__(self):
-        self.num_bytes = 0
-
-    def writable(self):
-        return True
-
-    def write(self, data):
-        self.num_bytes += len(data)
-        return len(data)
 
 
 class _ObjectStream:

@@ -293,6 +293,7 @@ class LanguageModelSampler:
 
         import runs
         from models import transformer
+        from training import checkpoints
 
         config = runs.load_config(workdir)
         if config.tokenizer != "bytes":
@@ -300,10 +301,10 @@ class LanguageModelSampler:
                 f"{workdir} uses the {config.tokenizer} tokenizer: sampling supports byte-level "
                 "runs (tokenizer 'bytes') only."
             )
-        self.cfg, self.params, self.step = runs.restore_params(workdir)
-        self.window_bytes = min(context_bytes, self.cfg.context_length)
-        model = transformer.Transformer(self.cfg)
-        self._init_cache = lambda: transformer.init_cache(self.cfg, 1, self.window_bytes)
+        self.model_cfg, self.params, self.step = checkpoints.restore_params(workdir)
+        self.window_bytes = min(context_bytes, self.model_cfg.context_length)
+        model = transformer.Transformer(self.model_cfg)
+        self._init_cache = lambda: transformer.init_cache(self.model_cfg, 1, self.window_bytes)
 
         def step(params, cache, prev_token, index, key, inv_temperature):
             log_probs, cache = model.apply(

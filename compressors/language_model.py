@@ -6,9 +6,12 @@ others, as in the paper):
 * `log_loss`: the sum of -log2 p(byte) over each chunk from one parallel forward pass, the code
   length an ideal arithmetic coder reaches. Fast: the batch of chunks is split over a
   `jax.sharding` mesh of the local devices, `chunks_per_device` rows each.
-* `code`: the bytes `models.lm_coder.LMCoder` actually writes, 2 x num_words per chunk (its rANS
-  stream, 32-bit final state included; no container header). With `verify=True` every group is
-  decoded back through `LMCoder.decode` and compared with its input.
+* `code`: the bytes `models.lm_coder.LMCoder` actually writes per chunk (its coded payload, the
+  coder's flush included; no container header). With `verify=True` every group is decoded back
+  and compared with its input (`LMCoder.encode_chunks`).
+
+`rate` runs either or both over a dataset and times them; eval_compress.py turns that into
+records.
 
 Exactness across devices. The coder's integer tables must be bit-identical between encoder and
 decoder, and XLA's floats depend on the computation's shape and program. So the coded path does
@@ -24,10 +27,12 @@ chunks and sums the totals across hosts (eval_compress.py).
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -36,60 +41,11 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import runs
-from coding import rans
 from data import sources
 from models import lm_coder, transformer
+from training import checkpoints
 
-
-class VerificationError(RuntimeError):
-    """A chunk did not decode back to its input."""
-
-
-def _blocks(chunks: Iterable[bytes], rows: int, chunk_size: int):
-    """Groups chunks into zero-padded blocks.
-
-    Yields:
-      (tokens uint8 [rows, chunk_size], lengths int32 [rows], number of real rows); the last
-      block is padded with empty rows.
-    """
-    tokens = np.zeros((rows, chunk_size), np.uint8)
-    lengths = np.zeros(rows, np.int32)
-    count = 0
-    for chunk in chunks:
-        if len(chunk) > chunk_size:
-            raise ValueError(f"a chunk of {len(chunk)} bytes exceeds chunk_size={chunk_size}.")
-        tokens[count, : len(chunk)] = np.frombuffer(chunk, np.uint8)
-        lengths[count] = len(chunk)
-        count += 1
-        if count == rows:
-            yield tokens, lengths, count
-            tokens = np.zeros((rows, chunk_size), np.uint8)
-            lengths = np.zeros(rows, np.int32)
-            count = 0
-    if count:
-        yield tokens, lengths, count
-
-
-def _code_group(coder: lm_coder.LMCoder, tokens, lengths, count: int, verify: bool):
-    """Encodes (and optionally decodes) one group on the coder's device.
-
-    Returns:
-      (coded bytes int64 [count], coder's ideal bits float64 [count], rows that failed to verify).
-    """
-    words, num_words, bits = coder.encode(tokens, lengths)
-    bad = []
-    if verify:
-        # Through bytes and back, as a stream on disk would go.
-        streams = [
-            rans.bytes_to_words(rans.words_to_bytes(words[i, : num_words[i]])) for i in range(count)
-        ]
-        streams += [np.zeros(0, np.uint16)] * (len(lengths) - count)
-        packed, packed_num_words = rans.pad_streams(streams)
-        decoded, errors = coder.decode(packed, packed_num_words, lengths)
-        for i in range(count):
-            if errors[i] or not np.array_equal(decoded[i, : lengths[i]], tokens[i, : lengths[i]]):
-                bad.append(i)
-    return 2 * num_words[:count].astype(np.int64), bits[:count], bad
+VerificationError = lm_coder.VerificationError
 
 
 class LanguageModelCompressor:
@@ -130,9 +86,11 @@ class LanguageModelCompressor:
                 f"{workdir} uses the {config.tokenizer} tokenizer: eval_compress rates "
                 "byte-level runs (tokenizer 'bytes') only."
             )
-        cfg, params, self.step = runs.restore_params(workdir, step)
-        self.cfg = dataclasses.replace(
-            cfg, dtype=dtype or cfg.dtype, attention=attention or cfg.attention
+        model_cfg, params, self.step = checkpoints.restore_params(workdir, step)
+        self.model_cfg = dataclasses.replace(
+            model_cfg,
+            dtype=dtype or model_cfg.dtype,
+            attention=attention or model_cfg.attention,
         )
         self.workdir = str(workdir)
         self.size = config.get("size", "")
@@ -152,17 +110,18 @@ class LanguageModelCompressor:
         self._coders: dict[tuple[int, int], lm_coder.LMCoder] = {}
 
     def _check_chunk_size(self, chunk_size: int) -> None:
-        if not 1 <= chunk_size <= self.cfg.context_length:
+        context = self.model_cfg.context_length
+        if not 1 <= chunk_size <= context:
             raise ValueError(
                 f"chunks of {chunk_size} bytes do not fit {self.workdir}'s context of "
-                f"{self.cfg.context_length}: use --config.chunk_size <= {self.cfg.context_length}."
+                f"{context}: use --config.chunk_size <= {context}."
             )
 
     def _chunk_bits_fn(self, params, tokens, lengths):
         """Sum of -log2 p over each row's first `lengths` bytes: [rows]."""
         tokens = tokens.astype(jnp.int32)
-        log_probs = transformer.Transformer(self.cfg).apply({"params": params}, tokens)
-        nll = -jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
+        log_probs = transformer.Transformer(self.model_cfg).apply({"params": params}, tokens)
+        nll = transformer.token_nll(log_probs, tokens)
         valid = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
         return jnp.where(valid, nll, 0.0).sum(-1) / math.log(2)
 
@@ -188,9 +147,10 @@ class LanguageModelCompressor:
             if progress:
                 progress(num_bytes)
 
-        for tokens, lengths, count in sources.prefetch(_blocks(chunks, rows, chunk_size), prefetch):
-            bits = self._chunk_bits(self._replicated_params, tokens, lengths)
-            pending.append((bits, count, int(lengths.sum())))
+        groups = lm_coder.group_chunks(chunks, rows, chunk_size, np.uint8)
+        for group in sources.prefetch(groups, prefetch):
+            bits = self._chunk_bits(self._replicated_params, group.tokens, group.lengths)
+            pending.append((bits, group.count, int(group.lengths.sum())))
             if len(pending) > 2:
                 drain()
         while pending:
@@ -206,7 +166,7 @@ class LanguageModelCompressor:
                 lanes=self.lanes, chunk_tokens=chunk_size, **self._shape_options
             )
             params = jax.device_put(self._params, self.devices[device_index])
-            self._coders[key] = lm_coder.LMCoder(self.cfg, params, shape)
+            self._coders[key] = lm_coder.LMCoder(self.model_cfg, params, shape)
         return self._coders[key]
 
     def code(
@@ -225,30 +185,22 @@ class LanguageModelCompressor:
         self._check_chunk_size(chunk_size)
         num_devices = len(self.devices)
         executors = [concurrent.futures.ThreadPoolExecutor(1) for _ in range(num_devices)]
-        pending, sizes, bits = collections.deque(), [], []
+        pending, coded = collections.deque(), []
 
         def collect():
-            future, first, num_bytes = pending.popleft()
-            coded, ideal, bad = future.result()
-            if bad:
-                rows = ", ".join(str(first + i) for i in bad)
-                raise VerificationError(f"chunks {rows} did not decode back to their input.")
-            sizes.append(coded)
-            bits.append(ideal)
+            future, num_bytes = pending.popleft()
+            coded.extend(future.result())
             if progress:
                 progress(num_bytes)
 
-        groups: Iterator = sources.prefetch(_blocks(chunks, self.lanes, chunk_size), prefetch)
+        batches = sources.prefetch(lm_coder.batched(chunks, self.lanes), prefetch)
         try:
             first = 0
-            for g, (tokens, lengths, count) in enumerate(groups):
-                device = g % num_devices
-                coder = self.coder(chunk_size, device)
-                future = executors[device].submit(
-                    _code_group, coder, tokens, lengths, count, verify
-                )
-                pending.append((future, first, int(lengths.sum())))
-                first += count
+            for g, batch in enumerate(batches):
+                coder = self.coder(chunk_size, g % num_devices)
+                future = executors[g % num_devices].submit(_code, coder, batch, verify, first)
+                pending.append((future, sum(map(len, batch))))
+                first += len(batch)
                 if len(pending) > 2 * num_devices:
                     collect()
             while pending:
@@ -256,6 +208,62 @@ class LanguageModelCompressor:
         finally:
             for executor in executors:
                 executor.shutdown(wait=True, cancel_futures=True)
-        if not sizes:
-            return np.zeros(0, np.int64), np.zeros(0)
-        return np.concatenate(sizes), np.concatenate(bits)
+        sizes = np.array([len(c.payload) for c in coded], np.int64)
+        return sizes, np.array([c.bits for c in coded], np.float64)
+
+    def rate(
+        self,
+        chunks: Callable[[], Iterable[bytes]],
+        chunk_size: int,
+        *,
+        log_loss: bool = True,
+        coded: bool = True,
+        verify: bool = False,
+        progress: Callable[[str], contextlib.AbstractContextManager] | None = None,
+        prefetch: int = 4,
+    ) -> dict:
+        """Rates a dataset by the model's log-loss and/or the bytes the coder writes.
+
+        Args:
+          chunks: returns a fresh iterator over the chunks for each pass.
+          chunk_size: bytes per chunk (at most the model's context).
+          log_loss: run the parallel log-loss pass.
+          coded: run the coder over every chunk.
+          verify: decode every coded chunk back and compare.
+          progress: `progress(label)` returns a context manager with `update(num_bytes)` (e.g.
+            a tqdm bar) for each pass.
+          prefetch: chunk blocks loaded ahead.
+
+        Returns:
+          ideal_bits (sum of -log2 p, NaN without the log-loss pass), coded_bytes (None without
+          the coded pass), and each pass's wall-clock seconds (`log_loss_seconds`,
+          `coded_seconds`).
+
+        Raises:
+          ValueError: neither pass asked for, or chunks longer than the context.
+          VerificationError: see `code`.
+        """
+        if not (log_loss or coded):
+            raise ValueError("Set --config.lm.log_loss or --config.lm.coded (or both).")
+        progress = progress or (lambda label: contextlib.nullcontext(None))
+        out = {"ideal_bits": float("nan"), "coded_bytes": None}
+        if log_loss:
+            start = time.perf_counter()
+            with progress("log_loss") as bar:
+                bits = self.log_loss(chunks(), chunk_size, _updater(bar), prefetch)
+            out.update(ideal_bits=float(bits.sum()), log_loss_seconds=time.perf_counter() - start)
+        if coded:
+            start = time.perf_counter()
+            with progress("coded") as bar:
+                sizes, _ = self.code(chunks(), chunk_size, verify, _updater(bar), prefetch)
+            out.update(coded_bytes=int(sizes.sum()), coded_seconds=time.perf_counter() - start)
+        return out
+
+
+def _updater(bar) -> Callable[[int], None] | None:
+    return None if bar is None else bar.update
+
+
+def _code(coder: lm_coder.LMCoder, batch: list[bytes], verify: bool, first: int):
+    """Codes one group of chunks on its coder's device (a worker thread's task)."""
+    return list(coder.encode_chunks(batch, verify, first))

@@ -10,18 +10,29 @@ The arg string is `key=value,...` over: size (a key of `PRESETS`), digits (opera
 (`--config.optim.peak_lr=3e-3`); the config is locked, so a misspelt field fails.
 """
 
+from typing import NamedTuple
+
 import ml_collections
 
 from configs import default
 
-# name -> (num_layers, width, num_heads, default steps). Names are nominal parameter counts with
-# the 14-symbol vocabulary and pre-LayerNorm blocks (measured: 26,126 / 101,390 / 200,846);
-# results record the measured count.
+
+class Preset(NamedTuple):
+    """A model size and its default training length."""
+
+    num_layers: int
+    width: int
+    num_heads: int
+    steps: int
+
+
+# Names are nominal parameter counts with the 14-symbol vocabulary and pre-LayerNorm blocks
+# (measured: 26,126 / 101,390 / 200,846); results record the measured count.
 PRESETS = {
-    "test": (1, 16, 2, 20),
-    "25K": (2, 32, 2, 2_000),
-    "100K": (2, 64, 4, 2_000),
-    "200K": (4, 64, 4, 3_000),
+    "test": Preset(1, 16, 2, 20),
+    "25K": Preset(2, 32, 2, 2_000),
+    "100K": Preset(2, 64, 4, 2_000),
+    "200K": Preset(4, 64, 4, 3_000),
 }
 
 _ARG_DEFAULTS = {"size": "test", "digits": "8", "steps": ""}
@@ -33,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     a = default.parse_arg(arg, **_ARG_DEFAULTS)
     if a.size not in PRESETS:
         raise ValueError(f"Unknown size {a.size!r}; choose one of {list(PRESETS)}.")
-    num_layers, width, num_heads, steps = PRESETS[a.size]
+    preset = PRESETS[a.size]
     num_digits = int(a.digits)
     is_test = a.size == "test"
 
@@ -45,21 +56,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.num_digits = num_digits
     c.data.vocab_size = _VOCAB_SIZE
 
-    c.model = ml_collections.ConfigDict()
-    c.model.num_layers = num_layers
-    c.model.width = width
-    c.model.num_heads = num_heads
-    c.model.mlp_ratio = 4
-    c.model.context_length = 3 * num_digits + 5  # s a + b = c e
-    c.model.norm = "pre"
-    c.model.rope_base = 10_000.0
-    c.model.dtype = "float32"
-    c.model.attention = "auto"
-    c.model.emb_init_scale = 0.02
+    context_length = 3 * num_digits + 5  # s a + b = c e
+    c.model = default.model_config(
+        preset.num_layers, preset.width, preset.num_heads, context_length, norm="pre"
+    )
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 16 if is_test else 256
-    c.train.steps = int(a.steps) if a.steps else steps
+    c.train.steps = int(a.steps) if a.steps else preset.steps
     c.train.log_every = 5 if is_test else 50
     c.train.eval_every = 10 if is_test else 250
     c.train.eval_samples = 256 if is_test else 4_096  # held-out sequences per eval
@@ -69,18 +73,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 2
     c.train.progress = not is_test
 
-    c.optim = ml_collections.ConfigDict()
-    c.optim.name = "adamw"
-    c.optim.peak_lr = 3e-3
-    c.optim.warmup_steps = 5 if is_test else 200
-    c.optim.final_lr_fraction = 0.01
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.98
-    c.optim.weight_decay = 0.1
-    c.optim.grad_clip_norm = 1.0
-
-    c.wandb = ml_collections.ConfigDict()
-    c.wandb.mode = "disabled"  # 'online', 'offline' or 'disabled'.
-    c.wandb.project = "lm-compression"
-    c.wandb.name = ""
+    c.optim = default.optim_config(
+        peak_lr=3e-3, warmup_steps=5 if is_test else 200, final_lr_fraction=0.01
+    )
+    c.wandb = default.wandb_config()
     return c.lock()

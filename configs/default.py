@@ -6,8 +6,9 @@ Examples:
       --config.train.steps=100000 --workdir=runs/3.2M
   python train.py --config=configs/default.py:size=200K --config.data.path=my.txt --workdir=DIR
 
-The arg string is `key=value,...` over: size (a key of `configs.sizes.PRESETS`), dataset (a name of
-`data.corpus.CORPORA`, default the embedded `pydocs`), tokenizer (`bytes`). Any field can then be
+The arg string is `key=value,...` over: size (a key of `configs.sizes.PRESETS`), dataset (`pydocs`,
+the embedded default, `enwik8`, `enwik9` or `file:PATH`; see `data.corpus.load_corpus`) and
+tokenizer (`bytes` or `bpe:N`). Any field can then be
 overridden by flag (`--config.optim.peak_lr=3e-4`); the config is locked, so a misspelt field fails.
 """
 
@@ -36,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     a = parse_arg(arg, **_ARG_DEFAULTS)
     if a.size not in sizes.PRESETS:
         raise ValueError(f"Unknown size {a.size!r}; choose one of {list(sizes.PRESETS)}.")
-    num_layers, width, num_heads, context = sizes.PRESETS[a.size]
+    preset = sizes.PRESETS[a.size]
     is_test = a.size == "test"
 
     c = ml_collections.ConfigDict()
@@ -44,17 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0
     c.tokenizer = a.tokenizer
 
-    c.model = ml_collections.ConfigDict()
-    c.model.num_layers = num_layers
-    c.model.width = width
-    c.model.num_heads = num_heads
-    c.model.mlp_ratio = 4
-    c.model.context_length = context
-    c.model.norm = "post"  # 'post' is the paper's layout; 'pre' adds a final LayerNorm.
-    c.model.rope_base = 10_000.0
-    c.model.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (params stay float32).
-    c.model.attention = "auto"  # 'auto' (cuDNN flash on GPU when possible), 'xla' or 'cudnn'.
-    c.model.emb_init_scale = 0.02
+    c.model = model_config(*preset, norm="post")
 
     c.data = ml_collections.ConfigDict()
     c.data.name = a.dataset
@@ -74,20 +65,50 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 2
     c.train.progress = True
 
-    c.optim = ml_collections.ConfigDict()
-    c.optim.name = "adamw"  # 'adamw' (warmup + cosine) or 'adam_constant' (the reference's).
-    c.optim.peak_lr = 1e-2 if is_test else 1e-3
-    c.optim.warmup_steps = 20 if is_test else 1_000
-    c.optim.final_lr_fraction = 0.1
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.98
-    c.optim.weight_decay = 0.1
-    c.optim.grad_clip_norm = 1.0
-
+    c.optim = optim_config(peak_lr=1e-2 if is_test else 1e-3, warmup_steps=20 if is_test else 1_000)
     c.distributed = False  # call jax.distributed.initialize() (multi-host).
-
-    c.wandb = ml_collections.ConfigDict()
-    c.wandb.mode = "disabled"  # 'online', 'offline' or 'disabled'.
-    c.wandb.project = "lm-compression"
-    c.wandb.name = ""
+    c.wandb = wandb_config()
     return c.lock()
+
+
+def model_config(
+    num_layers: int, width: int, num_heads: int, context_length: int, norm: str
+) -> ml_collections.ConfigDict:
+    """The `model` section: a Transformer of the given shape (models.transformer)."""
+    m = ml_collections.ConfigDict()
+    m.num_layers = num_layers
+    m.width = width
+    m.num_heads = num_heads
+    m.mlp_ratio = 4
+    m.context_length = context_length
+    m.norm = norm  # 'post' is the paper's layout; 'pre' adds a final LayerNorm.
+    m.rope_base = 10_000.0
+    m.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (params stay float32).
+    m.attention = "auto"  # 'auto' (cuDNN flash on GPU when possible), 'xla' or 'cudnn'.
+    m.emb_init_scale = 0.02
+    return m
+
+
+def optim_config(
+    peak_lr: float, warmup_steps: int, final_lr_fraction: float = 0.1
+) -> ml_collections.ConfigDict:
+    """The `optim` section (training.steps.make_optimizer)."""
+    o = ml_collections.ConfigDict()
+    o.name = "adamw"  # 'adamw' (warmup + cosine) or 'adam_constant' (the reference's).
+    o.peak_lr = peak_lr
+    o.warmup_steps = warmup_steps
+    o.final_lr_fraction = final_lr_fraction
+    o.b1 = 0.9
+    o.b2 = 0.98
+    o.weight_decay = 0.1
+    o.grad_clip_norm = 1.0
+    return o
+
+
+def wandb_config() -> ml_collections.ConfigDict:
+    """The `wandb` section: metrics mirrored to Weights & Biases when not disabled."""
+    w = ml_collections.ConfigDict()
+    w.mode = "disabled"  # 'online', 'offline' or 'disabled'.
+    w.project = "lm-compression"
+    w.name = ""
+    return w

@@ -9,17 +9,28 @@ for scaling studies; `test` trains in seconds on a
 CPU. The names are nominal: results always record the count measured from the parameters.
 """
 
-# name -> (num_layers, width, num_heads, context_length)
+from typing import NamedTuple
+
+
+class Preset(NamedTuple):
+    """A model size."""
+
+    num_layers: int
+    width: int
+    num_heads: int
+    context_length: int
+
+
 PRESETS = {
-    "test": (2, 32, 2, 64),
-    "20K": (4, 16, 2, 2048),
-    "65K": (4, 32, 4, 2048),
-    "200K": (4, 64, 4, 2048),
-    "800K": (4, 128, 4, 2048),
-    "3.2M": (4, 256, 8, 2048),
-    "12M": (7, 384, 6, 2048),
-    "50M": (12, 576, 9, 2048),
-    "100M": (12, 832, 13, 2048),
+    "test": Preset(2, 32, 2, 64),
+    "20K": Preset(4, 16, 2, 2048),
+    "65K": Preset(4, 32, 4, 2048),
+    "200K": Preset(4, 64, 4, 2048),
+    "800K": Preset(4, 128, 4, 2048),
+    "3.2M": Preset(4, 256, 8, 2048),
+    "12M": Preset(7, 384, 6, 2048),
+    "50M": Preset(12, 576, 9, 2048),
+    "100M": Preset(12, 832, 13, 2048),
 }
 
 

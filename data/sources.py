@@ -259,15 +259,27 @@ def _package_file(package: str, relative: str) -> pathlib.Path | None:
     return path if path and path.is_file() else None
 
 
-def _images(arg: str, options: SourceOptions) -> Source:
+def _path_or_default(arg: str, package: str, relative: str, missing: str) -> pathlib.Path:
+    """`arg` as a path, or the default data file `relative` that `package` ships.
+
+    Raises:
+      SourceError: no `arg` and the package lacks the file (`missing` says what to do).
+    """
     if arg:
-        path = pathlib.Path(arg).expanduser()
-    else:
-        path = _package_file("matplotlib", _DEFAULT_IMAGE)
-        if path is None:
-            raise SourceError(
-                f"matplotlib's sample image {_DEFAULT_IMAGE} is missing: pass images:PATH."
-            )
+        return pathlib.Path(arg).expanduser()
+    path = _package_file(package, relative)
+    if path is None:
+        raise SourceError(missing)
+    return path
+
+
+def _images(arg: str, options: SourceOptions) -> Source:
+    path = _path_or_default(
+        arg,
+        "matplotlib",
+        _DEFAULT_IMAGE,
+        f"matplotlib's sample image {_DEFAULT_IMAGE} is missing: pass images:PATH.",
+    )
     files = _list_files(path, IMAGE_SUFFIXES, "image")
 
     def make(chunk_size: int, num_chunks: int | None) -> Iterator[bytes]:
@@ -332,17 +344,15 @@ def read_audio_uint8(path: os.PathLike) -> np.ndarray:
 
 
 def _audio(arg: str, options: SourceOptions) -> Source:
-    if arg:
-        path = pathlib.Path(arg).expanduser()
-    else:
-        path = _package_file("auditok", _DEFAULT_AUDIO)
-        if path is None:
-            raise SourceError(
-                f"audio with no path reads auditok's speech recording {_DEFAULT_AUDIO}, which is "
-                "missing: pip install auditok==0.2.0 (in requirements.txt; auditok 0.4 and later "
-                "dropped the file), or pass audio:PATH, a WAV or FLAC file or a directory of them "
-                "(e.g. an extracted LibriSpeech/train-clean-100)."
-            )
+    path = _path_or_default(
+        arg,
+        "auditok",
+        _DEFAULT_AUDIO,
+        f"audio with no path reads auditok's speech recording {_DEFAULT_AUDIO}, which is "
+        "missing: pip install auditok==0.2.0 (in requirements.txt; auditok 0.4 and later "
+        "dropped the file), or pass audio:PATH, a WAV or FLAC file or a directory of them "
+        "(e.g. an extracted LibriSpeech/train-clean-100).",
+    )
     files = _list_files(path, AUDIO_SUFFIXES, "audio")
 
     def make(chunk_size: int, num_chunks: int | None) -> Iterator[bytes]:
@@ -387,43 +397,44 @@ def _tfds_examples(tfds, name: str, split: str, options: SourceOptions, hint: st
     return tfds.as_numpy(dataset)
 
 
-def _imagenet(arg: str, options: SourceOptions) -> Source:
-    tfds = _import_tfds("imagenet")
-    split = arg or "train"
-    hint = (
-        "ImageNet cannot be downloaded automatically: put ILSVRC2012_img_train.tar and "
-        "ILSVRC2012_img_val.tar in the manual dir (--config.data.manual_dir, default "
-        "~/tensorflow_datasets/downloads/manual) and tfds prepares it once."
-    )
+def _tfds_source(
+    name: str, tfds_name: str, modality: str, default_split: str, hint: str, to_chunks
+) -> Callable[[str, SourceOptions], Source]:
+    """A source over a tfds dataset: `to_chunks(example, chunk_size)` cuts each example."""
 
-    def make(chunk_size: int, num_chunks: int | None) -> Iterator[bytes]:
-        examples = _tfds_examples(tfds, "imagenet2012", split, options, hint)
-        patches = (
-            p for ex in examples for p in image_patches(to_grayscale(ex["image"]), chunk_size)
-        )
-        return _take(patches, num_chunks)
+    def make_source(arg: str, options: SourceOptions) -> Source:
+        tfds = _import_tfds(name)
+        split = arg or default_split
 
-    return Source(f"imagenet:{arg}" if arg else "imagenet", "image", PAPER_NUM_CHUNKS, make)
+        def make(chunk_size: int, num_chunks: int | None) -> Iterator[bytes]:
+            examples = _tfds_examples(tfds, tfds_name, split, options, hint)
+            return _take((c for ex in examples for c in to_chunks(ex, chunk_size)), num_chunks)
+
+        return Source(f"{name}:{arg}" if arg else name, modality, PAPER_NUM_CHUNKS, make)
+
+    return make_source
 
 
-def _librispeech(arg: str, options: SourceOptions) -> Source:
-    tfds = _import_tfds("librispeech")
-    split = arg or "train_clean100"
-    hint = (
-        "tfds prepares LibriSpeech with Apache Beam (pip install apache-beam; about 6 GB for "
-        "train_clean100), or point --config.data.tfds_data_dir at a prepared copy. Without tfds, "
-        "'audio:DIR' reads the LibriSpeech FLAC files directly."
-    )
-
-    def make(chunk_size: int, num_chunks: int | None) -> Iterator[bytes]:
-        examples = _tfds_examples(tfds, "librispeech", split, options, hint)
-        chunks = (
-            c for ex in examples for c in audio_chunks(pcm16_to_uint8(ex["speech"]), chunk_size)
-        )
-        return _take(chunks, num_chunks)
-
-    name = f"librispeech:{arg}" if arg else "librispeech"
-    return Source(name, "audio", PAPER_NUM_CHUNKS, make)
+_imagenet = _tfds_source(
+    "imagenet",
+    "imagenet2012",
+    "image",
+    "train",
+    "ImageNet cannot be downloaded automatically: put ILSVRC2012_img_train.tar and "
+    "ILSVRC2012_img_val.tar in the manual dir (--config.data.manual_dir, default "
+    "~/tensorflow_datasets/downloads/manual) and tfds prepares it once.",
+    lambda ex, chunk_size: image_patches(to_grayscale(ex["image"]), chunk_size),
+)
+_librispeech = _tfds_source(
+    "librispeech",
+    "librispeech",
+    "audio",
+    "train_clean100",
+    "tfds prepares LibriSpeech with Apache Beam (pip install apache-beam; about 6 GB for "
+    "train_clean100), or point --config.data.tfds_data_dir at a prepared copy. Without tfds, "
+    "'audio:DIR' reads the LibriSpeech FLAC files directly.",
+    lambda ex, chunk_size: audio_chunks(pcm16_to_uint8(ex["speech"]), chunk_size),
+)
 
 
 SOURCES: dict[str, Callable[[str, SourceOptions], Source]] = {

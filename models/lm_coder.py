@@ -22,8 +22,11 @@ on the device, without a host round trip.
 
 import dataclasses
 import functools
+import hashlib
+import itertools
 import math
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -148,11 +151,14 @@ class LMCoder:
             carry, out = jax.lax.scan(body, carry, jnp.arange(first, last, dtype=jnp.int32))
             outputs.append(out)
         decoder = carry[2]
-        symbols, starts, freqs, bits = (jnp.concatenate(x) for x in zip(*outputs, strict=True))
-        # [steps, lanes, k] -> [lanes, steps * k], in coding order.
-        starts = jnp.transpose(starts, (1, 0, 2)).reshape(lanes, -1)
-        freqs = jnp.transpose(freqs, (1, 0, 2)).reshape(lanes, -1)
-        return symbols.T, starts, freqs, bits.sum(0), rans.decode_finish_jax(decoder)
+        # Outputs are stacked over steps (t), lanes (l) and the coder steps of a token (k).
+        symbols_tl, starts_tlk, freqs_tlk, bits_tl = (
+            jnp.concatenate(x) for x in zip(*outputs, strict=True)
+        )
+        # [t, l, k] -> [l, t * k]: each lane's intervals in coding order.
+        starts_ls = jnp.transpose(starts_tlk, (1, 0, 2)).reshape(lanes, -1)
+        freqs_ls = jnp.transpose(freqs_tlk, (1, 0, 2)).reshape(lanes, -1)
+        return symbols_tl.T, starts_ls, freqs_ls, bits_tl.sum(0), rans.decode_finish_jax(decoder)
 
     def _check_group(self, lengths):
         lengths = np.asarray(lengths, np.int32)
@@ -162,16 +168,16 @@ class LMCoder:
             raise ValueError(f"chunk lengths must lie in [0, {self.shape.chunk_tokens}].")
         return lengths
 
-    def encode(self, tokens: np.ndarray, lengths: np.ndarray):
-        """Encodes one group.
+    def encode_group(self, tokens: np.ndarray, lengths: np.ndarray):
+        """Encodes one group of `lanes` chunks.
 
         Args:
           tokens: int [lanes, chunk_tokens] ids; entries past each chunk's length are ignored.
           lengths: int [lanes] tokens per chunk (0 for padding rows).
 
         Returns:
-          (words uint16 [lanes, capacity], num_words int32 [lanes], ideal bits float [lanes]),
-          NumPy arrays; row i's stream is words[i, :num_words[i]].
+          (payloads: one `bytes` per lane, the coded chunk; ideal bits float64 [lanes], the
+          model's -log2 p of the chunk).
         """
         lengths = self._check_group(lengths)
         tokens = np.asarray(tokens, np.int32)
@@ -186,39 +192,182 @@ class LMCoder:
         _, starts, freqs, bits, _ = self._run(
             self.params, tokens, lengths, no_words, zeros, jnp.bool_(True)
         )
-        words, num_words, invalid = rans.encode_jax_core(
+        words_lw, num_words, invalid = rans.encode_jax_core(
             starts, freqs, lengths * self.steps_per_token, self.shape.precision_bits
         )
         if np.any(invalid):  # cannot happen for valid tokens: quantize gives every symbol >= 1
             raise RuntimeError("the coder produced an invalid interval; please report this bug.")
-        return np.asarray(words), np.asarray(num_words), np.asarray(bits, np.float64)
+        words_lw, num_words = np.asarray(words_lw), np.asarray(num_words)
+        payloads = [rans.words_to_bytes(words_lw[i, : num_words[i]]) for i in range(len(lengths))]
+        return payloads, np.asarray(bits, np.float64)
 
-    def decode(self, words: np.ndarray, num_words: np.ndarray, lengths: np.ndarray):
-        """Decodes one group.
+    def decode_group(self, payloads: list[bytes], lengths: np.ndarray):
+        """Decodes one group of `lanes` chunks (fewer payloads: the rest are padding).
 
         Args:
-          words: uint16 [lanes, <= capacity] streams (row i valid up to num_words[i]).
-          num_words: int [lanes].
+          payloads: the coded chunks, at most `lanes`.
           lengths: int [lanes] tokens per chunk.
 
         Returns:
           (tokens int32 [lanes, chunk_tokens], zero past each length; error codes int32 [lanes],
           0 where the stream decoded cleanly; see `coding.rans.describe_errors`).
+
+        Raises:
+          rans.CorruptStreamError: a payload longer than any chunk can be, or of odd length.
         """
         lengths = self._check_group(lengths)
-        words = np.asarray(words, np.uint16)
-        if words.shape[0] != self.shape.lanes or words.shape[1] > self.capacity_words:
-            raise ValueError(f"words must be [{self.shape.lanes}, <= {self.capacity_words}].")
-        padded = np.zeros((self.shape.lanes, self.capacity_words), np.uint16)
-        padded[:, : words.shape[1]] = words
+        if len(payloads) > self.shape.lanes:
+            raise ValueError(f"at most {self.shape.lanes} payloads per group, got {len(payloads)}.")
+        streams = []
+        for i, payload in enumerate(payloads):
+            if len(payload) > 2 * self.capacity_words or len(payload) % 2:
+                raise rans.CorruptStreamError(f"lane {i}: a payload of {len(payload)} bytes")
+            streams.append(rans.bytes_to_words(payload))
+        streams += [np.zeros(0, np.uint16)] * (self.shape.lanes - len(payloads))
+        words_lw, num_words = rans.pad_streams(streams)
+        padded_lw = np.zeros((self.shape.lanes, self.capacity_words), np.uint16)
+        padded_lw[:, : words_lw.shape[1]] = words_lw
         dummy = np.zeros((self.shape.lanes, self.shape.chunk_tokens), np.int32)
         symbols, _, _, _, errors = self._run(
-            self.params, dummy, lengths, padded, np.asarray(num_words, np.int32), jnp.bool_(False)
+            self.params, dummy, lengths, padded_lw, num_words, jnp.bool_(False)
         )
         return np.asarray(symbols), np.asarray(errors)
+
+    def encode_chunks(
+        self, chunks: Iterable[np.ndarray | bytes], verify: bool = False, first_index: int = 0
+    ) -> Iterator["Coded"]:
+        """Encodes any number of token chunks, `lanes` at a time.
+
+        Args:
+          chunks: 1-D token arrays (or bytes, for byte-level models), each at most
+            `chunk_tokens` long.
+          verify: decode every group back and compare it with its input.
+          first_index: the index of the first chunk, for error messages.
+
+        Yields:
+          `Coded` per chunk, in order.
+
+        Raises:
+          VerificationError: with `verify`, a chunk did not decode to its input (names it).
+        """
+        first = first_index
+        for group in group_chunks(chunks, self.shape.lanes, self.shape.chunk_tokens):
+            payloads, bits = self.encode_group(group.tokens, group.lengths)
+            payloads = payloads[: group.count]
+            if verify:
+                self._verify(group, payloads, first)
+            for i, payload in enumerate(payloads):
+                yield Coded(payload, int(group.lengths[i]), float(bits[i]))
+            first += group.count
+
+    def _verify(self, group: "Group", payloads: list[bytes], first: int) -> None:
+        decoded, errors = self.decode_group(payloads, group.lengths)
+        bad = [
+            first + i
+            for i, n in enumerate(group.lengths[: group.count])
+            if errors[i] or not np.array_equal(decoded[i, :n], group.tokens[i, :n])
+        ]
+        if bad:
+            raise VerificationError(f"chunks {', '.join(map(str, bad))} did not decode back.")
+
+    def decode_chunks(self, streams: Iterable[tuple[bytes, int]]) -> Iterator[np.ndarray]:
+        """Decodes (payload, number of tokens) pairs made by `encode_chunks` with this shape.
+
+        Yields:
+          int32 [num_tokens] tokens per chunk, in order.
+
+        Raises:
+          rans.CorruptStreamError: a chunk failed its decoding checks (names it).
+        """
+        first = 0
+        for batch in batched(streams, self.shape.lanes):
+            lengths = np.zeros(self.shape.lanes, np.int32)
+            lengths[: len(batch)] = [n for _, n in batch]
+            try:
+                tokens, errors = self.decode_group([p for p, _ in batch], lengths)
+            except rans.CorruptStreamError as e:
+                raise rans.CorruptStreamError(f"group at chunk {first}: {e}") from e
+            for i in np.flatnonzero(errors[: len(batch)]):  # padding lanes have no stream
+                why = rans.describe_errors(int(errors[i]))
+                raise rans.CorruptStreamError(f"chunk {first + i} failed to decode: {why}")
+            for i in range(len(batch)):
+                yield tokens[i, : lengths[i]]
+            first += len(batch)
+
+
+class Coded(NamedTuple):
+    """One coded chunk: its payload, its token count and the model's ideal bits for it."""
+
+    payload: bytes
+    num_tokens: int
+    bits: float
+
+
+class VerificationError(RuntimeError):
+    """A chunk did not decode back to its input."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Chunks padded into one coder group.
+
+    Attributes:
+      tokens: int32 [lanes, chunk_tokens], zero past each length.
+      lengths: int32 [lanes], 0 for padding rows.
+      count: the number of real chunks (the first `count` rows).
+    """
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    count: int
+
+
+def group_chunks(
+    chunks: Iterable[np.ndarray | bytes], lanes: int, chunk_tokens: int, dtype=np.int32
+) -> Iterator[Group]:
+    """Groups chunks (token arrays, or bytes for byte-level models) into padded `Group`s.
+
+    Args:
+      chunks: 1-D token arrays or bytes.
+      lanes: rows per group.
+      chunk_tokens: columns per group.
+      dtype: of the group's tokens (uint8 saves transfers for byte chunks).
+
+    Raises:
+      ValueError: a chunk longer than `chunk_tokens`.
+    """
+    for batch in batched(chunks, lanes):
+        tokens = np.zeros((lanes, chunk_tokens), dtype)
+        lengths = np.zeros(lanes, np.int32)
+        for i, chunk in enumerate(batch):
+            ids = np.frombuffer(chunk, np.uint8) if isinstance(chunk, bytes) else chunk
+            if len(ids) > chunk_tokens:
+                raise ValueError(f"a chunk of {len(ids)} tokens exceeds chunk_size={chunk_tokens}.")
+            tokens[i, : len(ids)], lengths[i] = ids, len(ids)
+        yield Group(tokens, lengths, len(batch))
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """Lists of `size` consecutive items (the last may be shorter): the one grouping of chunks."""
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "shape"))
 def _scan_jit(params, tokens, lengths, words, num_words, encoding, *, cfg, shape):
     """`LMCoder._scan`, jitted and shared by every coder of the same cfg and shape."""
     return LMCoder(cfg, None, shape)._scan(params, tokens, lengths, words, num_words, encoding)
+
+
+def params_sha256(description: bytes, params: Any) -> bytes:
+    """sha256 over `description` (what else identifies the model) and every parameter's path,
+    dtype, shape and bytes: a stream's model fingerprint."""
+    digest = hashlib.sha256(description)
+    for path, leaf in sorted(
+        jax.tree_util.tree_flatten_with_path(params)[0], key=lambda kv: jax.tree_util.keystr(kv[0])
+    ):
+        array = np.asarray(leaf)
+        digest.update(f"{jax.tree_util.keystr(path)}{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.digest()

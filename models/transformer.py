@@ -209,6 +209,12 @@ class Transformer(nn.Module):
         return self._log_probs(h)[:, 0], new_cache
 
 
+def token_nll(log_probs: jax.Array, tokens: jax.Array) -> jax.Array:
+    """Negative log-likelihood in nats of each token: [batch, length] from log-probs
+    [batch, length, vocab] and tokens [batch, length]."""
+    return -jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
+
+
 def init_cache(cfg: TransformerConfig, batch_size: int, max_length: int | None = None) -> Cache:
     """Returns an empty KV cache: per layer k and v of [batch, max_length, heads, head_dim]."""
     length = max_length or cfg.context_length

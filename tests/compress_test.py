@@ -14,6 +14,7 @@ import compress
 import train
 from coding import container
 from configs import default
+from data import corpus
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CHUNK = 2048
@@ -45,7 +46,7 @@ def other_run(tmp_path_factory):
 @pytest.mark.parametrize(
     "data",
     [
-        compress.corpus.pydocs_bytes()[:3000],
+        corpus.pydocs_bytes()[:3000],
         bytes(range(256)) + b"\xff\xfe not utf-8 \x80",
         b"",
     ],
@@ -69,7 +70,7 @@ def _round_trip(run, tmp_path, data: bytes, lanes=3, chunk_size=256):
 
 
 def _text():
-    return compress.corpus.pydocs_bytes()[:6000]
+    return corpus.pydocs_bytes()[:6000]
 
 
 def _image_like():
@@ -110,14 +111,14 @@ def test_round_trip_modalities_within_ideal(run, tmp_path, name, data):
 
 @pytest.mark.parametrize("length", [0, 1, 2, CHUNK - 1, CHUNK, CHUNK + 1])
 def test_round_trip_lengths_full_context(run, tmp_path, length):
-    data = compress.corpus.pydocs_bytes()[:length]
+    data = corpus.pydocs_bytes()[:length]
     s = _round_trip(run, tmp_path, data, lanes=2, chunk_size=CHUNK)
     assert s["num_chunks"] == math.ceil(length / CHUNK)
 
 
 @pytest.mark.parametrize("length", [255, 256, 257, 5 * 256 + 3])
 def test_round_trip_lengths_several_groups(run, tmp_path, length):
-    data = compress.corpus.pydocs_bytes()[:length]
+    data = corpus.pydocs_bytes()[:length]
     s = _round_trip(run, tmp_path, data, lanes=2)
     assert s["num_chunks"] == math.ceil(length / 256)
 

@@ -10,11 +10,11 @@ PAPER_COUNTS = {"200K": 231_936, "800K": 856_832, "3.2M": 3_286_272}
 
 def _count(size):
     config = default.get_config(f"size={size}")
-    cfg = transformer.TransformerConfig.from_config(config.model, vocab_size=256)
+    model_cfg = transformer.TransformerConfig.from_config(config.model, vocab_size=256)
     import jax
 
-    shapes = jax.eval_shape(lambda: transformer.init_params(cfg, jax.random.key(0)))
-    return transformer.num_params(shapes), transformer.closed_form_num_params(cfg)
+    shapes = jax.eval_shape(lambda: transformer.init_params(model_cfg, jax.random.key(0)))
+    return transformer.num_params(shapes), transformer.closed_form_num_params(model_cfg)
 
 
 @pytest.mark.parametrize("size", [s for s in sizes.PRESETS if s != "test"])

@@ -15,6 +15,7 @@ import pytest
 import compressors
 import eval_compress
 import train
+from analysis import tables
 from compressors import language_model
 from configs import default
 from configs import eval as eval_config
@@ -83,7 +84,7 @@ def test_chunked_and_unchunked_gzip_lzma_equal_direct_computation(tmp_path, text
             5,
         )
         assert r["raw_rate"] == expected / len(data) == r["adjusted_rate"]
-        assert r["params"] == 0 and r["raw_bytes"] == len(data)
+        assert r["num_params"] == 0 and r["raw_bytes"] == len(data)
         assert records[name, "unchunked"]["compressed_bytes"] == len(compress(data))
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == list(records.values())
@@ -163,10 +164,10 @@ def test_lm_adjusted_rate_charges_two_bytes_per_parameter(run, lm_records):
     r = lm_records[-1]
     config = default.get_config("size=test")
     config.model.context_length = CHUNK
-    cfg = transformer.TransformerConfig.from_config(config.model, 256)
-    assert r["params"] == transformer.closed_form_num_params(cfg) == 41_792
+    model_cfg = transformer.TransformerConfig.from_config(config.model, 256)
+    assert r["num_params"] == transformer.closed_form_num_params(model_cfg) == 41_792
     assert r["adjusted_rate"] == pytest.approx(
-        (r["coded_bytes"] + 2 * r["params"]) / r["raw_bytes"]
+        (r["coded_bytes"] + 2 * r["num_params"]) / r["raw_bytes"]
     )
     assert r["bits_per_byte"] == pytest.approx(8 * r["raw_rate"])
 
@@ -207,20 +208,20 @@ def test_four_devices_match_one(run, text_file, lm_records, tmp_path):
 def test_verify_fails_on_a_corrupted_stream(run, shared_models, monkeypatch):
     lm = _lm(run, shared_models)
     chunks = list(sources.get_source("pydocs").chunks(3, CHUNK))
-    real = language_model.rans.bytes_to_words
+    coder = lm.coder(CHUNK, 0)
+    real = coder.decode_group
     calls = []
 
-    def corrupt(payload):
-        words = real(payload).copy()
+    def corrupt(payloads, lengths):
         calls.append(len(calls))
-        if len(calls) == 3:  # the third chunk: group 1, row 0
-            words[0] ^= 1
-        return words
+        if len(calls) == 2:  # the second group (lanes=2): chunk 2 is its row 0
+            payloads = [bytes([payloads[0][0] ^ 1]) + payloads[0][1:], *payloads[1:]]
+        return real(payloads, lengths)
 
-    monkeypatch.setattr(language_model.rans, "bytes_to_words", corrupt)
+    monkeypatch.setattr(coder, "decode_group", corrupt)
     with pytest.raises(language_model.VerificationError, match="chunks 2 did not decode"):
         lm.code(chunks, CHUNK, verify=True)
-    assert len(calls) == 3
+    assert len(calls) == 2
 
 
 def test_lm_shift_mode_scales_log_loss_by_8_over_7(run, shared_models, text_file, tmp_path):
@@ -277,7 +278,7 @@ def test_cli_prints_the_table_and_writes_results(tmp_path):
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     required = {"compressor", "dataset", "chunk_size", "num_chunks", "raw_bytes"}
-    required |= {"compressed_bytes", "raw_rate", "adjusted_rate", "params", "seconds"}
+    required |= {"compressed_bytes", "raw_rate", "adjusted_rate", "num_params", "seconds"}
     assert required <= set(rows[0])
     assert {r["num_chunks"] for r in rows} == {"144"} and len(rows) == 4
 
@@ -292,7 +293,7 @@ def test_results_merge_replaces_same_key(tmp_path):
     with open(tmp_path / "results.csv") as f:
         rows = [(r["compressor"], r["num_chunks"]) for r in csv.DictReader(f)]
     assert rows == [("gzip", "8"), ("png", "8"), ("flac", "8"), ("png", "4"), ("flac", "4")]
-    table = eval_compress.format_table(
+    table = tables.format_table(
         [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     )
     assert "2048 flac" in table and "images" in table

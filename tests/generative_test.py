@@ -199,7 +199,7 @@ def test_lm_greedy_matches_the_parallel_pass_and_seed_reproduces(lm_run):
     prompt = b"def f(x):\n    return"
     greedy = sampler.sample(prompt, 12, seed=0, temperature=1e-6)
     full = np.frombuffer(prompt + greedy, np.uint8).astype(np.int32)
-    log_probs = transformer.Transformer(sampler.cfg).apply(
+    log_probs = transformer.Transformer(sampler.model_cfg).apply(
         {"params": sampler.params}, jnp.asarray(full)[None]
     )
     np.testing.assert_array_equal(np.argmax(log_probs[0, len(prompt) :], -1), full[len(prompt) :])

@@ -10,10 +10,12 @@ from models import lm_coder, transformer
 
 def _coder(vocab_size, lanes=3, chunk=24, **model):
     config = default.get_config("size=test")
-    cfg = transformer.TransformerConfig.from_config(config.model, vocab_size)
-    cfg = dataclasses.replace(cfg, context_length=32, **model)
-    params = transformer.init_params(cfg, jax.random.key(0))
-    return lm_coder.LMCoder(cfg, params, lm_coder.CoderShape(lanes, chunk, attention_blocks=3))
+    model_cfg = transformer.TransformerConfig.from_config(config.model, vocab_size)
+    model_cfg = dataclasses.replace(model_cfg, context_length=32, **model)
+    params = transformer.init_params(model_cfg, jax.random.key(0))
+    return lm_coder.LMCoder(
+        model_cfg, params, lm_coder.CoderShape(lanes, chunk, attention_blocks=3)
+    )
 
 
 @pytest.mark.parametrize(
@@ -26,23 +28,23 @@ def test_round_trip(vocab_size, model):
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, vocab_size, (3, 24))
     lengths = np.array([24, 7, 0])
-    words, num_words, bits = coder.encode(tokens, lengths)
-    decoded, errors = coder.decode(words, num_words, lengths)
+    payloads, bits = coder.encode_group(tokens, lengths)
+    decoded, errors = coder.decode_group(payloads[:2], lengths)
     np.testing.assert_array_equal(errors[:2], 0)
     for i, n in enumerate(lengths):
         np.testing.assert_array_equal(decoded[i, :n], tokens[i, :n])
-    # A near-uniform model: about log2(vocab) bits a token, and the words close to that.
+    # A near-uniform model: about log2(vocab) bits a token, and the payload close to that.
     assert abs(bits[0] / 24 - np.log2(vocab_size)) < 1.5
-    assert 16 * num_words[0] <= 1.01 * bits[0] + 64
+    assert 8 * len(payloads[0]) <= 1.01 * bits[0] + 64
 
 
 def test_same_executable_both_ways():
     coder = _coder(256)
     tokens = np.random.default_rng(1).integers(0, 256, (3, 24))
     lengths = np.array([24, 24, 3])
-    words, num_words, _ = coder.encode(tokens, lengths)
+    payloads, _ = coder.encode_group(tokens, lengths)
     compiled = lm_coder._scan_jit._cache_size()
-    coder.decode(words, num_words, lengths)
+    coder.decode_group(payloads, lengths)
     # The decoder ran the encoder's compiled program: nothing new was compiled.
     assert lm_coder._scan_jit._cache_size() == compiled
 
@@ -51,11 +53,29 @@ def test_corrupted_words_are_flagged():
     coder = _coder(256)
     tokens = np.random.default_rng(2).integers(0, 256, (3, 24))
     lengths = np.array([24, 24, 24])
-    words, num_words, _ = coder.encode(tokens, lengths)
-    words = words.copy()
-    words[1, 3] ^= 0x0100
-    _, errors = coder.decode(words, num_words - np.array([0, 0, 1]), lengths)
+    payloads, _ = coder.encode_group(tokens, lengths)
+    flipped = bytearray(payloads[1])
+    flipped[7] ^= 0x01
+    payloads = [payloads[0], bytes(flipped), payloads[2][:-2]]
+    _, errors = coder.decode_group(payloads, lengths)
     assert errors[0] == 0 and errors[1] != 0 and errors[2] != 0
+
+
+def test_chunk_api_groups_any_number_of_chunks():
+    coder = _coder(256)
+    rng = np.random.default_rng(3)
+    chunks = [rng.integers(0, 256, n) for n in (24, 5, 0, 24, 1, 17, 24)]  # 3 groups of 3 lanes
+    coded = list(coder.encode_chunks(chunks, verify=True))
+    assert [c.num_tokens for c in coded] == [len(c) for c in chunks]
+    decoded = list(coder.decode_chunks((c.payload, c.num_tokens) for c in coded))
+    for got, want in zip(decoded, chunks, strict=True):
+        np.testing.assert_array_equal(got, want)
+    bad = bytearray(coded[4].payload)
+    bad[-1] ^= 0x10
+    streams = [(c.payload, c.num_tokens) for c in coded]
+    streams[4] = (bytes(bad), coded[4].num_tokens)
+    with pytest.raises(ValueError, match="chunk 4 failed to decode"):
+        list(coder.decode_chunks(streams))
 
 
 def test_bad_shapes_fail_clearly():
@@ -63,6 +83,8 @@ def test_bad_shapes_fail_clearly():
         _coder(256, chunk=33)
     coder = _coder(256)
     with pytest.raises(ValueError, match="lengths"):
-        coder.encode(np.zeros((3, 24)), np.array([25, 0, 0]))
+        coder.encode_group(np.zeros((3, 24)), np.array([25, 0, 0]))
     with pytest.raises(ValueError, match="token ids"):
-        coder.encode(np.full((3, 24), 256), np.array([24, 0, 0]))
+        coder.encode_group(np.full((3, 24), 256), np.array([24, 0, 0]))
+    with pytest.raises(ValueError, match="exceeds chunk_size"):
+        list(coder.encode_chunks([np.zeros(25, np.int32)]))

@@ -7,6 +7,7 @@ import runs
 import train
 from configs import default
 from data import corpus, tokenizers
+from training import checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -71,5 +72,5 @@ def test_train_with_bpe_reports_per_byte_and_saves_tokenizer(tmp_path):
     # 2 * 256 * 32 + 256.
     assert metrics["num_params"] == 41_792 + 2 * 128 * 32 + 128
     assert 0.5 < metrics["eval_bits_per_byte"] < 8.5
-    cfg, params, step = runs.restore_params(tmp_path)
-    assert cfg.vocab_size == 384 and step == 20
+    model_cfg, params, step = checkpoints.restore_params(tmp_path)
+    assert model_cfg.vocab_size == 384 and step == 20

@@ -11,10 +11,10 @@ from models import transformer
 
 def _model(**overrides):
     config = default.get_config("size=test")
-    cfg = transformer.TransformerConfig.from_config(config.model, vocab_size=256)
-    cfg = transformer.dataclasses.replace(cfg, **overrides)
-    params = transformer.init_params(cfg, jax.random.key(1))
-    return cfg, transformer.Transformer(cfg), params
+    model_cfg = transformer.TransformerConfig.from_config(config.model, vocab_size=256)
+    model_cfg = transformer.dataclasses.replace(model_cfg, **overrides)
+    params = transformer.init_params(model_cfg, jax.random.key(1))
+    return model_cfg, transformer.Transformer(model_cfg), params
 
 
 def _tokens(batch, length, seed=0):
@@ -35,7 +35,7 @@ def test_causal(norm):
 
 @pytest.mark.parametrize("norm", ["post", "pre"])
 def test_incremental_matches_parallel(norm):
-    cfg, model, params = _model(norm=norm)
+    model_cfg, model, params = _model(norm=norm)
     tokens = _tokens(3, 32, seed=2)
     parallel = model.apply({"params": params}, tokens)
 
@@ -47,7 +47,7 @@ def test_incremental_matches_parallel(norm):
     def prefix_step(prev, index, cache, kv_length):
         return model.apply({"params": params}, prev, index, cache, kv_length, method=model.decode)
 
-    cache = transformer.init_cache(cfg, batch_size=3, max_length=32)
+    cache = transformer.init_cache(model_cfg, batch_size=3, max_length=32)
     prefix_cache = cache
     prev = jnp.zeros(3, jnp.int32)
     outputs, prefix_outputs = [], []
@@ -76,8 +76,8 @@ def test_log_probs_normalised_float32_and_bf16():
 
 def test_closed_form_count_both_layouts():
     for norm in ("post", "pre"):
-        cfg, _, params = _model(norm=norm)
-        assert transformer.num_params(params) == transformer.closed_form_num_params(cfg)
+        model_cfg, _, params = _model(norm=norm)
+        assert transformer.num_params(params) == transformer.closed_form_num_params(model_cfg)
 
 
 def test_bad_model_config_fails_clearly():
