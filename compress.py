@@ -136,7 +136,7 @@ def decompress_file(
 
     Raises:
       container.FormatError: wrong model or environment, truncated or corrupted stream.
-      coding.rans.CorruptStreamError: a chunk failed its decoding checks.
+      coding.range_coder.CorruptStreamError: a chunk failed its decoding checks.
     """
     model_cfg, params, tokenizer, model_sha = _load(workdir, step)
     start = time.perf_counter()

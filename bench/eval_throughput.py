@@ -7,7 +7,7 @@ r"""End-to-end throughput (MB/s of raw data) of eval_compress's rating paths.
 
 Model paths, each from the dataset source through the prefetch thread to bits:
 * log-loss: `LanguageModelCompressor.log_loss`, the parallel pass over all local devices;
-* coded: `LanguageModelCompressor.code`, the rANS coder through `LMCoder` (and `--verify`:
+* coded: `LanguageModelCompressor.code`, the range coder through `LMCoder` (and `--verify`:
   every group decoded back as well).
 One warm-up call on the first blocks compiles the programs and is not timed. Without `--run`, the
 model is `--size`'s preset with randomly initialised weights, written to a temporary run

@@ -38,7 +38,7 @@ from typing import BinaryIO
 import numpy as np
 
 MAGIC = b"\x89LMC\r\n\x1a\n"  # Non-ASCII first byte and CR/LF/^Z catch text-mode mangling.
-VERSION = 1
+VERSION = 2  # 2: range-coded payloads (1: rANS, refused)
 MAX_FINGERPRINT_BYTES = 1024
 MAX_CHUNK_SIZE_BYTES = 1 << 30
 MAX_ORIGINAL_LENGTH_BYTES = 1 << 62
@@ -326,7 +326,13 @@ def read_header(file: BinaryIO, expected_fingerprint: bytes | None = None) -> He
         raise FormatError(f"truncated header: expected {_FIXED.size} bytes, got {len(fixed)}")
     _, version, fingerprint_bytes, chunk_size, length, num_chunks, digest = _FIXED.unpack(fixed)
     if version != VERSION:
-        raise FormatError(f"unsupported container version {version} (this reader reads {VERSION})")
+        raise FormatError(
+            f"unsupported container version {version} (this reader reads {VERSION}); streams of "
+            "version 1 (rANS payloads) decode only with the release that wrote them"
+            if version < VERSION
+            else f"unsupported container version {version} (this reader reads {VERSION}): "
+            "made by a newer release"
+        )
     if fingerprint_bytes > MAX_FINGERPRINT_BYTES:
         raise FormatError(f"impossible lengths: fingerprint of {fingerprint_bytes} bytes")
     rest = file.read(fingerprint_bytes + _CRC.size)

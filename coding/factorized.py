@@ -1,9 +1,9 @@
 """Exact coding of large alphabets (BPE vocabularies, up to 65,536 symbols) in two steps.
 
 A token `s` is split into `high = s >> low_bits` and `low = s & (2**low_bits - 1)` and coded as
-two rANS steps: `high` with a table over the `ceil(vocab / 2**low_bits)` groups, then `low` with
-a table over the `2**low_bits` members of the chosen group. Both tables come from the same float
-probabilities through integer arithmetic only:
+two range-coder steps: `high` with a table over the `ceil(vocab / 2**low_bits)` groups, then
+`low` with a table over the `2**low_bits` members of the chosen group. Both tables come from the
+same float probabilities through integer arithmetic only:
 
 * integer weights `w = floor(clip(p, 0, 1) * 2**k)` per token, exactly as in `coding.quantize`,
   with `k = min(24, 30 - low_bits)` so that one group's weights sum to at most 2**30;
@@ -23,7 +23,7 @@ from types import ModuleType
 import jax.numpy as jnp
 import numpy as np
 
-from coding import quantize, rans
+from coding import quantize, range_coder
 
 DEFAULT_LOW_BITS = 8
 STEPS_PER_TOKEN = 2  # Coder steps per token: pass `2 * num_tokens` as the decoder's num_steps.
@@ -154,8 +154,8 @@ def intervals_np(probs, tokens, precision_bits: int = 16, low_bits: int = DEFAUL
         low_bits: bits of the low part.
 
     Returns:
-        `(starts, freqs)`: uint32 `[batch, 2 * tokens]` for `rans.encode_np`/`encode_jax`, with
-        lengths `2 * num_tokens` per chunk.
+        `(starts, freqs)`: uint32 `[batch, 2 * tokens]` for `range_coder.encode_np` or
+        `encode_jax`, with lengths `2 * num_tokens` per chunk.
 
     Raises:
         ValueError: a token outside `[0, vocab)` or an invalid factorisation.
@@ -166,10 +166,10 @@ def intervals_np(probs, tokens, precision_bits: int = 16, low_bits: int = DEFAUL
         bad = tokens[(tokens < 0) | (tokens >= vocab)].flat[0]
         raise ValueError(f"token {bad} is outside the alphabet [0, {vocab})")
     high, low = split_tokens(tokens, low_bits)
-    high_start, high_freq = rans.symbol_intervals_np(
+    high_start, high_freq = range_coder.symbol_intervals_np(
         high_freqs_np(probs, precision_bits, low_bits), high, precision_bits
     )
-    low_start, low_freq = rans.symbol_intervals_np(
+    low_start, low_freq = range_coder.symbol_intervals_np(
         low_freqs_np(probs, high, precision_bits, low_bits), low, precision_bits
     )
     return _interleave(high_start, low_start, np), _interleave(high_freq, low_freq, np)
@@ -177,15 +177,15 @@ def intervals_np(probs, tokens, precision_bits: int = 16, low_bits: int = DEFAUL
 
 def intervals_jax(probs, tokens, precision_bits: int = 16, low_bits: int = DEFAULT_LOW_BITS):
     """JAX version of `intervals_np` (jittable); invalid tokens get `freq == 0` (see
-    `rans.symbol_intervals_jax`), which `rans.encode_jax` reports."""
+    `range_coder.symbol_intervals_jax`), which `range_coder.encode_jax` reports."""
     tokens = jnp.asarray(tokens, dtype=jnp.int32)
     vocab = probs.shape[-1]
     in_range = (tokens >= 0) & (tokens < vocab)
     high, low = split_tokens(jnp.clip(tokens, 0, vocab - 1), low_bits)
-    high_start, high_freq = rans.symbol_intervals_jax(
+    high_start, high_freq = range_coder.symbol_intervals_jax(
         high_freqs_jax(probs, precision_bits, low_bits), high, precision_bits
     )
-    low_start, low_freq = rans.symbol_intervals_jax(
+    low_start, low_freq = range_coder.symbol_intervals_jax(
         low_freqs_jax(probs, high, precision_bits, low_bits), low, precision_bits
     )
     high_freq = jnp.where(in_range, high_freq, 0)
@@ -196,7 +196,7 @@ def decode_step_np(state, probs, precision_bits: int = 16, low_bits: int = DEFAU
     """Decodes one token per chunk (two coder steps) from the model's probabilities (NumPy).
 
     Args:
-        state: `rans.DecoderState` whose `num_steps` are `2 * num_tokens`.
+        state: `range_coder.DecoderState` whose `num_steps` are `2 * num_tokens`.
         probs: float `[batch, vocab]` probabilities for this token.
         precision_bits: log2 of the table total.
         low_bits: bits of the low part.
@@ -206,9 +206,9 @@ def decode_step_np(state, probs, precision_bits: int = 16, low_bits: int = DEFAU
     """
     vocab = np.shape(probs)[-1]
     high_table = high_freqs_np(probs, precision_bits, low_bits)
-    high, state = rans.decode_step_np(state, high_table, precision_bits)
+    high, state = range_coder.decode_step_np(state, high_table, precision_bits)
     low_table = low_freqs_np(probs, high, precision_bits, low_bits)
-    low, state = rans.decode_step_np(state, low_table, precision_bits)
+    low, state = range_coder.decode_step_np(state, low_table, precision_bits)
     return np.minimum(merge_tokens(high, low, low_bits), vocab - 1).astype(np.int32), state
 
 
@@ -216,7 +216,7 @@ def decode_step_jax(state, probs, precision_bits: int = 16, low_bits: int = DEFA
     """JAX version of `decode_step_np`; use inside a jitted scan (static bits arguments)."""
     vocab = probs.shape[-1]
     high_table = high_freqs_jax(probs, precision_bits, low_bits)
-    high, state = rans.decode_step_jax(state, high_table, precision_bits)
+    high, state = range_coder.decode_step_jax(state, high_table, precision_bits)
     low_table = low_freqs_jax(probs, high, precision_bits, low_bits)
-    low, state = rans.decode_step_jax(state, low_table, precision_bits)
+    low, state = range_coder.decode_step_jax(state, low_table, precision_bits)
     return jnp.minimum(merge_tokens(high, low, low_bits), vocab - 1), state

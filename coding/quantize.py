@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 DEFAULT_PRECISION_BITS = 16
-MAX_PRECISION_BITS = 16  # rANS with a 32-bit state and 16-bit words needs precision <= 16.
+MAX_PRECISION_BITS = 16  # the range coder's uint32 scaling and 2-bytes-per-step bound need it.
 _WEIGHT_SUM_BITS = 30  # Per-table weight sums are at most 2**30, so 3 * sum fits in uint32.
 _MAX_WEIGHT_BITS = 24  # Weight resolution 2**-24, far finer than the 2**-16 table resolution.
 

@@ -15,9 +15,10 @@ coder) on inputs of *the same shape* with *the same values*:
   decoder searches the same table for it. A single `encoding` flag, an argument rather than a
   trace-time constant, selects which symbol is kept, so it cannot change the compiled program.
 
-The rANS words are produced after the scan by `coding.rans.encode_jax_core` (encoding runs
-backwards over the recorded intervals); decoding reads them inside the scan, one step per token,
-on the device, without a host round trip.
+The range coder's bytes are produced after the scan by `coding.range_coder.encode_jax_core` from
+the recorded intervals; decoding reads them inside the scan, one step per token, on the device,
+without a host round trip. Each chunk's payload is its coded bytes, about 0.3 bytes above the
+model's ideal code length on average (`coding.range_coder`).
 """
 
 import dataclasses
@@ -32,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coding import factorized, quantize, rans
+from coding import factorized, quantize, range_coder
 from models import transformer
 
 
@@ -88,9 +89,10 @@ class LMCoder:
         return _scan_jit(*args, cfg=self.cfg, shape=self.shape)
 
     @property
-    def capacity_words(self) -> int:
-        """Words per chunk the coder may write at most (one per step plus the flush)."""
-        return self.shape.chunk_tokens * self.steps_per_token + rans.FLUSH_WORDS
+    def capacity_bytes(self) -> int:
+        """Bytes a chunk's payload may take at most."""
+        steps = self.shape.chunk_tokens * self.steps_per_token
+        return range_coder.capacity_bytes(steps, self.shape.precision_bits)
 
     def _intervals(self, probs, symbols):
         """Coder intervals of `symbols` [lanes] under `probs` [lanes, vocab]."""
@@ -99,24 +101,24 @@ class LMCoder:
             starts, freqs = factorized.intervals_jax(probs[:, None], symbols[:, None], bits)
             return starts, freqs  # [lanes, 2]
         table = quantize.quantize_jax(probs, bits)
-        starts, freqs = rans.symbol_intervals_jax(table, symbols, bits)
+        starts, freqs = range_coder.symbol_intervals_jax(table, symbols, bits)
         return starts[:, None], freqs[:, None]
 
     def _decode_symbol(self, state, probs):
         bits = self.shape.precision_bits
         if self.factorized:
             return factorized.decode_step_jax(state, probs, bits)
-        return rans.decode_step_jax(state, quantize.quantize_jax(probs, bits), bits)
+        return range_coder.decode_step_jax(state, quantize.quantize_jax(probs, bits), bits)
 
-    def _scan(self, params, tokens, lengths, words, num_words, encoding):
+    def _scan(self, params, tokens, lengths, data, num_bytes, encoding):
         """The shared program: runs the model over a group, token by token.
 
         Args:
           params: model parameters.
           tokens: int32 [lanes, chunk_tokens], zero past each length (ignored when decoding).
           lengths: int32 [lanes] tokens per chunk.
-          words: uint16 [lanes, capacity] streams (ignored when encoding).
-          num_words: int32 [lanes].
+          data: uint8 [lanes, capacity] payloads (ignored when encoding).
+          num_bytes: int32 [lanes].
           encoding: bool scalar.
 
         Returns:
@@ -125,7 +127,7 @@ class LMCoder:
         """
         lanes, length = tokens.shape
         cache = transformer.init_cache(self.cfg, lanes, length)
-        decoder = rans.decode_init_jax(words, num_words, lengths * self.steps_per_token)
+        decoder = range_coder.decode_init_jax(data, num_bytes, lengths * self.steps_per_token)
 
         def step(carry, t, kv_length):
             cache, prev, decoder = carry
@@ -158,7 +160,8 @@ class LMCoder:
         # [t, l, k] -> [l, t * k]: each lane's intervals in coding order.
         starts_ls = jnp.transpose(starts_tlk, (1, 0, 2)).reshape(lanes, -1)
         freqs_ls = jnp.transpose(freqs_tlk, (1, 0, 2)).reshape(lanes, -1)
-        return symbols_tl.T, starts_ls, freqs_ls, bits_tl.sum(0), rans.decode_finish_jax(decoder)
+        errors = range_coder.decode_finish_jax(decoder)
+        return symbols_tl.T, starts_ls, freqs_ls, bits_tl.sum(0), errors
 
     def _check_group(self, lengths):
         lengths = np.asarray(lengths, np.int32)
@@ -187,18 +190,18 @@ class LMCoder:
         if np.any(valid & ((tokens < 0) | (tokens >= self.cfg.vocab_size))):
             raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size}).")
         tokens = np.where(valid, tokens, 0)
-        no_words = np.zeros((self.shape.lanes, self.capacity_words), np.uint16)
+        no_data = np.zeros((self.shape.lanes, self.capacity_bytes), np.uint8)
         zeros = np.zeros(self.shape.lanes, np.int32)
         _, starts, freqs, bits, _ = self._run(
-            self.params, tokens, lengths, no_words, zeros, jnp.bool_(True)
+            self.params, tokens, lengths, no_data, zeros, jnp.bool_(True)
         )
-        words_lw, num_words, invalid = rans.encode_jax_core(
+        data_lb, num_bytes, invalid = range_coder.encode_jax_core(
             starts, freqs, lengths * self.steps_per_token, self.shape.precision_bits
         )
         if np.any(invalid):  # cannot happen for valid tokens: quantize gives every symbol >= 1
             raise RuntimeError("the coder produced an invalid interval; please report this bug.")
-        words_lw, num_words = np.asarray(words_lw), np.asarray(num_words)
-        payloads = [rans.words_to_bytes(words_lw[i, : num_words[i]]) for i in range(len(lengths))]
+        data_lb, num_bytes = np.asarray(data_lb), np.asarray(num_bytes)
+        payloads = [data_lb[i, : num_bytes[i]].tobytes() for i in range(len(lengths))]
         return payloads, np.asarray(bits, np.float64)
 
     def decode_group(self, payloads: list[bytes], lengths: np.ndarray):
@@ -210,26 +213,26 @@ class LMCoder:
 
         Returns:
           (tokens int32 [lanes, chunk_tokens], zero past each length; error codes int32 [lanes],
-          0 where the stream decoded cleanly; see `coding.rans.describe_errors`).
+          0 where the stream decoded cleanly; see `coding.range_coder.describe_errors`).
 
         Raises:
-          rans.CorruptStreamError: a payload longer than any chunk can be, or of odd length.
+          range_coder.CorruptStreamError: a payload longer than any chunk's can be.
         """
         lengths = self._check_group(lengths)
         if len(payloads) > self.shape.lanes:
             raise ValueError(f"at most {self.shape.lanes} payloads per group, got {len(payloads)}.")
-        streams = []
+        data_lb = np.zeros((self.shape.lanes, self.capacity_bytes), np.uint8)
+        num_bytes = np.zeros(self.shape.lanes, np.int32)
         for i, payload in enumerate(payloads):
-            if len(payload) > 2 * self.capacity_words or len(payload) % 2:
-                raise rans.CorruptStreamError(f"lane {i}: a payload of {len(payload)} bytes")
-            streams.append(rans.bytes_to_words(payload))
-        streams += [np.zeros(0, np.uint16)] * (self.shape.lanes - len(payloads))
-        words_lw, num_words = rans.pad_streams(streams)
-        padded_lw = np.zeros((self.shape.lanes, self.capacity_words), np.uint16)
-        padded_lw[:, : words_lw.shape[1]] = words_lw
+            if len(payload) > self.capacity_bytes:
+                raise range_coder.CorruptStreamError(
+                    f"lane {i}: a payload of {len(payload)} bytes, more than a chunk can take"
+                )
+            data_lb[i, : len(payload)] = np.frombuffer(payload, np.uint8)
+            num_bytes[i] = len(payload)
         dummy = np.zeros((self.shape.lanes, self.shape.chunk_tokens), np.int32)
         symbols, _, _, _, errors = self._run(
-            self.params, dummy, lengths, padded_lw, num_words, jnp.bool_(False)
+            self.params, dummy, lengths, data_lb, num_bytes, jnp.bool_(False)
         )
         return np.asarray(symbols), np.asarray(errors)
 
@@ -277,7 +280,7 @@ class LMCoder:
           int32 [num_tokens] tokens per chunk, in order.
 
         Raises:
-          rans.CorruptStreamError: a chunk failed its decoding checks (names it).
+          range_coder.CorruptStreamError: a chunk failed its decoding checks (names it).
         """
         first = 0
         for batch in batched(streams, self.shape.lanes):
@@ -285,11 +288,11 @@ class LMCoder:
             lengths[: len(batch)] = [n for _, n in batch]
             try:
                 tokens, errors = self.decode_group([p for p, _ in batch], lengths)
-            except rans.CorruptStreamError as e:
-                raise rans.CorruptStreamError(f"group at chunk {first}: {e}") from e
+            except range_coder.CorruptStreamError as e:
+                raise range_coder.CorruptStreamError(f"group at chunk {first}: {e}") from e
             for i in np.flatnonzero(errors[: len(batch)]):  # padding lanes have no stream
-                why = rans.describe_errors(int(errors[i]))
-                raise rans.CorruptStreamError(f"chunk {first + i} failed to decode: {why}")
+                why = range_coder.describe_errors(int(errors[i]))
+                raise range_coder.CorruptStreamError(f"chunk {first + i} failed to decode: {why}")
             for i in range(len(batch)):
                 yield tokens[i, : lengths[i]]
             first += len(batch)
@@ -355,9 +358,9 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "shape"))
-def _scan_jit(params, tokens, lengths, words, num_words, encoding, *, cfg, shape):
+def _scan_jit(params, tokens, lengths, data, num_bytes, encoding, *, cfg, shape):
     """`LMCoder._scan`, jitted and shared by every coder of the same cfg and shape."""
-    return LMCoder(cfg, None, shape)._scan(params, tokens, lengths, words, num_words, encoding)
+    return LMCoder(cfg, None, shape)._scan(params, tokens, lengths, data, num_bytes, encoding)
 
 
 def params_sha256(description: bytes, params: Any) -> bytes:

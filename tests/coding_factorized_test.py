@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from coding import factorized, rans
+from coding import factorized
+from coding import range_coder as rc
 
 
 def _softmax_probs(shape, seed, scale=3.0):
@@ -72,33 +73,33 @@ def test_round_trip_numpy_and_jax(vocab):
     np.testing.assert_array_equal(np.asarray(jax_starts), starts)
     np.testing.assert_array_equal(np.asarray(jax_freqs), freqs)
     steps = factorized.STEPS_PER_TOKEN * lengths
-    words, num_words = rans.encode_np(starts, freqs, steps)
-    np.testing.assert_array_equal(np.asarray(rans.encode_jax(starts, freqs, steps)[0]), words)
+    data, num_bytes = rc.encode_np(starts, freqs, steps)
+    np.testing.assert_array_equal(np.asarray(rc.encode_jax(starts, freqs, steps)[0]), data)
     valid = np.arange(tokens_per_chunk)[None, :] < lengths[:, None]
 
-    state = rans.decode_init_np(words, num_words, steps)
+    state = rc.decode_init_np(data, num_bytes, steps)
     decoded = np.zeros_like(tokens)
     for t in range(tokens_per_chunk):
         decoded[:, t], state = factorized.decode_step_np(state, probs[:, t])
-    rans.check_errors(rans.decode_finish_np(state))
+    rc.check_errors(rc.decode_finish_np(state))
     np.testing.assert_array_equal(decoded, np.where(valid, tokens, 0))
 
     @jax.jit
-    def decode_jax(words, num_words, steps, probs):
+    def decode_jax(data, num_bytes, steps, probs):
         def step(state, step_probs):
             return factorized.decode_step_jax(state, step_probs)[::-1]
 
-        state = rans.decode_init_jax(words, num_words, steps)
+        state = rc.decode_init_jax(data, num_bytes, steps)
         state, decoded = jax.lax.scan(step, state, jnp.swapaxes(probs, 0, 1))
-        return decoded.T, rans.decode_finish_jax(state)
+        return decoded.T, rc.decode_finish_jax(state)
 
-    decoded, errors = decode_jax(words, num_words, steps, probs)
-    rans.check_errors(errors)
+    decoded, errors = decode_jax(data, num_bytes, steps, probs)
+    rc.check_errors(errors)
     np.testing.assert_array_equal(np.asarray(decoded), np.where(valid, tokens, 0))
-    # Code length: the model's own -log2 p plus quantisation loss and the 32-bit flush.
+    # Code length: the model's own -log2 p plus quantisation loss and the final byte.
     picked = np.take_along_axis(probs.astype(np.float64), tokens[..., None], axis=-1)[..., 0]
     ideal = np.where(valid, -np.log2(picked), 0).sum(-1)
-    assert np.all(num_words * 16 <= ideal * 1.01 + 0.02 * lengths + 64)
+    assert np.all(num_bytes * 8 <= ideal * 1.01 + 0.02 * lengths + 8)
 
 
 def test_invalid_inputs_raise():
@@ -111,4 +112,4 @@ def test_invalid_inputs_raise():
         factorized.intervals_np(probs, [[0, 300]])
     starts, freqs = factorized.intervals_jax(probs, jnp.array([[0, -1]]))
     with pytest.raises(ValueError, match="invalid interval in chunk 0"):
-        rans.encode_jax(starts, freqs)
+        rc.encode_jax(starts, freqs)
