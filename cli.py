@@ -4,8 +4,11 @@ Every entry point (train.py, train_addition.py, ...) keeps its own flags and a s
 what they all do the same way lives here.
 """
 
+import os
+import re
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from absl import app, flags, logging
 
@@ -23,6 +26,9 @@ def train_main(
 ) -> None:
     """The `main` of a trainer: --config and --workdir in, the report of `train` printed.
 
+    An exception with an `exit_status` attribute (training.runtime.Preempted: checkpointed on
+    a signal, run again to resume) ends the program with that status and its message.
+
     Raises:
       app.UsageError: stray arguments, no --workdir, or a config `check_config` refuses.
     """
@@ -32,4 +38,186 @@ def train_main(
         raise app.UsageError("--workdir is required.")
     check_config(flags.FLAGS.config)
     quiet_logging()
-    print(report(train(flags.FLAGS.config, flags.FLAGS.workdir)))
+    from training import rendezvous  # jax-free; the trainers import JAX anyway
+
+    try:
+        metrics = train(flags.FLAGS.config, flags.FLAGS.workdir)
+    except Exception as e:
+        status = getattr(e, "exit_status", None)
+        if status is None:
+            raise  # without goodbye: the run's other processes stop too
+        rendezvous.leave()
+        print(f"{_program_name()}: {e}", file=sys.stderr)
+        sys.exit(status)
+    rendezvous.leave()
+    if _is_first_process():
+        print(report(metrics))
+
+
+VERBOSE_ENV = "LMC_VERBOSE"  # LMC_VERBOSE=1 shows tracebacks, like --verbose
+_HELP = ("--help", "-help", "--helpshort", "-helpshort", "-h", "-?")
+
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+
+
+def repo_path(relative: str) -> str:
+    """A path inside the repository, whatever the current directory (e.g. a default config)."""
+    return os.path.join(REPO, relative)
+
+
+def define_verbose_flag() -> None:
+    """Defines --verbose for the entry point calling this (call it from its `__main__` block).
+
+    The flag is filed under the main module, so the entry point's `--help` lists it. Defining
+    it twice is harmless.
+    """
+    if "verbose" in flags.FLAGS:
+        return
+    flags.DEFINE_bool(
+        "verbose",
+        False,
+        f"On an error, show the traceback instead of one line (or set {VERBOSE_ENV}=1).",
+        module_name=sys.argv[0],  # absl's name for the main module; --help lists its flags
+    )
+
+
+def run(
+    main: Callable[[list[str]], Any],
+    name: str | None = None,
+    define_flags: Callable[[], None] | None = None,
+) -> None:
+    """`app.run(main)`, ending a user's error in one line on stderr instead of a traceback.
+
+    * Config files given as `--config=configs/x.py[:arg]` are found relative to the repository
+      when they are not relative to the current directory, so entry points run from anywhere.
+    * `define_flags` (the entry point's flag definitions, with --verbose added) runs first, and a
+      misspelt config override (`--config.train.stepz=1`, which config_flags checks while the
+      flag is defined) ends in one line with its "did you mean", exit 2.
+
+    * ValueError and OSError (FileNotFoundError included) from `main`, and exceptions whose
+      class has `user_error = True`: `NAME: message`, exit 1. Their messages should name the
+      problem and the fix.
+    * app.UsageError from `main` (stray arguments), a required flag left out and a flag that does
+      not parse: `NAME: message (see --help)`, exit 2.
+    * --help (also -h, --helpshort): the main module's docstring and its own flags on stdout,
+      exit 0 (absl exits 1). --helpfull lists every module's flags.
+    * KeyboardInterrupt: `NAME: interrupted`, exit 130.
+
+    With --verbose (see `define_verbose_flag`) or LMC_VERBOSE=1 the errors from `main` propagate
+    with their tracebacks. Other exceptions always do: they are bugs, not a user's mistake.
+
+    Args:
+      main: takes argv (the program name, then the arguments left after the flags).
+      name: the program in messages; default the module run by `python -m`, or the script.
+      define_flags: defines the entry point's flags.
+    """
+    name = name or _program_name()
+
+    def fail(message: str, status: int) -> NoReturn:
+        hint = " (see --help)" if status == 2 else ""
+        print(f"{name}: {' '.join(str(message).split())}{hint}", file=sys.stderr)
+        sys.exit(status)
+
+    sys.argv[1:] = [_resolve_config_path(arg) for arg in sys.argv[1:]]
+    if define_flags is not None:
+        try:
+            define_flags()
+        except (AttributeError, KeyError) as e:  # a config override naming no field
+            if _verbose_in_argv():
+                raise
+            fail(f"no such config field: {_unquote(e)}", 2)
+    define_verbose_flag()
+
+    def parse(argv: list[str]) -> list[str]:
+        args = argv[1 : argv.index("--") if "--" in argv else len(argv)]
+        if any(a in _HELP for a in args):  # absl's --help exits with status 1; asking is no error
+            app.usage(shorthelp=True, writeto_stdout=True)
+            print("\nTry --helpfull to get a list of all flags.")
+            sys.exit(0)
+        try:
+            return flags.FLAGS(argv)
+        except (AttributeError, KeyError) as e:  # a config override naming no field
+            if _verbose_in_argv():
+                raise
+            fail(f"no such config field: {_unquote(e)}", 2)
+        except flags.Error as e:
+            required = re.search(r"Flag (--\w+) must have a value other than None", str(e))
+            fail(f"{required[1]} is required" if required else _config_error(str(e)), 2)
+
+    def guarded(argv: list[str]) -> Any:
+        try:
+            return main(argv)
+        except app.UsageError as e:
+            if _verbose():
+                raise
+            fail(str(e), 2)
+        except Exception as e:
+            if _verbose() or not _is_user_error(e):
+                if not _verbose() and _peer_died():
+                    fail("stopped: another process of the run died", 1)
+                raise
+            fail(str(e) or type(e).__name__, 1)
+        except KeyboardInterrupt:
+            if _verbose():
+                raise
+            fail("interrupted", 130)
+
+    app.run(guarded, flags_parser=parse)
+
+
+def _resolve_config_path(arg: str) -> str:
+    """'--config=configs/x.py:a' -> the repository's configs/x.py when not found from here."""
+    match = re.fullmatch(r"(--config=)([^:]+\.py)(:.*)?", arg)
+    if not match or os.path.exists(match[2]) or not os.path.exists(repo_path(match[2])):
+        return arg
+    return f"{match[1]}{repo_path(match[2])}{match[3] or ''}"
+
+
+def _config_error(message: str) -> str:
+    """config_flags wraps a config file's error in its traceback: keep the error's own line."""
+    if "Error whilst parsing config file" in message:
+        last = re.findall(r"\b\w*(?:Error|Exception): (.+?)(?= \(see --help\)|$)", message)
+        if last:
+            return last[-1]
+    return message
+
+
+def _unquote(error: Exception) -> str:
+    """ml_collections nests the message in repr()s: "'\\'stepz\\'\\nDid you mean...'"."""
+    text = str(error.args[0] if error.args else error)
+    text = text.replace("\\n", " ").replace("\n", " ").replace("\\", "").replace("'", "")
+    field, _, rest = " ".join(text.split()).partition(" ")
+    return f"{field}. {rest}" if rest else field
+
+
+def _verbose_in_argv() -> bool:
+    return "--verbose" in sys.argv or os.environ.get(VERBOSE_ENV, "") in ("1", "true", "yes")
+
+
+def _is_user_error(error: Exception) -> bool:
+    """ValueError, OSError, and exceptions whose class says `user_error = True` (e.g. Slurm's):
+    their messages name the problem and the fix, so one line is all the user needs."""
+    return isinstance(error, (ValueError, OSError)) or getattr(error, "user_error", False)
+
+
+def _peer_died() -> bool:
+    rendezvous = sys.modules.get("training.rendezvous")
+    return rendezvous is not None and rendezvous.wait_for_dead_peer()
+
+
+def _is_first_process() -> bool:
+    jax = sys.modules.get("jax")
+    return jax is None or jax.process_index() == 0
+
+
+def _verbose() -> bool:
+    if os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes"):
+        return True
+    return "verbose" in flags.FLAGS and bool(flags.FLAGS["verbose"].value)
+
+
+def _program_name() -> str:
+    """`analysis.scaling` for `python -m analysis.scaling`, `train.py` for `python train.py`."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec.name if spec is not None and spec.name else os.path.basename(sys.argv[0])

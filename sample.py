@@ -1,4 +1,4 @@
-"""Samples from a compressor's implied distribution: text, image rows or audio.
+r"""Samples from a compressor's implied distribution: text, image rows or audio.
 
     python sample.py --compressor=gzip --prompt_file=PROMPT --num_bytes=200 --seed=0 --output=OUT
     python sample.py --compressor=lzma --mode=image --prompt_file=photo.jpg --output=out.png
@@ -7,12 +7,13 @@
     python sample.py --compressor=lm --workdir=RUN_DIR --prompt_file=PROMPT --num_bytes=200 \
         --output=OUT
 
-Modes: `text` writes the sampled bytes (without the prompt); `image` loads the prompt as 8-bit
-grayscale resized to --image_width x --image_height, keeps the first half of each row and samples
-the rest, and writes a PNG of the original beside the sample (enlarged x4); `audio` reads a WAV
-(first channel, reduced to unsigned 8 bit), samples --num_bytes samples after it and writes an
-8-bit mono WAV of the prompt followed by the continuation. The library is
-`compressors/generative.py`.
+Modes: `text` writes the sampled bytes (without the prompt) and prints them with each byte
+outside printable ASCII escaped (`\x00`, `\t`, `\\`; newlines kept), as docs/gallery.md shows
+them; `image` loads the prompt as 8-bit grayscale resized to --image_width x --image_height, keeps
+the first half of each row and samples the rest, and writes a PNG of the original beside the
+completed image, enlarged x4 and labelled (original | prompt, sample); `audio` reads a WAV (first
+channel, reduced to unsigned 8 bit), samples --num_bytes samples after it and writes an 8-bit mono
+WAV of the prompt followed by the continuation. The library is `compressors/generative.py`.
 """
 
 import wave
@@ -101,15 +102,52 @@ def load_image(path: str, width: int, height: int):
         return np.asarray(image.convert("L").resize((width, height), Image.BILINEAR), np.uint8)
 
 
-def save_side_by_side(original, sampled, path: str, scale: int = 4) -> None:
-    """Writes a PNG: original | 2-pixel white gap | sample, enlarged `scale` times."""
-    import numpy as np
-    from PIL import Image
+LABEL_BAND_PIXELS = 26  # the white band above the images holding their labels
 
-    gap = np.full((original.shape[0], 2), 255, np.uint8)
+
+def save_side_by_side(
+    original,
+    sampled,
+    path: str,
+    scale: int = 4,
+    known_columns: int | None = None,
+    sampler: str = "",
+) -> None:
+    """Writes a labelled PNG: original | gap | prompt and sample, enlarged `scale` times.
+
+    A white band above says what each part is: the original, and in the completed image its
+    first `known_columns` pixels of each row (the prompt) and the rest (`sampler`'s sample),
+    each half under its own bracket.
+    """
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    height, width = original.shape
+    known = width // 2 if known_columns is None else known_columns
+    gap = np.full((height, 2), 255, np.uint8)
     joined = np.concatenate([original, gap, sampled], axis=1)
-    image = Image.fromarray(joined, "L")
-    image.resize((joined.shape[1] * scale, joined.shape[0] * scale), Image.NEAREST).save(path)
+    pixels = Image.fromarray(joined, "L").resize(
+        (joined.shape[1] * scale, height * scale), Image.NEAREST
+    )
+    band = LABEL_BAND_PIXELS
+    image = Image.new("L", (pixels.width, pixels.height + band), 255)
+    image.paste(pixels, (0, band))
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=13)
+    right = (width + 2) * scale  # x where the completed image starts
+    parts = [
+        ("original", 0, width * scale),
+        ("prompt", right, right + known * scale),
+        (f"{sampler} sample".strip(), right + known * scale, right + width * scale),
+    ]
+    for text, x0, x1 in parts:
+        if x1 - x0 < 4:
+            continue
+        draw.text(((x0 + x1) / 2, 2), text, fill=0, font=font, anchor="ma")
+        draw.line(
+            [(x0 + 2, band - 6), (x0 + 2, band - 3), (x1 - 3, band - 3), (x1 - 3, band - 6)], fill=0
+        )
+    image.save(path)
 
 
 def read_wav_u8(path: str) -> tuple[bytes, int]:
@@ -176,9 +214,10 @@ def run(
     sample_fn, close = make_sampler(compressor, **sampler_kwargs)
     try:
         if mode == "image":
-            sampled = generative.complete_rows(sample_fn, original, image_width // 2)
-            save_side_by_side(original, sampled, output)
-            return sampled[:, image_width // 2 :].tobytes()
+            known = image_width // 2
+            sampled = generative.complete_rows(sample_fn, original, known)
+            save_side_by_side(original, sampled, output, known_columns=known, sampler=compressor)
+            return sampled[:, known:].tobytes()
         generated = sample_fn(prompt, num_bytes)
     finally:
         close()
@@ -212,7 +251,9 @@ def main(argv):
     )
     print(f"Sampled {len(generated)} bytes with {FLAGS.compressor}; wrote {FLAGS.output}.")
     if FLAGS.mode == "text":
-        print(generated.decode("utf-8", "replace"))
+        from compressors import generative
+
+        print(generative.printable(generated))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ OUT/PREFIX.csv (dataset, modality, compressor, chunk_size, raw_rate, ...) and OU
 panel per dataset, raw rate against L on a log2 axis), and prints the rates as a Markdown table.
 """
 
-import argparse
 import pathlib
 
 import eval_compress
@@ -47,7 +46,15 @@ def study(
     coded: bool = False,
     progress: bool = True,
 ) -> list[dict]:
-    """Rates gzip, LZMA2 and the models on every (dataset, length); returns one row each."""
+    """Rates gzip, LZMA2 and the models on every (dataset, length); returns one row each.
+
+    Raises:
+      FileNotFoundError: a run directory is missing or holds no config.json.
+      ValueError: `total_bytes` is less than one chunk of some length.
+    """
+    for d in run_dirs:
+        if not pathlib.Path(d).is_dir():
+            raise FileNotFoundError(f"{d}: no such run directory (--runs takes train.py workdirs).")
     configs = {d: runs.load_config(d) for d in run_dirs}
     contexts = {d: c.model.context_length for d, c in configs.items()}
     labels = {"gzip": "gzip -9", "lzma": "LZMA2"}
@@ -132,26 +139,47 @@ def plot(rows: list[dict], path: pathlib.Path) -> None:
     plots.save(fig, path)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", default="", help="comma-separated train.py workdirs")
-    parser.add_argument("--datasets", default="pydocs:heldout,images,random")
-    parser.add_argument("--lengths", default=",".join(map(str, DEFAULT_LENGTHS)))
-    parser.add_argument("--bytes", type=int, default=49_152, help="bytes per (dataset, length)")
-    parser.add_argument("--workdir", default="runs/context_eval", help="eval_compress results")
-    parser.add_argument("--out_dir", required=True)
-    parser.add_argument("--prefix", default="context")
-    parser.add_argument("--coded", action="store_true", help="rate models by coded bytes")
-    args = parser.parse_args(argv)
-    run_dirs = [d for d in args.runs.split(",") if d]
-    lengths = [int(x) for x in args.lengths.split(",")]
-    rows = study(run_dirs, args.datasets.split(","), lengths, args.bytes, args.workdir, args.coded)
-    out = pathlib.Path(args.out_dir)
+def main(argv: list[str]) -> None:
+    from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(
+            f"unexpected arguments {' '.join(argv[1:])}: give several runs as one comma list, "
+            "--runs=a,b"
+        )
+    FLAGS = flags.FLAGS  # noqa: N806
+    try:
+        lengths = [int(x) for x in FLAGS.lengths]
+    except ValueError:
+        raise ValueError(
+            f"--lengths={','.join(FLAGS.lengths)}: give chunk lengths in bytes, e.g. 64,256,2048."
+        ) from None
+    rows = study(FLAGS.runs, FLAGS.datasets, lengths, FLAGS.bytes, FLAGS.workdir, FLAGS.coded)
+    out = pathlib.Path(FLAGS.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, out / f"{args.prefix}.csv")
-    plot(rows, out / f"{args.prefix}.png")
+    write_csv(rows, out / f"{FLAGS.prefix}.csv")
+    plot(rows, out / f"{FLAGS.prefix}.png")
     print(markdown_table(rows))
 
 
+def _define_flags() -> None:
+    """The command line's flags: defined only when run as a script, never on import."""
+    from absl import flags
+
+    flags.DEFINE_list("runs", [], "train.py run directories, comma-separated (none: no models).")
+    flags.DEFINE_list("datasets", ["pydocs:heldout", "images", "random"], "eval_compress sources.")
+    flags.DEFINE_list("lengths", [str(n) for n in DEFAULT_LENGTHS], "Chunk lengths in bytes.")
+    flags.DEFINE_integer("bytes", 49_152, "Bytes rated per (dataset, length).")
+    flags.DEFINE_string("workdir", "runs/context_eval", "Where eval_compress keeps its results.")
+    flags.DEFINE_string("out_dir", None, "Required: where PREFIX.csv and PREFIX.png go.")
+    flags.DEFINE_string("prefix", "context", "File name prefix of the outputs.")
+    flags.DEFINE_bool("coded", False, "Rate the models by the bytes the coder writes.")
+    flags.mark_flag_as_required("out_dir")
+
+
 if __name__ == "__main__":
-    main()
+    import cli
+
+    _define_flags()
+    cli.define_verbose_flag()
+    cli.run(main)

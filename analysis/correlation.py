@@ -1,4 +1,4 @@
-"""Compression against capability: a least-squares line, Pearson r and its Fisher-z interval.
+r"""Compression against capability: a least-squares line, Pearson r and its Fisher-z interval.
 
 Pure functions over arrays, plus loaders for the two sources of points:
   * addition runs (`train_addition.py`): every eval line of a run is one checkpoint, with its
@@ -6,15 +6,20 @@ Pure functions over arrays, plus loaders for the two sources of points:
   * Huang et al. 2024's published (model, average benchmark score, average BPC) table, as a CSV
     with columns `model,average_benchmark_score,average_bpc` ('#' lines are comments).
 
-  python -m analysis.correlation --runs runs/addition-* --out docs/addition_correlation.png
-  python -m analysis.correlation --huang data/huang2024_compression_intelligence.csv
+  python -m analysis.correlation --runs=runs/addition-25K,runs/addition-200K \
+      --min_accuracy=0,0.5 --out=docs/addition_correlation.png
+  python -m analysis.correlation --huang=data/huang2024_compression_intelligence.csv \
+      --out=docs/huang2024_correlation.png
 
 The interval is the usual Fisher transform: z = atanh(r) is close to normal with standard error
 1 / sqrt(n - 3), so the interval is tanh(z -+ q / sqrt(n - 3)) with q the normal quantile. It
 assumes independent points; checkpoints along one run are not, so read it as a rough guide there.
+
+The plot draws the line only over the data's range (and, for accuracies, within [0, 1]), and not
+at all where the relation is curved: where a cubic removes at least half of the line's squared
+residual and an F-test gives p < 0.01 (`curvature`); the legend says so and gives Spearman's rho.
 """
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -130,6 +135,64 @@ def correlate(x: Sequence[float], y: Sequence[float], confidence: float = 0.95) 
     return Correlation(len(x), r, lo, hi, confidence, slope, intercept, rmse)
 
 
+CURVED_FRACTION = 0.5  # a cubic removing this much of a line's squared residual is a curve
+CURVED_P_VALUE = 0.01
+
+
+def curvature(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """How curved y(x) is: the share of a straight line's squared residual a cubic removes.
+
+    Returns:
+      (fraction, p): 1 - SS_cubic / SS_line in [0, 1], and the p-value of the F-test for the
+      two extra terms (small p: the cubic's gain is not noise). Fewer than 6 points, or a line
+      that fits exactly, give (0, 1).
+
+    Raises:
+      ValueError: bad shapes or non-finite values.
+    """
+    from scipy import stats
+
+    x, y = _as_pair(x, y)
+    if len(x) < 6 or x.std() == 0:
+        return 0.0, 1.0
+    z = (x - x.mean()) / x.std()  # conditioning
+    ss = [float(np.sum((y - np.polyval(np.polyfit(z, y, d), z)) ** 2)) for d in (1, 3)]
+    if ss[0] <= 1e-12 * max(1.0, float(y @ y)):
+        return 0.0, 1.0
+    fraction = max(0.0, 1.0 - ss[1] / ss[0])
+    if ss[1] == 0.0:
+        return fraction, 0.0
+    f_stat = ((ss[0] - ss[1]) / 2) / (ss[1] / (len(x) - 4))
+    return fraction, float(stats.f.sf(f_stat, 2, len(x) - 4))
+
+
+def is_curved(x: Sequence[float], y: Sequence[float]) -> bool:
+    """Whether a cubic fits clearly and significantly better than a line (see `curvature`)."""
+    fraction, p = curvature(x, y)
+    return fraction >= CURVED_FRACTION and p < CURVED_P_VALUE
+
+
+def line_segment(
+    fit: Correlation, x_range: tuple[float, float], y_limits: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """End points of the fitted line over `x_range`, cut where it leaves `y_limits`.
+
+    Returns:
+      (xs, ys), two points each, or None when no part of the line lies within `y_limits`.
+    """
+    lo, hi = x_range
+    if y_limits is not None and fit.slope != 0.0:
+        # x where the line crosses each limit; keep the part of [lo, hi] between them
+        a, b = sorted((y - fit.intercept) / fit.slope for y in y_limits)
+        lo, hi = max(lo, a), min(hi, b)
+    elif y_limits is not None and not y_limits[0] <= fit.intercept <= y_limits[1]:
+        return None
+    if lo > hi:
+        return None
+    xs = np.array([lo, hi])
+    return xs, fit.slope * xs + fit.intercept
+
+
 def load_huang_csv(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     """Reads (model, average_benchmark_score, average_bpc) rows; '#' lines are comments.
 
@@ -167,6 +230,12 @@ def load_run_points(workdirs: Iterable[str | pathlib.Path], min_step: int = 1) -
     """
     points = []
     for workdir in map(pathlib.Path, workdirs):
+        for name in ("config.json", "metrics.jsonl"):
+            if not (workdir / name).is_file():
+                raise FileNotFoundError(
+                    f"{workdir} is not a train_addition.py run: "
+                    + (f"it has no {name}." if workdir.is_dir() else "no such directory.")
+                )
         config = json.loads((workdir / "config.json").read_text())
         for line in (workdir / "metrics.jsonl").read_text().splitlines():
             record = json.loads(line)
@@ -187,22 +256,33 @@ def load_run_points(workdirs: Iterable[str | pathlib.Path], min_step: int = 1) -
     return points
 
 
-def plot(ax, x, y, fit: Correlation, groups=None, xlabel="", ylabel="", title=""):
-    """Scatter of (x, y) coloured by `groups` if given, with the fitted line and r in the legend."""
-    x, y = np.asarray(x), np.asarray(y)
+def plot(
+    ax, x, y, fit: Correlation, groups=None, xlabel="", ylabel="", title="", y_limits=None
+) -> bool:
+    """Scatter of (x, y) coloured by `groups` if given, with the fitted line and r in the legend.
+
+    The line is drawn only over the data's x range, and within `y_limits` (e.g. (0, 1) for an
+    accuracy). Where the relation is curved (`is_curved`) no line is drawn and the legend says so,
+    with Spearman's rho beside r.
+
+    Returns:
+      Whether the line was drawn.
+    """
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     groups = np.asarray(groups) if groups is not None else np.full(len(x), "")
     for g in dict.fromkeys(groups):  # keeps first-seen order
         mask = groups == g
         ax.scatter(x[mask], y[mask], s=18, label=g or None, alpha=0.8)
-    xs = np.linspace(x.min(), x.max(), 2)
-    ax.plot(
-        xs,
-        fit.slope * xs + fit.intercept,
-        "k--",
-        lw=1,
-        label=f"fit: r = {fit.r:.3f} [{fit.ci_low:.3f}, {fit.ci_high:.3f}], n = {fit.n}",
-    )
+    stats = f"r = {fit.r:.3f} [{fit.ci_low:.3f}, {fit.ci_high:.3f}], n = {fit.n}"
+    segment = None if is_curved(x, y) else line_segment(fit, (x.min(), x.max()), y_limits)
+    if segment is not None:
+        ax.plot(*segment, "k--", lw=1, label=f"linear fit: {stats}")
+    else:
+        rho = spearman_rho(x, y)
+        label = f"curved: no line drawn\n{stats}\nSpearman's rank rho = {rho:.3f}"
+        ax.plot([], [], " ", label=label)
     plots.finish_axes(ax, xlabel, ylabel, title, fontsize=7)
+    return segment is not None
 
 
 def _describe(name: str, fit: Correlation) -> str:
@@ -214,64 +294,130 @@ def _describe(name: str, fit: Correlation) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", nargs="*", default=[], help="addition run directories")
-    parser.add_argument("--huang", help="CSV of Huang et al. 2024 (model, score, BPC)")
-    parser.add_argument("--out", help="PNG to write")
-    parser.add_argument("--min_step", type=int, default=1, help="skip eval lines before this step")
-    parser.add_argument(
-        "--min_accuracy",
-        type=float,
-        nargs="*",
-        default=[],
-        help="also fit only the points above each of these accuracies (where the ability has "
-        "emerged); one extra panel each",
-    )
-    parser.add_argument("--json", help="write the fits as JSON here")
-    args = parser.parse_args(argv)
-    if not args.runs and not args.huang:
-        parser.error("nothing to do: pass --runs and/or --huang")
+def analyse(
+    run_dirs: Sequence[str] = (),
+    huang_csv: str | None = None,
+    out: str | None = None,
+    min_step: int = 1,
+    min_accuracies: Sequence[float] = (),
+    json_path: str | None = None,
+) -> tuple[dict[str, Correlation], list[str]]:
+    """Fits addition runs and/or Huang et al.'s rows; writes the plot and JSON if asked.
 
-    panels, results = [], {}
-    if args.runs:
-        points = load_run_points(args.runs, args.min_step)
+    Args:
+      run_dirs: train_addition.py run directories; every eval line is a point.
+      huang_csv: Huang et al. 2024's table (see `load_huang_csv`).
+      out: PNG to write, a panel per fit.
+      min_step: eval lines before this step are left out.
+      min_accuracies: one more fit (and panel) each, of the points above that accuracy.
+      json_path: where to write the fits as JSON.
+
+    Returns:
+      The fits by name, and lines of text describing them.
+
+    Raises:
+      ValueError: nothing to fit, or too few points; FileNotFoundError: a missing run or CSV.
+    """
+    if not run_dirs and not huang_csv:
+        raise ValueError("nothing to do: pass --runs=RUN,RUN,... and/or --huang=CSV.")
+    panels, results, lines = [], {}, []
+    if run_dirs:
+        points = load_run_points(run_dirs, min_step)
+        if len(points) < 4:
+            raise ValueError(
+                f"{len(points)} eval lines at step >= {min_step} in "
+                f"{', '.join(map(str, run_dirs))}: a fit needs 4; train longer or lower --min_step."
+            )
         x = [p["bits_per_byte"] for p in points]
         y = [p["answer_accuracy"] for p in points]
         groups = [p["run"] for p in points]
         fit = correlate(x, y)
         results["addition_all"] = fit
-        print(_describe("addition, all checkpoints (accuracy on bits per byte)", fit))
-        print(f"  Spearman rank correlation {spearman_rho(x, y):.4f}")
-        panels.append((x, y, fit, groups, "held-out bits per byte", "answer exact match", "all"))
-        for threshold in args.min_accuracy:
+        lines.append(_describe("addition, all checkpoints (accuracy on bits per byte)", fit))
+        lines.append(f"  Spearman rank correlation {spearman_rho(x, y):.4f}")
+        panels.append((x, y, fit, groups, "all", (0.0, 1.0)))
+        for threshold in min_accuracies:
             keep = [i for i, v in enumerate(y) if v > threshold]
+            if len(keep) < 4:
+                raise ValueError(
+                    f"--min_accuracy={threshold:g} keeps {len(keep)} points: a fit needs 4."
+                )
             sub = [[seq[i] for i in keep] for seq in (x, y, groups)]
             fit = correlate(sub[0], sub[1])
             results[f"addition_accuracy_above_{threshold:g}"] = fit
-            print(_describe(f"addition, accuracy > {threshold:g}", fit))
-            title = f"accuracy > {threshold:g}"
-            panels.append((*sub[:2], fit, sub[2], "held-out bits per byte", "", title))
-    if args.huang:
-        data = load_huang_csv(args.huang)
+            lines.append(_describe(f"addition, accuracy > {threshold:g}", fit))
+            panels.append((*sub[:2], fit, sub[2], f"accuracy > {threshold:g}", (0.0, 1.0)))
+    if huang_csv:
+        data = load_huang_csv(huang_csv)
         fit = correlate(data["average_bpc"], data["average_benchmark_score"])
         results["huang2024"] = fit
-        print(_describe("Huang et al. 2024 (average score on average BPC)", fit))
+        lines.append(_describe("Huang et al. 2024 (average score on average BPC)", fit))
         panels.append(
-            (data["average_bpc"], data["average_benchmark_score"], fit, None, "average BPC",
-             "average benchmark score", "Huang et al. 2024")
+            (data["average_bpc"], data["average_benchmark_score"], fit, None,
+             "Huang et al. 2024", None)
         )  # fmt: skip
-    if args.json:
+    if json_path:
         payload = {k: dataclasses.asdict(v) for k, v in results.items()}
-        pathlib.Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
-    if args.out:
-        plt = plots.pyplot()
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
-        for ax, (x, y, fit, groups, xlabel, ylabel, title) in zip(axes[0], panels, strict=True):
-            plot(ax, x, y, fit, groups, xlabel, ylabel, title)
-        plots.save(fig, args.out)
-        print(f"Wrote {args.out}")
+        pathlib.Path(json_path).write_text(json.dumps(payload, indent=2) + "\n")
+    if out:
+        _plot_panels(panels, out)
+        lines.append(f"Wrote {out}")
+    return results, lines
+
+
+def _plot_panels(panels: list[tuple], out: str) -> None:
+    plt = plots.pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (x, y, fit, groups, title, y_limits) in zip(axes[0], panels, strict=True):
+        if y_limits is None:  # Huang et al.'s table
+            xlabel, ylabel = "average bits per character", "average benchmark score"
+        else:
+            xlabel, ylabel = "held-out bits per byte", "answer exact match"
+        plot(ax, x, y, fit, groups, xlabel, ylabel, title, y_limits)
+    plots.save(fig, out)
+
+
+def main(argv: list[str]) -> None:
+    from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(
+            f"unexpected arguments {' '.join(argv[1:])}: give several runs as one comma list, "
+            "--runs=a,b"
+        )
+    FLAGS = flags.FLAGS  # noqa: N806
+    if not FLAGS.runs and not FLAGS.huang:
+        raise app.UsageError("nothing to do: pass --runs=RUN,RUN,... and/or --huang=CSV")
+    try:
+        thresholds = [float(v) for v in FLAGS.min_accuracy]
+    except ValueError:
+        raise ValueError(
+            f"--min_accuracy={','.join(FLAGS.min_accuracy)}: give accuracies, e.g. 0,0.5."
+        ) from None
+    _, lines = analyse(FLAGS.runs, FLAGS.huang, FLAGS.out, FLAGS.min_step, thresholds, FLAGS.json)
+    print("\n".join(lines))
+
+
+def _define_flags() -> None:
+    """The command line's flags: defined only when run as a script, never on import."""
+    from absl import flags
+
+    flags.DEFINE_list("runs", [], "Addition run directories (train_addition.py), comma-separated.")
+    flags.DEFINE_string("huang", None, "CSV of Huang et al. 2024 (model, score, BPC).")
+    flags.DEFINE_string("out", None, "PNG to write, a panel per fit.")
+    flags.DEFINE_integer("min_step", 1, "Leave out eval lines before this step.")
+    flags.DEFINE_list(
+        "min_accuracy",
+        [],
+        "Also fit only the points above each of these accuracies (where the ability has "
+        "emerged), e.g. 0,0.5; one extra panel each.",
+    )
+    flags.DEFINE_string("json", None, "Write the fits as JSON here.")
 
 
 if __name__ == "__main__":
-    main()
+    import cli
+
+    _define_flags()
+    cli.define_verbose_flag()
+    cli.run(main)

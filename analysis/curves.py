@@ -1,13 +1,12 @@
 """Training curves of addition runs: excess over the entropy floor, accuracy, excess per position.
 
-  python -m analysis.curves runs/addition-200K --out docs/addition_training.png
+  python -m analysis.curves runs/addition-200K --out=docs/addition_training.png
 
 Reads the run's metrics.jsonl (train_addition.py); plots held-out excess (nats per predicted
-token, log scale) against step with the 1%-of-floor target, the answers' exact-match accuracy,
-and a heat map of the excess per position over training.
+token, log scale) against step with the target (1 percent of the floor), the answers'
+exact-match accuracy, and a heat map of the excess per position over training.
 """
 
-import argparse
 import json
 import pathlib
 
@@ -21,13 +20,22 @@ def load_evals(workdir: str | pathlib.Path) -> dict[str, np.ndarray]:
     [num_evals, positions], and floor_nats (eval_loss - excess_nats of the last eval line).
 
     Raises:
+      FileNotFoundError: the run has no metrics.jsonl.
       ValueError: the run has no eval lines.
     """
-    lines = pathlib.Path(workdir, "metrics.jsonl").read_text().splitlines()
-    records = [json.loads(x) for x in lines]
+    path = pathlib.Path(workdir, "metrics.jsonl")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: give a train_addition.py run directory"
+            + ("." if pathlib.Path(workdir).is_dir() else f" ({workdir} does not exist).")
+        )
+    records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     evals = [r for r in records if "excess_per_position" in r]
     if not evals:
-        raise ValueError(f"{workdir} has no eval lines in metrics.jsonl.")
+        raise ValueError(
+            f"{workdir} has no eval lines in metrics.jsonl (lines with excess_per_position): "
+            "is it a train_addition.py run, trained past its first eval (train.eval_every)?"
+        )
     return {
         "step": np.array([r["step"] for r in evals]),
         "excess_nats": np.array([r["excess_nats"] for r in evals]),
@@ -68,15 +76,28 @@ def plot_run(workdir: str | pathlib.Path, out: str | pathlib.Path, title: str = 
     plots.save(fig, out)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("workdir", help="an addition run directory")
-    parser.add_argument("--out", required=True, help="PNG to write")
-    parser.add_argument("--title", default="")
-    args = parser.parse_args(argv)
-    plot_run(args.workdir, args.out, args.title)
-    print(f"Wrote {args.out}")
+def main(argv: list[str]) -> None:
+    from absl import app, flags
+
+    if len(argv) != 2:
+        raise app.UsageError("give one addition run directory: python -m analysis.curves RUN_DIR")
+    out = flags.FLAGS.out
+    plot_run(argv[1], out, flags.FLAGS.title)
+    print(f"Wrote {out}")
+
+
+def _define_flags() -> None:
+    """The command line's flags: defined only when run as a script, never on import."""
+    from absl import flags
+
+    flags.DEFINE_string("out", None, "Required: the PNG to write.")
+    flags.DEFINE_string("title", "", "Title of the left panel (default: the run's name).")
+    flags.mark_flag_as_required("out")
 
 
 if __name__ == "__main__":
-    main()
+    import cli
+
+    _define_flags()
+    cli.define_verbose_flag()
+    cli.run(main)

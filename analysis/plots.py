@@ -24,6 +24,15 @@ def finish_axes(ax, xlabel: str, ylabel: str, title: str = "", fontsize: int = 8
         ax.legend(fontsize=fontsize)
 
 
+def plain_log_ticks(axis, subs=(1.0, 2.0, 5.0)) -> None:
+    """Labels a log axis with plain numbers (0.2, 0.5, 1, 2, ...) at `subs` times powers of 10."""
+    import matplotlib.ticker
+
+    axis.set_major_locator(matplotlib.ticker.LogLocator(subs=subs))
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def save(fig, path: str | pathlib.Path) -> None:
     """Writes `fig` as a PNG (laid out so nothing is clipped) and frees it."""
     fig.tight_layout()

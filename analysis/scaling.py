@@ -25,7 +25,6 @@ OUT/PREFIX_fits.csv (a, alpha, c with standard errors, N* with its interval, per
 and D) and OUT/PREFIX.png (log-log, one panel per training-set size, a curve per D).
 """
 
-import argparse
 import csv
 import dataclasses
 import math
@@ -182,11 +181,32 @@ def _fit_group(n: np.ndarray, rate: np.ndarray) -> tuple[PowerLawFit | None, str
     return fit, f"fitted on {used} points" + (f"; {why}" if why else "")
 
 
-def _read_rows(path: pathlib.Path) -> list[dict]:
+def read_complete_rows(path: str | pathlib.Path, columns: Sequence[str] = ()) -> list[dict]:
+    """The rows of a sweep's results.csv whose `status` is complete (all rows without one).
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: the file lacks one of `columns`, or holds no complete run.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: pass a sweep's results.csv "
+            "(python sweep.py --sweep=FILE --mode=gather writes it)."
+        )
     with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("status", "complete") == "complete"]
+        reader = csv.DictReader(f)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(
+                f"{path} has no column {', '.join(missing)}: is it a sweep's results.csv?"
+            )
+        rows = [r for r in reader if r.get("status", "complete") == "complete"]
     if not rows:
-        raise ValueError(f"{path} has no complete runs.")
+        raise ValueError(
+            f"{path} has no complete runs: finish the sweep's runs "
+            "(python sweep.py --sweep=FILE --mode=local), then gather again."
+        )
     return rows
 
 
@@ -196,9 +216,18 @@ def _group_label(row: dict) -> str:
     return f"train {train_bytes:,} B" + ("" if tokenizer == "bytes" else f", {tokenizer}")
 
 
+def format_bytes(d: float) -> str:
+    """A byte count in decimal units: 500000 -> '500 kB', 1e7 -> '10 MB', 1e9 -> '1 GB'."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if d >= scale:
+            return f"{d / scale:.3g} {unit}"
+    return f"{d:.3g} B"
+
+
 def _format_size(d: float) -> str:
-    names = {1e7: "enwik7-sized", 1e8: "enwik8-sized", 1e9: "enwik9-sized"}
-    return names.get(d, f"{d:,.0f} B")
+    """'10 MB (enwik7)' for the enwik sizes, '500 kB' otherwise."""
+    names = {1e7: "enwik7", 1e8: "enwik8", 1e9: "enwik9"}
+    return format_bytes(d) + (f" ({names[d]})" if d in names else "")
 
 
 def analyse(
@@ -212,7 +241,7 @@ def analyse(
 
     Returns the fit rows (one per group and dataset size).
     """
-    rows = _read_rows(pathlib.Path(csv_path))
+    rows = read_complete_rows(csv_path, ("num_params", "train_bytes", rate_key))
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     groups: dict[str, list[dict]] = {}
@@ -275,69 +304,150 @@ def analyse(
 
 
 def _plot(groups, dataset_sizes, path: pathlib.Path) -> None:
+    """One log-log panel per training-set size; the legend, below the panels, is shared."""
+    import textwrap
+
+    from matplotlib.lines import Line2D
+
     plt = plots.pyplot()
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.6 * len(groups), 4.4), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    any_fit = any(fit is not None for *_, fit, _ in groups)
     for ax, (label, n, rate, fit, note) in zip(axes[0], groups, strict=True):
         grid = np.geomspace(n.min() / 3, n.max() * 3, 200)
         for i, d in enumerate(dataset_sizes):
             color = colors[i % len(colors)]
             adjusted = rate + BYTES_PER_PARAM * n / d
-            ax.plot(n, adjusted, "o", color=color, label=_format_size(d))
-            if fit is not None:
-                ax.plot(grid, fit.adjusted(grid, d), "-", color=color, lw=1)
-                n_opt = float(fit.optimal_size(d))
-                if grid[0] <= n_opt <= grid[-1]:
-                    ax.plot(n_opt, fit.adjusted(n_opt, d), "*", color=color, ms=12, mec="k")
-        if fit is None:
-            for i, d in enumerate(dataset_sizes):  # join the measured points instead
-                adjusted = rate + BYTES_PER_PARAM * n / d
-                ax.plot(n, adjusted, ":", color=colors[i % len(colors)], lw=1)
+            if fit is None:  # join the measured points instead
+                ax.plot(n, adjusted, "o:", color=color, lw=1)
+                continue
+            ax.plot(n, adjusted, "o", color=color)
+            ax.plot(grid, fit.adjusted(grid, d), "-", color=color, lw=1)
+            n_opt = float(fit.optimal_size(d))
+            if grid[0] <= n_opt <= grid[-1]:
+                ax.plot(n_opt, fit.adjusted(n_opt, d), "*", color=color, ms=14, mec="k")
         if fit is not None:
-            ax.plot(grid, fit(grid), "k--", lw=1, label="raw rate fit")
+            ax.plot(grid, fit(grid), "k--", lw=1)
             ax.text(
-                0.02,
-                0.02,
-                f"rate = {fit.a:.3g} N^-{fit.alpha:.3f} + {fit.c:.3f}",
+                0.03,
+                0.96,
+                rf"raw rate $= {fit.a:.3g}\,N^{{-{fit.alpha:.3f}}} + {fit.c:.3f}$",
                 transform=ax.transAxes,
-                fontsize=8,
+                va="top",
+                fontsize=9,
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8},
+            )
+        else:
+            ax.text(
+                0.5,
+                0.97,
+                textwrap.fill(f"{note}; points joined", 48),
+                transform=ax.transAxes,
+                ha="center",
+                va="top",
+                fontsize=8.5,
+                bbox={"facecolor": "white", "edgecolor": "0.7", "alpha": 0.9},
             )
         ax.set_xscale("log")
         ax.set_yscale("log")
-        title = label if fit is not None else f"{label}\n{note}"
-        plots.finish_axes(ax, "parameters", "adjusted compression rate", title)
+        plots.plain_log_ticks(ax.yaxis)
+        ax.tick_params(labelsize=9)
+        title = f"trained on {label.removeprefix('train ').replace(' B', ' bytes', 1)}"
+        plots.finish_axes(ax, "parameters N", "adjusted rate = raw rate + 2N / D", title)
+    handles = [
+        Line2D(
+            [], [], color=colors[i % len(colors)], marker="o", lw=1, label=f"D = {_format_size(d)}"
+        )
+        for i, d in enumerate(dataset_sizes)
+    ]
+    if any_fit:
+        handles += [
+            Line2D([], [], color="k", ls="--", lw=1, label=r"raw rate, fitted $a N^{-\alpha} + c$"),
+            Line2D([], [], color="0.6", marker="*", ms=12, mec="k", ls="",
+                   label="N*: optimal size for that D (minimum of its line)"),
+        ]  # fmt: skip
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=min(len(handles), 3),
+        fontsize=9,
+        title="D: size in bytes of the dataset to compress; dots: measured, lines: fitted",
+        title_fontsize=9,
+        frameon=False,
+    )
     plots.save(fig, path)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--csv", required=True, help="a sweep's results.csv (sweep.py)")
-    parser.add_argument("--out_dir", required=True)
-    parser.add_argument("--prefix", default="scaling")
-    parser.add_argument(
-        "--dataset_sizes",
-        default="1e7,1e8,1e9",
-        help="comma-separated D in bytes for the adjusted rates (enwik7/8/9 sizes by default)",
-    )
-    args = parser.parse_args(argv)
-    sizes = [float(s) for s in args.dataset_sizes.split(",")]
-    fits = analyse(args.csv, args.out_dir, sizes, args.prefix)
+def report(fits: list[dict]) -> str:
+    """The fit rows as lines of text: best measured size, then the fit and N* per (group, D)."""
+    lines = []
     for row in fits:
-        head = f"{row['group']:20s} D={_format_size(row['dataset_bytes']):>13s}  "
+        head = f"{row['group']:18s} D = {_format_size(row['dataset_bytes']):17s}"
         best = (
             f"best measured {row['best_measured_params']:,} "
             f"(adjusted {row['best_measured_adjusted_rate']:.3f})"
         )
         if math.isnan(row["alpha"]):
-            print(f"{head}{best}; {row['fit']}")
+            lines.append(f"{head}{best}; {row['fit']}")
             continue
-        print(
+        lines.append(
             f"{head}{best}; alpha={row['alpha']:.3f}+-{row['alpha_stderr']:.3f} "
             f"c={row['c']:.3f}+-{row['c_stderr']:.3f} N*={row['optimal_params']:,.0f} "
             f"[{row['optimal_params_p16']:,.0f}, {row['optimal_params_p84']:,.0f}]"
             f"{' (extrapolated)' if row['extrapolated'] else ''}"
         )
+    return "\n".join(lines)
+
+
+def parse_sizes(values: Sequence[str], flag: str = "--dataset_sizes") -> list[float]:
+    """Positive byte counts from strings ('1e7', '500000').
+
+    Raises:
+      ValueError: an entry is not a positive number, or there is none.
+    """
+    try:
+        sizes = [float(v) for v in values]
+    except ValueError:
+        sizes = []
+    if not sizes or not all(math.isfinite(d) and d > 0 for d in sizes):
+        raise ValueError(
+            f"{flag}={','.join(values)}: give dataset sizes in bytes as a comma list of "
+            "positive numbers, e.g. 1e7,1e8,1e9."
+        )
+    return sizes
+
+
+def main(argv: list[str]) -> None:
+    from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {' '.join(argv[1:])}")
+    FLAGS = flags.FLAGS  # noqa: N806
+    fits = analyse(FLAGS.csv, FLAGS.out_dir, parse_sizes(FLAGS.dataset_sizes), FLAGS.prefix)
+    print(report(fits))
+
+
+def _define_flags() -> None:
+    """The command line's flags: defined only when run as a script, never on import."""
+    from absl import flags
+
+    flags.DEFINE_string(
+        "csv", None, "Required: a sweep's results.csv (python sweep.py ... --mode=gather)."
+    )
+    flags.DEFINE_string(
+        "out_dir", None, "Required: where PREFIX_points.csv, PREFIX_fits.csv, PREFIX.png go."
+    )
+    flags.DEFINE_string("prefix", "scaling", "File name prefix of the outputs.")
+    flags.DEFINE_list(
+        "dataset_sizes", ["1e7", "1e8", "1e9"], "D in bytes for the adjusted rates (enwik7/8/9)."
+    )
+    flags.mark_flags_as_required(["csv", "out_dir"])
 
 
 if __name__ == "__main__":
-    main()
+    import cli
+
+    _define_flags()
+    cli.define_verbose_flag()
+    cli.run(main)

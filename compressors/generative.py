@@ -250,6 +250,21 @@ def sample_bytes(
         return bytes(iter_bytes(scorer, *args))
 
 
+_ESCAPES = {ord("\\"): "\\\\", ord("\t"): "\\t", ord("\r"): "\\r"}
+
+
+def printable(data: bytes) -> str:
+    r"""Sampled bytes as plain text for a terminal or a Markdown code block.
+
+    Printable ASCII and newlines stay as they are; a backslash becomes `\\`, tab and carriage
+    return `\t` and `\r`, and every other byte `\xNN`, so control bytes (NUL, escape sequences)
+    never reach the output and `codecs.escape_decode` gives the bytes back exactly.
+    """
+    return "".join(
+        _ESCAPES.get(b) or (chr(b) if 32 <= b < 127 or b == 10 else f"\\x{b:02x}") for b in data
+    )
+
+
 def complete_rows(
     sample_fn: Callable[[bytes, int], bytes], image: np.ndarray, known_columns: int
 ) -> np.ndarray:

@@ -117,7 +117,7 @@ def _fake_run(path, accuracies, bits):
     (path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
 
 
-def test_run_points_and_cli(tmp_path, capsys):
+def test_run_points_fits_plot_and_json(tmp_path):
     _fake_run(tmp_path / "a", [0.0, 0.2, 0.5], [2.5, 2.2, 2.0])
     _fake_run(tmp_path / "b", [0.1, 0.7, 0.9], [2.4, 1.95, 1.9])
     points = correlation.load_run_points([tmp_path / "a", tmp_path / "b"])
@@ -125,8 +125,8 @@ def test_run_points_and_cli(tmp_path, capsys):
     assert len(points) == 6 and points[-1]["answer_accuracy"] == 0.9
 
     out, js = tmp_path / "c.png", tmp_path / "c.json"
-    argv = ["--runs", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]
-    correlation.main([*argv, "--json", str(js), "--min_accuracy", "0.05", "0.15"])
+    runs = [str(tmp_path / "a"), str(tmp_path / "b")]
+    _, lines = correlation.analyse(runs, out=str(out), min_accuracies=[0.05, 0.15], json_path=js)
     assert out.stat().st_size > 1000
     fits = json.loads(js.read_text())
     x = [2.5, 2.2, 2.0, 2.4, 1.95, 1.9]
@@ -134,7 +134,11 @@ def test_run_points_and_cli(tmp_path, capsys):
     assert fits["addition_all"]["r"] == pytest.approx(np.corrcoef(x, y)[0, 1])
     assert fits["addition_accuracy_above_0.05"]["n"] == 5
     assert fits["addition_accuracy_above_0.15"]["n"] == 4
-    assert "Pearson r" in capsys.readouterr().out
+    assert "Pearson r" in lines[0] and lines[-1] == f"Wrote {out}"
+    with pytest.raises(ValueError, match="a fit needs 4"):
+        correlation.analyse(runs, min_step=25)
+    with pytest.raises(FileNotFoundError, match="not a train_addition.py run: no such directory"):
+        correlation.analyse([str(tmp_path / "missing")])
 
 
 def test_training_curve_plot_reads_eval_lines(tmp_path):
@@ -151,5 +155,62 @@ def test_training_curve_plot_reads_eval_lines(tmp_path):
     np.testing.assert_array_equal(ev["step"], [10, 20, 30])
     assert ev["excess_per_position"].shape == (3, 10)
     assert ev["floor_nats"] == pytest.approx(1.3)
-    curves.main([str(run), "--out", str(tmp_path / "c.png")])
+    curves.plot_run(run, tmp_path / "c.png")
     assert (tmp_path / "c.png").stat().st_size > 1000
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")
+    with pytest.raises(ValueError, match="no eval lines"):
+        curves.load_evals(run)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        curves.load_evals(tmp_path / "missing")
+
+
+def _bent(num=40, seed=0):
+    """Accuracy against bits per byte as in the addition runs: flat at 0, then a steep rise."""
+    rng = np.random.default_rng(seed)
+    x = np.linspace(1.82, 2.8, num)
+    y = np.clip(np.exp(-12 * (x - 1.82)) + 0.01 * rng.standard_normal(num), 0, 1)
+    return x, y
+
+
+def test_curvature_tells_a_bent_relation_from_a_noisy_line():
+    rng = np.random.default_rng(1)
+    x = np.linspace(1.82, 1.91, 30)
+    y = 1 - 5.5 * (x - 1.82) + 0.012 * rng.standard_normal(30)
+    assert not correlation.is_curved(x, y)
+    assert correlation.is_curved(*_bent())
+    fraction, p = correlation.curvature(x, x**3)  # exactly a cubic: all of the residual removed
+    assert fraction == pytest.approx(1.0) and p < 1e-6
+    assert correlation.curvature([1, 2, 3], [1, 4, 9]) == (0.0, 1.0)  # too few points to tell
+
+
+def test_fitted_line_stays_within_the_data_and_the_accuracy_range():
+    x, y = _bent()
+    fit = correlation.correlate(x, y)
+    xs, ys = correlation.line_segment(fit, (x.min(), x.max()), (0.0, 1.0))
+    assert x.min() <= xs[0] < xs[1] <= x.max()
+    assert ys.min() >= -1e-12 and ys.max() <= 1 + 1e-12
+    assert ys.min() == pytest.approx(0.0)  # the unclipped line would go below 0 in range
+    assert fit.slope * x.max() + fit.intercept < 0
+    flat = correlation.Correlation(4, 0.0, 0, 0, 0.95, 0.0, 2.0, 0.0)
+    assert correlation.line_segment(flat, (0, 1), (0, 1)) is None  # entirely out of range
+
+
+def test_plot_draws_a_clipped_line_or_none_where_curved_and_labels_every_panel():
+    plt = correlation.plots.pyplot()
+    fig, (bent_ax, straight_ax) = plt.subplots(1, 2)
+    x, y = _bent()
+    drawn = correlation.plot(
+        bent_ax, x, y, correlation.correlate(x, y), ylabel="acc", y_limits=(0, 1)
+    )
+    assert not drawn and not [ln for ln in bent_ax.lines if len(ln.get_xdata())]
+    assert "curved: no line drawn" in bent_ax.get_legend().get_texts()[0].get_text()
+    xs = np.linspace(1.82, 1.91, 30)
+    ys = 1.04 - 5.5 * (xs - 1.82) + 0.01 * np.random.default_rng(2).standard_normal(30)
+    fit = correlation.correlate(xs, ys)
+    assert correlation.plot(straight_ax, xs, ys, fit, ylabel="acc", y_limits=(0, 1))
+    (line,) = [ln for ln in straight_ax.lines if len(ln.get_xdata())]
+    assert xs.min() <= min(line.get_xdata()) and max(line.get_xdata()) <= xs.max()
+    assert max(line.get_ydata()) == pytest.approx(1.0)  # the fit passes 1 near the left end:
+    assert min(line.get_xdata()) > xs.min()  # cut there
+    assert bent_ax.get_ylabel() == straight_ax.get_ylabel() == "acc"
+    plt.close(fig)

@@ -155,7 +155,7 @@ def test_image_mode_keeps_the_known_halves(tmp_path):
     )
     assert len(sampled) == 8 * 8
     with Image.open(out) as image:
-        shown = np.asarray(image)[::4, ::4]  # enlarged x4
+        shown = np.asarray(image)[sample.LABEL_BAND_PIXELS :: 4, ::4]  # labels, then x4
     assert shown.shape == (8, 16 + 2 + 16)
     np.testing.assert_array_equal(shown[:, :16], pixels)
     np.testing.assert_array_equal(shown[:, 18:26], pixels[:, :8])

@@ -129,3 +129,37 @@ def test_tokenizer_table_charges_the_larger_vocabularies(tmp_path):
     assert rows[1]["adjusted_rate_D=1e+06"] == pytest.approx(1.8 / 8 + 2 * 327424 / 1e6)
     tokenizers.plot(rows, [1e6], tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 5_000
+
+
+def test_results_csv_errors_name_the_problem_and_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found: pass a sweep's results.csv"):
+        scaling.read_complete_rows(tmp_path / "missing.csv")
+    partial = tmp_path / "partial.csv"
+    partial.write_text("run,status,num_params,train_bytes,test_bits_per_byte\na,partial,,,\n")
+    with pytest.raises(ValueError, match="no complete runs: finish the sweep's runs"):
+        scaling.analyse(partial, tmp_path / "out", [1e7])
+    with pytest.raises(ValueError, match="no column tokens_seen"):
+        scaling.read_complete_rows(partial, ("num_params", "tokens_seen"))
+    assert scaling.parse_sizes(["5e5", "1e9"]) == [500_000.0, 1e9]
+    for bad in (["1e7", "x"], ["-1"], []):
+        with pytest.raises(ValueError, match="comma list of positive numbers"):
+            scaling.parse_sizes(bad)
+
+
+def test_dataset_sizes_are_labelled_in_bytes():
+    assert [scaling.format_bytes(d) for d in (5e5, 1e7, 1e9, 2048, 12)] == [
+        "500 kB",
+        "10 MB",
+        "1 GB",
+        "2.05 kB",
+        "12 B",
+    ]
+    assert scaling._format_size(1e8) == "100 MB (enwik8)"
+
+
+def test_tokenizer_plot_flags_the_adjusted_curves_that_lie_on_the_raw_rate():
+    from analysis import tokenizers
+
+    rows = [{"num_params": 2_000_000, "raw_rate": 0.25}, {"num_params": 250_000, "raw_rate": 0.2}]
+    assert tokenizers._near_raw(rows, 1e9)  # 2N/D = 0.004 at most, under 2% of the raw rate
+    assert not tokenizers._near_raw(rows, 1e7)  # 0.4 for the larger model
