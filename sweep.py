@@ -1,7 +1,9 @@
-r"""Runs a sweep of training runs declared in a sweep file, or prints them for a scheduler.
+r"""Runs a sweep of training runs declared in a sweep file, here, on Slurm, or by any scheduler.
 
   python sweep.py --sweep=configs/sweeps/scaling.py --mode=local    # run them one after another
   python sweep.py --sweep=configs/sweeps/scaling.py --mode=print    # one command per line
+  python sweep.py --sweep=configs/sweeps/scaling.py --mode=slurm --slurm.gpus_per_run=1
+  python sweep.py --sweep=configs/sweeps/scaling.py --mode=status   # new/queued/running/...
   python sweep.py --sweep=configs/sweeps/scaling.py --mode=gather   # only write the CSV
 
 A sweep file defines `get_sweep()` returning a dict:
@@ -12,11 +14,19 @@ A sweep file defines `get_sweep()` returning a dict:
   axes:     {key: [values]}; the sweep is their Cartesian product, in declaration order.
   arg_keys: keys that go into the config file's arg string (default: size, dataset, tokenizer);
             every other key is a config field, passed as --config.KEY=VALUE.
+  slurm:    optional {option: value} the sweep asks of Slurm (e.g. {'gpus_per_run': 1}); the
+            --slurm.* flags override them, but not down to no GPUs where the sweep asks for them.
 
 A run is complete when its workdir holds train.py's results.json for the configured number of
 steps; complete runs are skipped, interrupted ones resume from their newest checkpoint (train.py
 does that by itself). After `local` (and in `gather`) the runs' results are collected into
 ROOT/NAME/results.csv: one row per run with its axis values, status and final metrics.
+
+`slurm` submits the incomplete runs as one job array (cluster.slurm: one array task per run,
+logs in WORKDIR/slurm/, requeued when train.py checkpoints on SIGUSR1/SIGTERM and exits with
+status 75) and returns. A run of several processes (--slurm.tasks_per_run, or one process per
+GPU) gets --config.distributed=True; `print` shows the same commands. Commands run in the
+repository's directory, so this works from anywhere.
 """
 
 import dataclasses
@@ -29,7 +39,11 @@ import sys
 import time
 from typing import Any
 
+from absl import app, flags
+
 import runs
+
+REPO = pathlib.Path(__file__).resolve().parent
 
 DEFAULT_ARG_KEYS = ("size", "dataset", "tokenizer")
 CSV_FIELDS = (
@@ -44,6 +58,8 @@ CSV_FIELDS = (
     "eval_bits_per_byte",
     "gzip_chunked_bits_per_byte",
     "lzma_chunked_bits_per_byte",
+    "gzip_chunked_header_once_bits_per_byte",
+    "lzma_chunked_header_once_bits_per_byte",
     "gzip_bits_per_byte",
     "lzma_bits_per_byte",
     "seconds",
@@ -60,9 +76,14 @@ class Run:
     overrides: dict[str, Any]  # config field -> value
     steps: int | None  # train.steps if the sweep sets it, else None (read from the run)
 
-    def command(self, workdir: pathlib.Path, python: str = "python") -> list[str]:
+    def command(
+        self, workdir: pathlib.Path, python: str = "python", distributed: bool = False
+    ) -> list[str]:
+        """train.py's command line, to run in the repository's directory."""
         args = [python, "train.py", f"--config={self.config_arg}"]
         args += [f"--config.{k}={v}" for k, v in self.overrides.items()]
+        if distributed and "distributed" not in self.overrides:
+            args.append("--config.distributed=True")
         return args + [f"--workdir={workdir}"]
 
 
@@ -79,9 +100,12 @@ def load_sweep(path: str | pathlib.Path) -> dict[str, Any]:
         raise FileNotFoundError(f"No sweep file {path}.")
     spec = importlib.util.spec_from_file_location(f"sweep_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sweep = dict(module.get_sweep())
-    unknown = set(sweep) - {"config", "name", "fixed", "axes", "arg_keys"}
+    try:
+        spec.loader.exec_module(module)
+        sweep = dict(module.get_sweep())
+    except Exception as e:  # noqa: BLE001 - any error in the user's file: say which, in one line
+        raise ValueError(f"sweep file {path} does not load: {type(e).__name__}: {e}") from e
+    unknown = set(sweep) - {"config", "name", "fixed", "axes", "arg_keys", "slurm"}
     if unknown:
         raise ValueError(f"{path}: unknown sweep keys {sorted(unknown)}.")
     for key in ("config", "name", "axes"):
@@ -174,7 +198,7 @@ def run_local(sweep: dict[str, Any], root: pathlib.Path, python: str) -> int:
         verb = "resuming" if status == "partial" else "starting"
         print(f"[{i}/{len(planned)}] {run.name}: {verb}", flush=True)
         t0 = time.perf_counter()
-        code = subprocess.call(run.command(workdir, python))
+        code = subprocess.call(run.command(workdir, python), cwd=REPO)
         took = time.perf_counter() - t0
         if code != 0:
             failed.append(run.name)
@@ -186,31 +210,166 @@ def run_local(sweep: dict[str, Any], root: pathlib.Path, python: str) -> int:
     return len(failed)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+def slurm_options(sweep: dict[str, Any], flag_values: dict[str, Any]):
+    """The sweep's own Slurm options with the flags that were given on top.
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sweep", required=True, help="sweep file, e.g. configs/sweeps/x.py")
-    parser.add_argument("--mode", choices=("local", "print", "gather"), default="print")
-    parser.add_argument("--root", default="runs", help="runs live in ROOT/NAME/RUN")
-    parser.add_argument("--python", default=sys.executable, help="interpreter for local runs")
-    args = parser.parse_args(argv)
-    try:
-        sweep = load_sweep(args.sweep)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"sweep.py: {e}", file=sys.stderr)
-        return 2
-    root = pathlib.Path(args.root)
-    if args.mode == "print":
+    Args:
+      sweep: from `load_sweep`.
+      flag_values: the --slurm.* flags given on the command line, {option: value}.
+
+    Raises:
+      ValueError: an unknown or bad option, or no GPUs where the sweep asks for them.
+    """
+    from cluster import slurm
+
+    asked = dict(sweep.get("slurm", {}))
+    values = {**asked, **flag_values}
+    if asked.get("gpus_per_run", 0) > 0 and values.get("gpus_per_run") == 0:
+        raise ValueError(
+            f"the sweep asks for {asked['gpus_per_run']} GPU(s) per run (its 'slurm' entry): "
+            "--slurm.gpus_per_run=0 would run it without them."
+        )
+    return slurm.SlurmOptions.from_dict(values)
+
+
+def submit_slurm(sweep: dict[str, Any], root: pathlib.Path, options, python: str):
+    """Submits the sweep's incomplete runs as one Slurm job array.
+
+    Returns:
+      The `cluster.slurm.Submission`, or None when every run is complete.
+
+    Raises:
+      cluster.slurm.SlurmUnavailable, SlurmError: nothing was submitted (one-line messages).
+    """
+    from cluster import slurm
+
+    todo = []
+    for run in expand(sweep):
+        workdir = root / sweep["name"] / run.name
+        if run_status(workdir, run) != "complete":
+            command = run.command(workdir, python, distributed=options.num_tasks > 1)
+            todo.append((run.name, command, workdir))
+    if not todo:
+        return None
+    return slurm.submit_array(todo, options, root / sweep["name"] / slurm.LOG_DIR, cwd=REPO)
+
+
+def status(sweep: dict[str, Any], root: pathlib.Path) -> list[dict[str, Any]]:
+    """One row per run: name, state (new / partial / queued / running / complete / failed),
+    reason, step reached and the last eval bits per byte (from its metrics.jsonl)."""
+    from cluster import slurm
+
+    state_files = slurm.submissions(root / sweep["name"] / slurm.LOG_DIR)
+    jobs = slurm.query(state_files) if state_files else {}
+    rows = []
+    for run in expand(sweep):
+        workdir = root / sweep["name"] / run.name
+        state, reason = run_status(workdir, run), ""
+        if state != "complete" and run.name in jobs:
+            state, reason = jobs[run.name].state, jobs[run.name].reason
+            if state == "complete":  # its command exited 0, yet results.json is short of steps
+                state, reason = "failed", "exited 0 before train.steps (see its log)"
+        lines = runs.read_jsonl(workdir / runs.METRICS_FILE)
+        evals = [r["eval_bits_per_byte"] for r in lines if "eval_bits_per_byte" in r]
+        step = max((r["step"] for r in lines), default=0)
+        rows.append(
+            {"run": run.name, "state": state, "step": step, "steps": run.steps,
+             "eval_bits_per_byte": evals[-1] if evals else None, "reason": reason}
+        )  # fmt: skip
+    return rows
+
+
+def format_status(rows: list[dict[str, Any]]) -> str:
+    """The status rows as an aligned table."""
+    width = max([len("run"), *(len(r["run"]) for r in rows)])
+    lines = [f"{'run':<{width}}  {'state':<8}  {'step':>13}  {'eval bpb':>8}  reason"]
+    for r in rows:
+        step = f"{r['step']}/{r['steps']}" if r["steps"] else str(r["step"])
+        bpb = f"{r['eval_bits_per_byte']:.4f}" if r["eval_bits_per_byte"] is not None else "-"
+        lines.append(f"{r['run']:<{width}}  {r['state']:<8}  {step:>13}  {bpb:>8}  {r['reason']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}.")
+    FLAGS = flags.FLAGS  # noqa: N806
+    sweep = load_sweep(FLAGS.sweep)
+    root = pathlib.Path(FLAGS.root).resolve()
+    given = {
+        name.split(".", 1)[1]: FLAGS[name].value
+        for name in FLAGS
+        if name.startswith("slurm.") and FLAGS[name].present
+    }
+    options = slurm_options(sweep, _none_for_empty(given))
+    if FLAGS.mode == "print":
         for run in expand(sweep):
             workdir = root / sweep["name"] / run.name
-            print(shlex.join(run.command(workdir)))
+            print(shlex.join(run.command(workdir, distributed=options.num_tasks > 1)))
         return 0
-    failed = run_local(sweep, root, args.python) if args.mode == "local" else 0
+    if FLAGS.mode == "slurm":
+        submission = submit_slurm(sweep, root, options, FLAGS.python)
+        if submission is None:
+            print("Every run is complete: nothing to submit.")
+        else:
+            print(f"Submitted job array {submission.job_id} ({submission.state_file.parent}).")
+            print(f"Watch: python sweep.py --sweep={FLAGS.sweep} --mode=status --root={FLAGS.root}")
+        return 0
+    if FLAGS.mode == "status":
+        print(format_status(status(sweep, root)))
+        return 0
+    failed = run_local(sweep, root, FLAGS.python) if FLAGS.mode == "local" else 0
     out = gather(sweep, root)
     print(f"Results of {len(expand(sweep))} runs: {out}")
     return 1 if failed else 0
 
 
+def _none_for_empty(values: dict[str, Any]) -> dict[str, Any]:
+    """Flags cannot say None: '' (and 0 for counts that may be None) mean 'not given'."""
+    out = {}
+    for key, value in values.items():
+        if key == "extra_sbatch":
+            out[key] = tuple(shlex.split(value))
+        elif value in ("", 0) and key in ("partition", "mem_per_node", "tasks_per_run",
+                                          "array_parallelism"):  # fmt: skip
+            out[key] = None
+        else:
+            out[key] = value
+    return out
+
+
+def _slurm_flags():
+    """The --slurm.* flags: cluster.slurm.SlurmOptions' fields with their defaults."""
+    import ml_collections
+
+    c = ml_collections.ConfigDict()
+    c.partition = ""  # '' for the cluster's default partition
+    c.gpus_per_run = 0
+    c.nodes_per_run = 1
+    c.tasks_per_run = 0  # 0: one process per GPU, or 1 without GPUs
+    c.cpus_per_task = 1
+    c.time_limit_minutes = 24 * 60
+    c.mem_per_node = ""  # e.g. '64G'; '' asks for none
+    c.array_parallelism = 0  # 0: no limit
+    c.signal_lead_seconds = 300  # SIGUSR1 this long before the time limit
+    c.job_name = "lmc"
+    c.extra_sbatch = ""  # further sbatch options, space separated: '--qos=high --account=x'
+    return c.lock()
+
+
+def _define_flags() -> None:
+    from ml_collections import config_flags
+
+    flags.DEFINE_string("sweep", None, "Sweep file, e.g. configs/sweeps/scaling.py.", required=True)
+    flags.DEFINE_enum(
+        "mode", "print", ["local", "print", "gather", "slurm", "status"], "What to do."
+    )
+    flags.DEFINE_string("root", "runs", "Runs live in ROOT/NAME/RUN.")
+    flags.DEFINE_string("python", sys.executable, "Interpreter the runs use.")
+    config_flags.DEFINE_config_dict("slurm", _slurm_flags(), "Slurm options (--mode=slurm).")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    import cli
+
+    cli.run(lambda argv: sys.exit(main(argv)), define_flags=_define_flags)

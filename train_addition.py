@@ -96,6 +96,7 @@ class AdditionTask:
 
     Args:
       config: a config from `configs/addition.py`.
+      workdir: unused (the uniform `Task` signature).
 
     Raises:
       ValueError: the vocabulary or context does not fit the task.
@@ -104,7 +105,8 @@ class AdditionTask:
     resume_keys = ("model", "data")
     postfix_keys = ("excess_nats", "answer_accuracy")
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike = ""):
+        del workdir  # nothing of the task lives in the run directory
         num_digits = config.data.num_digits
         if config.data.vocab_size != addition.VOCAB_SIZE:
             raise ValueError(
@@ -183,7 +185,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
       loop.NonFiniteLossError: the loss became NaN or inf.
       ValueError: the config is invalid or differs from the run saved in `workdir`.
     """
-    return loop.train_loop(config, workdir, AdditionTask(config))
+    return loop.train_loop(config, workdir, AdditionTask)
 
 
 def report(metrics: dict[str, Any]) -> str:
@@ -208,9 +210,16 @@ def _check_config(config) -> None:
         raise app.UsageError("--config must be an addition config: configs/addition.py[:ARG].")
 
 
-if __name__ == "__main__":
+def _define_flags() -> None:
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", "configs/addition.py", "Addition training config.")
+    config_flags.DEFINE_config_file(
+        "config", cli.repo_path("configs/addition.py"), "Addition training config."
+    )
     flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.")
-    app.run(lambda argv: cli.train_main(argv, train, report, _check_config))
+
+
+if __name__ == "__main__":
+    cli.run(
+        lambda argv: cli.train_main(argv, train, report, _check_config), define_flags=_define_flags
+    )

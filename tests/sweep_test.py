@@ -2,17 +2,33 @@
 
 import csv
 import json
+import os
 import pathlib
+import subprocess
 import sys
+import time
 
 import pytest
 
+import runs
 import sweep
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+REQUIRE_SLURM = os.environ.get("LMC_REQUIRE_SLURM") == "1"
+
+
+def _cli(*args, cwd=REPO):
+    return subprocess.run(
+        [sys.executable, str(REPO / "sweep.py"), *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _write_sweep(tmp_path, body: str) -> pathlib.Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "my_sweep.py"
     path.write_text(f"def get_sweep():\n    return {body}\n")
     return path
@@ -45,9 +61,10 @@ def test_expand_is_the_exact_product_of_the_axes(tmp_path):
     assert "--config.data.train_bytes=0" in cmd and cmd[-1] == f"--workdir=runs/s/{first.name}"
 
 
-def test_print_mode_prints_one_command_per_run(tmp_path, capsys):
-    assert sweep.main(["--sweep", str(_write_sweep(tmp_path, _SWEEP)), "--mode=print"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+def test_print_mode_prints_one_command_per_run(tmp_path):
+    result = _cli(f"--sweep={_write_sweep(tmp_path, _SWEEP)}", "--mode=print", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
     assert len(lines) == 8 and all(line.startswith("python train.py ") for line in lines)
     # the tokenizer value holds a colon: the printed command must survive a shell
     assert any(
@@ -86,7 +103,7 @@ def test_local_skips_complete_runs_and_resumes_partial_ones(tmp_path, monkeypatc
     partial.mkdir(parents=True)
     (partial / "results.json").write_text(json.dumps({"step": 1}))  # fewer steps than declared
     calls = []
-    monkeypatch.setattr(sweep.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(sweep.subprocess, "call", lambda cmd, cwd: calls.append(cmd) or 0)
     assert sweep.run_local(spec, root, "python") == 0
     workdirs = [c[-1] for c in calls]
     assert f"--workdir={done}" not in workdirs
@@ -97,10 +114,10 @@ def test_local_skips_complete_runs_and_resumes_partial_ones(tmp_path, monkeypatc
     assert sweep.run_status(root / "s" / runs[2].name, runs[2]) == "new"
 
 
-def test_failed_runs_are_reported_and_give_a_non_zero_exit(tmp_path, monkeypatch, capsys):
-    path = _write_sweep(tmp_path, _SWEEP)
-    monkeypatch.setattr(sweep.subprocess, "call", lambda cmd: 1)
-    assert sweep.main(["--sweep", str(path), "--mode=local", "--root", str(tmp_path)]) == 1
+def test_failed_runs_are_reported_and_counted(tmp_path, monkeypatch, capsys):
+    spec = sweep.load_sweep(_write_sweep(tmp_path, _SWEEP))
+    monkeypatch.setattr(sweep.subprocess, "call", lambda cmd, cwd: 1)
+    assert sweep.run_local(spec, tmp_path, "python") == 8
     assert "8 run(s) failed" in capsys.readouterr().out
 
 
@@ -113,10 +130,10 @@ def test_real_sweep_trains_gathers_and_then_skips(tmp_path, monkeypatch):
         "axes": {"data.train_bytes": [0, 2048]},
     }"""
     path = _write_sweep(tmp_path, body)
-    monkeypatch.chdir(REPO)
     root = tmp_path / "runs"
-    args = ["--sweep", str(path), "--mode=local", "--root", str(root), "--python", sys.executable]
-    assert sweep.main(args) == 0
+    args = [f"--sweep={path}", "--mode=local", f"--root={root}", f"--python={sys.executable}"]
+    result = _cli(*args, cwd=tmp_path)  # from another directory than the repository
+    assert result.returncode == 0, result.stderr[-3000:]
     with open(root / "tiny" / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["status"] for r in rows] == ["complete", "complete"]
@@ -124,8 +141,8 @@ def test_real_sweep_trains_gathers_and_then_skips(tmp_path, monkeypatch):
     assert int(rows[1]["train_bytes"]) == 2048 and int(rows[0]["train_bytes"]) > 2048
     assert all(float(r["test_bits_per_byte"]) > 0 for r in rows)
     calls = []
-    monkeypatch.setattr(sweep.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
-    assert sweep.main(args) == 0
+    monkeypatch.setattr(sweep.subprocess, "call", lambda cmd, cwd: calls.append(cmd) or 0)
+    assert sweep.run_local(sweep.load_sweep(path), root, sys.executable) == 0
     assert calls == []  # both complete: nothing runs again
 
 
@@ -141,3 +158,117 @@ def test_shipped_sweeps_expand_to_valid_configs(name, count):
             section, field = key.split(".")
             config[section][field] = value
         assert config.train.steps == run.steps == 400
+
+
+def test_bad_cluster_options_are_one_line(tmp_path):
+    path = _write_sweep(tmp_path, _SWEEP)
+    result = _cli(f"--sweep={path}", "--mode=slurm", "--slurm.gpuz=1")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        'sweep.py: no such config field: "gpuz" (see --help)'
+    ]
+    asks = _write_sweep(tmp_path, _SWEEP.rstrip()[:-1] + '"slurm": {"gpus_per_run": 2}}')
+    result = _cli(f"--sweep={asks}", "--mode=slurm", "--slurm.gpus_per_run=0")
+    assert result.returncode == 1
+    assert "the sweep asks for 2 GPU(s) per run" in result.stderr.strip().splitlines()[-1]
+    broken = _write_sweep(tmp_path / "b", "{'name': ")
+    result = _cli(f"--sweep={broken}", "--mode=print")
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "does not load" in result.stderr
+
+
+def test_no_slurm_reachable_submits_nothing(tmp_path):
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable))  # no sbatch on the PATH
+    result = subprocess.run(
+        [sys.executable, str(REPO / "sweep.py"), f"--sweep={_write_sweep(tmp_path, _SWEEP)}",
+         "--mode=slurm", f"--root={tmp_path / 'runs'}"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert "sbatch is not on the PATH" in line and "cluster/testbed/start.sh" in line
+    assert not (tmp_path / "runs" / "s" / "slurm").exists() or not list(
+        (tmp_path / "runs" / "s" / "slurm").iterdir()
+    )
+
+
+# --- Against a real Slurm (cluster/testbed/start.sh): skipped where none runs, required in CI.
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    from cluster import slurm
+
+    try:
+        slurm.check_available()
+    except slurm.SlurmUnavailable as e:
+        if REQUIRE_SLURM:
+            pytest.fail(f"LMC_REQUIRE_SLURM=1, but {e}")
+        pytest.skip(str(e))
+
+
+_CLUSTER_SWEEP = """{{
+    "name": "{name}",
+    "config": "configs/default.py",
+    "fixed": {{"size": "test", "model.context_length": 32, "train.batch_size": 4,
+              "train.log_every": 5, "train.eval_every": 10, "train.checkpoint_every": 1000,
+              "train.eval_max_bytes": 512, "train.progress": False}},
+    "axes": {{"train.steps": {steps}}},
+}}"""
+
+
+def _status(path, root) -> dict[str, dict]:
+    return {r["run"]: r for r in sweep.status(sweep.load_sweep(path), root)}
+
+
+def _wait(path, root, done, timeout_s=240):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = _status(path, root)
+        if all(done(r) for r in rows.values()):
+            return rows
+        time.sleep(1)
+    raise AssertionError(f"runs not done in {timeout_s} s: {rows}")
+
+
+def test_slurm_sweep_runs_requeues_and_gathers(slurm_cluster, tmp_path):
+    from cluster import slurm
+
+    root = tmp_path / "runs"
+    arrays = _write_sweep(tmp_path, _CLUSTER_SWEEP.format(name="ci", steps=[30, 150]))
+    pair = _write_sweep(tmp_path / "mp", _CLUSTER_SWEEP.format(name="mp", steps=[30]))
+    common = ["--slurm.time_limit_minutes=10", "--slurm.signal_lead_seconds=60", f"--root={root}"]
+    result = _cli(f"--sweep={arrays}", "--mode=slurm", *common, cwd=tmp_path)
+    assert result.returncode == 0 and "Submitted job array" in result.stdout, result.stderr
+    result = _cli(f"--sweep={pair}", "--mode=slurm", "--slurm.tasks_per_run=2", *common)
+    assert result.returncode == 0, result.stderr
+    # Preempt the long run once it trains: it checkpoints, exits 75 and is requeued.
+    long_dir = root / "ci" / "steps=150"
+    deadline = time.monotonic() + 180
+    while len(runs.read_jsonl(long_dir / runs.METRICS_FILE)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (state_file,) = slurm.submissions(root / "ci" / slurm.LOG_DIR)
+    job = slurm.query(state_file)["steps=150"].job
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)
+    rows = _wait(arrays, root, lambda r: r["state"] in ("complete", "failed"))
+    assert {r["state"] for r in rows.values()} == {"complete"}, rows
+    attempts = runs.read_jsonl(long_dir / slurm.LOG_DIR / slurm.ATTEMPTS_FILE)
+    assert [a["exit_code"] for a in attempts] == [75, 0]
+    steps = [r["step"] for r in runs.read_jsonl(long_dir / runs.METRICS_FILE) if "loss" in r]
+    assert steps == list(range(5, 151, 5))  # every log line once, across the requeue
+    result = _cli(f"--sweep={arrays}", "--mode=status", f"--root={root}")
+    assert result.returncode == 0 and result.stdout.count("complete") == 2, result.stdout
+    result = _cli(f"--sweep={arrays}", "--mode=gather", f"--root={root}")
+    with open(root / "ci" / "results.csv") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["complete", "complete"]
+    # The two-process run (srun -n 2) trains as one: the same numbers as one process.
+    _wait(pair, root, lambda r: r["state"] in ("complete", "failed"))
+    one, two = (
+        runs.load_results(root / "ci" / "steps=30"),
+        runs.load_results(root / "mp" / "steps=30"),
+    )
+    assert two is not None, _status(pair, root)
+    assert two["test_bits_per_byte"] == pytest.approx(one["test_bits_per_byte"], rel=1e-5)
+    (mp_state,) = slurm.submissions(root / "mp" / slurm.LOG_DIR)
+    (submitted,) = json.loads(mp_state.read_text())["runs"]
+    assert "--config.distributed=True" in submitted["argv"]

@@ -1,5 +1,7 @@
+import gzip
 import json
 import logging
+import lzma
 import os
 import pathlib
 import subprocess
@@ -12,7 +14,7 @@ import pytest
 import runs
 import train
 from configs import default
-from data import batches
+from data import batches, corpus
 from training import checkpoints, loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -50,6 +52,25 @@ def test_loss_falls_on_real_text_without_recompiling(tmp_path, enwik5_path, capl
     assert metrics["num_params"] == 41_792
     evals = [m for m in _metrics(tmp_path) if "eval_bits_per_byte" in m]
     assert [m["step"] for m in evals] == [10, 20, 30, 40, 50, 60]
+
+
+def test_classical_figures_count_containers_per_window_and_once():
+    data = corpus.pydocs_bytes()[:1000]  # windows of 256, 256, 256 and 232 bytes
+    out = train.classical_bits_per_byte(data, 256)
+    windows = [data[i : i + 256] for i in range(0, 1000, 256)]
+    for name, compress in (
+        ("gzip", lambda b: gzip.compress(b, 9, mtime=0)),
+        ("lzma", lzma.compress),
+    ):
+        per_window = sum(len(compress(w)) for w in windows)
+        header = len(compress(b"\0"))  # the reference's container measure: 21 bytes for gzip
+        assert out[f"{name}_bits_per_byte"] == 8 * len(compress(data)) / 1000
+        assert out[f"{name}_chunked_bits_per_byte"] == 8 * per_window / 1000
+        assert (
+            out[f"{name}_chunked_header_once_bits_per_byte"] == 8 * (per_window - 3 * header) / 1000
+        )
+    gap = out["gzip_chunked_bits_per_byte"] - out["gzip_chunked_header_once_bits_per_byte"]
+    assert gap == pytest.approx(8 * 3 * 21 / 1000)
 
 
 def test_resume_continues_with_identical_state(tmp_path, monkeypatch):
@@ -171,3 +192,12 @@ def test_four_devices_match_one():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("OK")
+
+
+def test_an_older_run_without_new_model_fields_resumes(tmp_path):
+    train.train(_config(steps=5), tmp_path)
+    saved = json.loads((tmp_path / runs.CONFIG_FILE).read_text())
+    del saved["model"]["positions"]  # written before `positions` existed
+    (tmp_path / runs.CONFIG_FILE).write_text(json.dumps(saved))
+    (tmp_path / runs.RESULTS_FILE).unlink()
+    assert train.train(_config(steps=10), tmp_path)["step"] == 10

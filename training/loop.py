@@ -9,10 +9,13 @@ what the final test reports. Everything else (the jitted step, checkpoints and r
 progress, the NaN stop) is here, once.
 """
 
+import contextlib
+import dataclasses
 import json
 import math
 import os
 import pathlib
+import shutil
 import time
 from typing import Any, Protocol
 
@@ -23,7 +26,7 @@ from tqdm import tqdm
 
 import runs
 from models import transformer
-from training import checkpoints, steps
+from training import checkpoints, runtime, steps
 from training.metrics import MetricsWriter
 
 LN2 = math.log(2.0)
@@ -34,7 +37,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class Task(Protocol):
-    """What a trainer supplies to `train_loop`."""
+    """What a trainer supplies to `train_loop`: built as `Task(config, workdir)`."""
 
     vocab_size: int
     loss_mask: np.ndarray | None  # [length] weights of positions in the loss; None: all
@@ -70,6 +73,16 @@ def itstime(step: int, every_n_steps: int, total_steps: int) -> bool:
     return step == total_steps or (every_n_steps > 0 and step % every_n_steps == 0)
 
 
+# What a field an older run's config.json lacks meant when it was written.
+_DEFAULTS = {
+    "model": {
+        f.name: f.default
+        for f in dataclasses.fields(transformer.TransformerConfig)
+        if f.default is not dataclasses.MISSING
+    }
+}
+
+
 def check_resumable(workdir: pathlib.Path, config: ml_collections.ConfigDict, keys) -> None:
     """Refuses to resume a run whose saved config differs in `keys`.
 
@@ -78,7 +91,8 @@ def check_resumable(workdir: pathlib.Path, config: ml_collections.ConfigDict, ke
       config: the config of this invocation.
       keys: top-level entries ('model', 'tokenizer') or 'section.field' ('data.train_bytes');
         a section compares every field this config has. Entries an older run did not record
-        match when this config leaves them at a false value (0, '', False).
+        match when this config leaves them at a false value (0, '', False) or, for model
+        fields, at the architecture's default (`TransformerConfig`'s).
 
     Raises:
       ValueError: naming each difference.
@@ -94,7 +108,7 @@ def check_resumable(workdir: pathlib.Path, config: ml_collections.ConfigDict, ke
         if field:
             pairs = [(key, (saved.get(section) or {}).get(field), now[section][field])]
         elif isinstance(now.get(section), dict):
-            old = saved.get(section) or {}
+            old = {**_DEFAULTS.get(section, {}), **(saved.get(section) or {})}
             pairs = [(f"{section}.{k}", old.get(k), v) for k, v in now[section].items()]
         diffs += [f"{k}: {a!r} -> {b!r}" for k, a, b in pairs if a != b and (a is not None or b)]
     if diffs:
@@ -163,24 +177,41 @@ class _LogWindow:
         return time.perf_counter() - self.t_start
 
 
-def _train_steps(config, task: Task, train_step, state, start, seconds, mngr, writer, mesh):
+@dataclasses.dataclass
+class _Run:
+    """What the step loop works with, built by `train_loop`."""
+
+    config: ml_collections.ConfigDict
+    task: Task
+    train_step: Any
+    mesh: Any
+    mngr: Any
+    writer: MetricsWriter
+    preemption: runtime.Preemption
+
+
+def _train_steps(run: _Run, state, start: int, seconds: float):
     """Runs steps `start`..`train.steps`, logging, evaluating and checkpointing as configured.
 
     Args:
-      config, task, train_step, mesh: as `train_loop` builds them.
+      run: the loop's parts.
       state, start, seconds: the restored state, its step and the training seconds before it.
-      mngr, writer: the run's checkpoint manager and metrics writer.
 
     Returns:
       (state, metrics of the last log and eval lines, training seconds so far).
+
+    Raises:
+      runtime.Preempted: a signal asked to stop; the current step was checkpointed first.
     """
+    config, task, writer = run.config, run.task, run.writer
     total, every = config.train.steps, config.train
     window = _LogWindow(config.train.batch_size * config.model.context_length, seconds)
     metrics: dict[str, Any] = {}
     show = config.train.progress and jax.process_index() == 0
+    _stop_if_asked(run, state, start, window)
     with tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, disable=not show) as bar:
         for step in range(start, total):
-            state, step_metrics = train_step(state, steps.to_global(task.batch(step), mesh))
+            state, step_metrics = run.train_step(state, steps.to_global(task.batch(step), run.mesh))
             done = step + 1
             window.add(done, step_metrics)
             if itstime(done, every.log_every, total):
@@ -196,9 +227,23 @@ def _train_steps(config, task: Task, train_step, state, start, seconds, mngr, wr
                 window.pause()
                 bar.set_postfix(_postfix(metrics, task), refresh=False)
             if itstime(done, every.checkpoint_every, total):
-                checkpoints.save(mngr, state, config.seed, done, window.seconds())
+                checkpoints.save(run.mngr, state, config.seed, done, window.seconds())
+            elif done < total:
+                _stop_if_asked(run, state, done, window)
             bar.update(1)
     return state, metrics, window.seconds()
+
+
+def _stop_if_asked(run: _Run, state, step: int, window: _LogWindow) -> None:
+    """Checkpoints `step` and raises runtime.Preempted if a signal asked to stop."""
+    if step >= run.config.train.steps or not run.preemption.should_stop(step):
+        return
+    checkpoints.save(run.mngr, state, run.config.seed, step, window.seconds())
+    run.mngr.wait_until_finished()
+    raise runtime.Preempted(
+        f"stopped by {run.preemption.requested or 'another process'} at step {step} with a "
+        "checkpoint: run the same command again to resume"
+    )
 
 
 def _is_test_line(record: dict[str, Any]) -> bool:
@@ -214,32 +259,48 @@ def _postfix(metrics: dict[str, Any], task: Task) -> dict[str, str]:
 
 
 def train_loop(
-    config: ml_collections.ConfigDict, workdir: str | os.PathLike, task: Task
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike, task_cls: type
 ) -> dict[str, Any]:
-    """Trains (or resumes) the model of `config` on `task` in `workdir`.
+    """Trains (or resumes) the model of `config` on a task in `workdir`.
 
     A run whose results.json shows all `train.steps` done is complete: its results are returned
-    and nothing is trained, tested or written again.
+    and nothing is trained, tested or written again. SIGTERM and SIGUSR1 checkpoint the current
+    step and stop (`runtime.Preempted`); one training at a time holds the run directory.
 
     Args:
       config: a training config (configs/default.py or configs/addition.py).
       workdir: run directory (see `runs`).
-      task: the data and evaluations.
+      task_cls: the `Task`'s class, built as `task_cls(config, workdir)` once the run directory
+        is locked.
 
     Returns:
       Final metrics: step, num_params, the last log and eval lines' fields, the test fields,
-      the task's summary, seconds (this invocation's).
+      the task's summary, seconds (training time of the run, resumes included).
 
     Raises:
       NonFiniteLossError: the loss became NaN or inf (the message names the step).
-      ValueError: the config is invalid or differs from the run saved in `workdir`.
+      ValueError: the config is invalid, differs from the run saved in `workdir` or between
+        processes, or another training holds `workdir`.
+      runtime.Preempted: stopped on a signal after checkpointing.
     """
     t_start = time.perf_counter()
     workdir = pathlib.Path(workdir)
-    check_resumable(workdir, config, task.resume_keys)
-    done = runs.load_results(workdir)
-    if done is not None and done.get("step") == config.train.steps:
-        return done
+    with runtime.Preemption() as preemption:
+        check_resumable(workdir, config, task_cls.resume_keys)
+        done = runs.load_results(workdir)
+        if done is not None and done.get("step") == config.train.steps:
+            return done
+        runtime.check_same_config(config)
+        with _run_directory(workdir), runtime.RunLock(workdir):
+            metrics = _train(config, workdir, task_cls(config, workdir), preemption)
+    metrics["invocation_seconds"] = time.perf_counter() - t_start
+    if jax.process_index() == 0 and metrics["step"] == config.train.steps:
+        runs.write_atomic(workdir / runs.RESULTS_FILE, json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _train(config, workdir: pathlib.Path, task: Task, preemption) -> dict[str, Any]:
+    """Builds the model and step, restores, trains, tests: `train_loop` inside its guards."""
     mesh = steps.make_mesh()
     if config.train.batch_size % jax.device_count():
         raise ValueError(
@@ -253,7 +314,6 @@ def train_loop(
     task.compile(model, mesh)
     state = steps.init_state(model_cfg, tx, config.seed, mesh)
     metrics: dict[str, Any] = {"num_params": transformer.num_params(state["params"])}
-    workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         runs.write_atomic(workdir / runs.CONFIG_FILE, config.to_json(indent=2))
     writer = MetricsWriter(workdir, config)
@@ -263,9 +323,8 @@ def train_loop(
         kept = writer.keep_only(lambda r: r["step"] <= start and not _is_test_line(r))
         for line in kept:  # what a run resumed at its last step would otherwise lose
             metrics.update({k: v for k, v in line.items() if k != "step"})
-        state, last, seconds = _train_steps(
-            config, task, train_step, state, start, seconds, mngr, writer, mesh
-        )
+        run = _Run(config, task, train_step, mesh, mngr, writer, preemption)
+        state, last, seconds = _train_steps(run, state, start, seconds)
     metrics.update(last, step=max(start, config.train.steps))
     metrics["tokens_seen"] = metrics["step"] * config.train.batch_size * config.model.context_length
     if metrics["step"] > 0:
@@ -274,8 +333,22 @@ def train_loop(
         writer.write({"step": metrics["step"], **test})
     writer.close()
     metrics.update(task.summary())
-    metrics["seconds"] = seconds  # training time of the run, earlier invocations included
-    metrics["invocation_seconds"] = time.perf_counter() - t_start
-    if jax.process_index() == 0 and metrics["step"] == config.train.steps:
-        runs.write_atomic(workdir / runs.RESULTS_FILE, json.dumps(metrics, indent=2))
+    metrics["seconds"] = seconds
     return metrics
+
+
+_BOOKKEEPING = {runtime.LOCK_FILE, runs.CONFIG_FILE, runs.TOKENIZER_FILE}
+
+
+@contextlib.contextmanager
+def _run_directory(workdir: pathlib.Path):
+    """Creates `workdir`; a start that fails before training leaves no directory behind."""
+    created = not workdir.exists()
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        leftovers = {p.name for p in workdir.iterdir()} if workdir.exists() else set()
+        if created and jax.process_index() == 0 and leftovers <= _BOOKKEEPING:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
