@@ -18,8 +18,9 @@ Accounting (Deletang et al., 2024, and its reference code):
 * Chunked classical compressors code each chunk on its own, and the container overhead is
   counted once: the length of one compressed zero byte (`classical.header_bytes`) is subtracted
   for every chunk but the first. Unchunked, the whole dataset is one stream.
-* A model codes each chunk on its own and is charged every byte its coder writes (4 bytes of
-  final rANS state per chunk, no header), next to its log-loss (sum of -log2 p / 8).
+* A model codes each chunk on its own and is charged every byte its coder writes (the range
+  coder's payload, about 0.3 bytes above the ideal per chunk, no header), next to its log-loss
+  (sum of -log2 p / 8).
 * The 7-bit modes (`--config.seven_bit`) are described in `compressors/__init__.py`.
 * seconds: time spent compressing, summed over the workers for chunked classical compressors
   (the reference's running time), the wall clock of the log-loss and coded passes for models.
@@ -111,6 +112,7 @@ def _record(
         "num_params": num_params,
         "seconds": seconds,
         "mb_per_s": counted.raw_bytes / 1e6 / seconds if seconds > 0 else None,
+        "modality": source.modality,
         "seven_bit": mode,
         "missed_bits": counted.missed_bits,
     }
@@ -300,6 +302,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> l
         manual_dir=config.data.manual_dir,
         tfds_download=config.data.tfds_download,
         seed=config.seed,
+        modality=config.data.modality if config.dataset.startswith("file:") else "auto",
     )
     source = sources.get_source(config.dataset, options)
     compressors.seven_bit_mode(config.seven_bit, source.modality)  # fail early on a bad mode

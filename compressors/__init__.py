@@ -22,8 +22,11 @@ to 7 bits and rescaled the result; the reference code does:
 The compressor codes the masked bytes; its length is then scaled by
 8n / (8n - missed bits) for n raw bytes, i.e. extrapolated as if the dropped bits cost as much as
 the kept ones (x 8/7 for `shift`). Both modes are lossy, so such rates are not of lossless
-compression. `paper` picks `ascii` for text sources and `shift` for the others; `none`, the
-default, codes all 8 bits losslessly.
+compression. `paper` picks by the source's modality (`data.sources`): `ascii` for text, `shift`
+for images, audio and binary data (random bytes, anything else), as the paper does. A `file:`
+source's modality comes from its content (`data.sources.detect_modality`: UTF-8 or printable
+ASCII is text), so enwik5 saved to a file is masked like enwik9, not shifted. `none`, the default,
+codes all 8 bits losslessly.
 """
 
 from collections.abc import Callable
@@ -81,7 +84,7 @@ def shift_right(data: bytes) -> tuple[bytes, int]:
 
 
 SEVEN_BIT = {"none": None, "ascii": mask_ascii, "shift": shift_right}
-PAPER_SEVEN_BIT = {"text": "ascii"}  # every other modality: 'shift'
+PAPER_SEVEN_BIT = {"text": "ascii"}  # image, audio, binary: 'shift'
 
 
 def seven_bit_mode(mode: str, modality: str) -> str:

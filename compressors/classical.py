@@ -9,10 +9,18 @@ Settings follow the paper (Deletang et al., 2024) where it has them:
   32 pixels wide and 64 tall, which is NOT the 32-row x 64-column patch the image data was cut
   from. `png_patch` keeps the true patch shape: rows of 64 pixels (width 64, height n / 64),
   falling back to the reference's shape when n is not a multiple of 64.
-* `flac`: the bytes as unsigned 8-bit mono samples at 16 kHz (as the reference feeds them to
-  ffmpeg), written through libsndfile (the `soundfile` package, no external binary) as signed
-  8-bit FLAC at its highest compression level (libFLAC level 8). The reference used ffmpeg's
-  `-compression_level 12`, an ffmpeg-only extension of libFLAC's 0-8 scale.
+* `flac`: the bytes as unsigned 8-bit mono samples at 16 kHz, written through libsndfile (the
+  `soundfile` package, no external binary) as signed 8-bit FLAC (sample u -> u - 128) at libFLAC's
+  highest level, 8. This is what the paper describes, not what its reference code does: that
+  code hands the bytes to pydub as 8-bit audio, and pydub, which holds 8-bit samples as signed,
+  adds the WAV bias of 128 on export although the bytes are already unsigned (so every sample's
+  top bit is flipped and quiet audio, near 128, jumps between the two rails), then ffmpeg stores
+  them as 16-bit FLAC (`-compression_level 12`). On the LibriSpeech utterance dev-clean
+  1272-128104-0000 (45 chunks of 2048 bytes, container counted once) this `flac` gives 33.5%
+  (`tests/compressors_test.py` pins it), near the paper's 30.3% for LibriSpeech; the reference
+  code gives 103.2% on the same bytes (pydub 0.25.1, ffmpeg 5.1), and 43.8% with the extra bias
+  undone (16-bit storage through ffmpeg). So the difference is the reference's conversion, not
+  the compression level.
 * `zstd` level 19, `bzip2` level 9, `brotli` quality 11 (their strongest standard settings).
 
 Each class has `compress`, `decompress` (for round-trip tests) and `stream()`, a compressor

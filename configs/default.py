@@ -82,7 +82,8 @@ def model_config(
     m.mlp_ratio = 4
     m.context_length = context_length
     m.norm = norm  # 'post' is the paper's layout; 'pre' adds a final LayerNorm.
-    m.rope_base = 10_000.0
+    m.positions = "rotary"  # or 'sinusoidal': the paper's sinusoids added to the embedding.
+    m.rope_base = 10_000.0  # rotary positions only.
     m.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (params stay float32).
     m.attention = "auto"  # 'auto' (cuDNN flash on GPU when possible), 'xla' or 'cudnn'.
     m.emb_init_scale = 0.02

@@ -43,6 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.tfds_data_dir = ""  # '' -> ~/tensorflow_datasets.
     c.data.manual_dir = ""  # ImageNet tars; '' -> tfds's default manual dir.
     c.data.tfds_download = True  # let tfds prepare missing datasets.
+    c.data.modality = "auto"  # file: sources: auto (by content), text, image, audio or binary.
 
     c.lm = ml_collections.ConfigDict()
     c.lm.step = -1  # checkpoint step; -1: the newest.
@@ -52,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.lm.attention = ""  # '' keeps the run's; 'cudnn' forces flash attention on a GPU.
     c.lm.attention_blocks = 0  # the coder's attention blocks (models.lm_coder); 0: its default.
     c.lm.log_loss = True  # rate by the model's log-loss (parallel pass).
-    c.lm.coded = True  # rate by the bytes the rANS coder writes (slow on a CPU).
+    c.lm.coded = True  # rate by the bytes the range coder writes (slow on a CPU).
     c.lm.verify = False  # decode every coded chunk back and fail on any mismatch.
     c.lm.prefetch = 4  # blocks loaded ahead by a background thread.
     return c.lock()

@@ -14,6 +14,14 @@ A source is named by a spec `NAME` or `NAME:ARG` (`SOURCES` holds the names):
 | `random` | seeded uniform bytes | 488,281 |
 | `file:PATH` | any local file, consecutive; the last chunk may be shorter | all |
 
+Each source has a modality, which picks the paper's 7-bit mode (`compressors.seven_bit_mode`):
+`text`, `image`, `audio`, or `binary` (random bytes, anything else). A `file:` source's modality
+is decided by its content (`detect_modality`) unless `SourceOptions.modality` names it: text if
+its first 64 KiB are UTF-8 (or at least 95% printable ASCII) without NUL bytes and with at most
+1% other control characters; else image or audio by the file's header (PNG, JPEG, GIF, BMP,
+TIFF, WebP; WAV, FLAC, Ogg, MP3) or suffix; else binary. An image or audio file is rated as the
+bytes it stores (e.g. JPEG-compressed), not as the pixels or samples `images` and `audio` cut.
+
 `pydocs:PART` is one part of train.py's default 90/5/5 split of that corpus: `train`, `valid`,
 `test`, or `heldout` (valid + test, the last 10%), so trained models can be rated on unseen text.
 
@@ -76,6 +84,8 @@ class SourceOptions:
       manual_dir: where the ImageNet tars are ('' -> tfds's default manual dir).
       tfds_download: let tfds download and prepare datasets that are not prepared yet.
       seed: seed of the `random` source.
+      modality: a `file:` source's modality, one of `MODALITIES`; 'auto' (or '') decides it
+        from the file's content (`detect_modality`). Other sources have a fixed modality.
     """
 
     path: str = ""
@@ -84,6 +94,7 @@ class SourceOptions:
     manual_dir: str = ""
     tfds_download: bool = True
     seed: int = 0
+    modality: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +103,7 @@ class Source:
 
     Attributes:
       name: the spec it was made from (recorded in results).
-      modality: 'text', 'image', 'audio' or 'bytes' (picks the paper's 7-bit mode).
+      modality: 'text', 'image', 'audio' or 'binary' (picks the paper's 7-bit mode).
       default_num_chunks: chunks yielded when no count is given; None for all of them.
       make_chunks: (chunk_size_bytes, num_chunks or None) -> iterator over chunks.
     """
@@ -173,6 +184,63 @@ def _cached(name: str, options: SourceOptions) -> bool:
     return (pathlib.Path(options.cache_dir or corpus.default_cache_dir()) / name).exists()
 
 
+MODALITIES = ("auto", "text", "image", "audio", "binary")
+MODALITY_SAMPLE_BYTES = 65_536  # detect_modality reads this much of the head
+# File headers (text is ruled out first, so short ones such as BMP's 'BM' are safe).
+_IMAGE_MAGIC = (
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\0",
+    b"MM\0*",
+)
+_AUDIO_MAGIC = (b"fLaC", b"OggS", b"ID3", b"\xff\xfb", b"\xff\xf3")  # MP3: ID3 or a frame
+_TEXT_CONTROLS = (9, 10, 11, 12, 13, 27)  # tab, newlines, vertical tab, form feed, escape
+
+
+def _is_text(head: bytes, truncated: bool) -> bool:
+    """UTF-8 (or >= 95% printable ASCII) without NUL and with <= 1% other control bytes."""
+    array = np.frombuffer(head, np.uint8)
+    if not len(array) or (array == 0).any():
+        return False
+    control = ((array < 0x20) & ~np.isin(array, _TEXT_CONTROLS)) | (array == 0x7F)
+    if control.mean() > 0.01:
+        return False
+    try:
+        head.decode("utf-8")
+        return True
+    except UnicodeDecodeError as e:
+        # A multi-byte character cut by the end of the sample is still text.
+        if truncated and e.reason == "unexpected end of data" and e.start >= len(head) - 3:
+            return True
+    printable = ((array >= 0x20) & (array < 0x7F)) | np.isin(array, _TEXT_CONTROLS)
+    return printable.mean() >= 0.95  # e.g. Latin-1 text with a few accented letters
+
+
+def detect_modality(data: bytes | np.ndarray, path: str = "") -> str:
+    """The modality of a file's bytes: 'text', 'image', 'audio' or 'binary'.
+
+    Text first (see the module docstring; tested on the first `MODALITY_SAMPLE_BYTES`), then an
+    image or audio header, then the suffix of `path`; anything else is 'binary'.
+    """
+    head = bytes(data[:MODALITY_SAMPLE_BYTES])
+    if _is_text(head, truncated=len(data) > len(head)):
+        return "text"
+    riff = head[8:12] if head.startswith(b"RIFF") else b""
+    if head.startswith(_IMAGE_MAGIC) or riff == b"WEBP":
+        return "image"
+    if head.startswith(_AUDIO_MAGIC) or riff == b"WAVE":
+        return "audio"
+    suffix = pathlib.Path(path).suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    if suffix in AUDIO_SUFFIXES:
+        return "audio"
+    return "binary"
+
+
 def _file(arg: str, options: SourceOptions) -> Source:
     if not arg:
         raise SourceError("file needs a path: file:PATH.")
@@ -180,7 +248,10 @@ def _file(arg: str, options: SourceOptions) -> Source:
     if not path.is_file():
         raise SourceError(f"No such file: {path} (source file:{arg}).")
     data = corpus.load_corpus(path=str(path))
-    return Source(f"file:{arg}", "bytes", None, _array_chunks(data, f"file:{arg}", True))
+    modality = options.modality
+    if modality in ("", "auto"):
+        modality = detect_modality(data, str(path))
+    return Source(f"file:{arg}", modality, None, _array_chunks(data, f"file:{arg}", True))
 
 
 def _random(arg: str, options: SourceOptions) -> Source:
@@ -190,7 +261,7 @@ def _random(arg: str, options: SourceOptions) -> Source:
         rng = np.random.default_rng(seed)
         return (rng.bytes(chunk_size) for _ in range(num_chunks))
 
-    return Source("random", "bytes", PAPER_NUM_CHUNKS, make)
+    return Source("random", "binary", PAPER_NUM_CHUNKS, make)
 
 
 # --- Images -------------------------------------------------------------------------------------
@@ -303,12 +374,14 @@ def pcm16_to_uint8(samples: np.ndarray) -> np.ndarray:
     byte, i.e. floor(x / 256) in [-128, 127], then `audioop.bias(y, 1, 128)`, which adds 128
     modulo 256. So the byte is floor(x / 256) + 128 (the high byte with its top bit flipped):
     -32768 -> 0, -1 -> 127, 0 -> 128, 32767 -> 255. Written with NumPy (`audioop` left Python
-    in 3.13). The reference hands audioop the tfds array's raw buffer; tfds stores audio as int64
-    by default, whose buffer audioop would read as four 16-bit words per sample, so this
-    converts sample by sample, the evident intent, whatever the input's integer dtype.
+    in 3.13). The reference hands audioop the tfds array's raw buffer, which is right for the
+    int16 samples tfds's `librispeech` has stored since its version 2.1.1 (checked in
+    tests/tfds_definitions_test.py), but not for tfds's Audio default, int64, whose buffer
+    audioop would read as four 16-bit words per sample; so this converts sample by sample, the
+    evident intent, whatever the input's integer dtype.
 
     Args:
-      samples: integer samples in [-32768, 32767], any integer dtype (tfds gives int64).
+      samples: integer samples in [-32768, 32767], any integer dtype (tfds librispeech: int16).
 
     Returns:
       uint8 array of the same shape.
@@ -367,7 +440,7 @@ def _audio(arg: str, options: SourceOptions) -> Source:
 
 def _import_tfds(name: str):
     try:
-        import tensorflow_datasets as tfds  # optional: requirements-extra.txt
+        import tensorflow_datasets as tfds  # requirements.txt; TensorFlow: requirements-extra.txt
     except ImportError as e:
         raise SourceError(
             f"The {name} source reads tensorflow-datasets, which is not installed: "
@@ -458,13 +531,22 @@ def get_source(spec: str, options: SourceOptions | None = None) -> Source:
     before any work starts.
 
     Raises:
-      SourceError: unknown name, missing data or dependency (the message says what to do).
+      SourceError: unknown name, missing data or dependency (the message says what to do), an
+        unknown modality, or a modality given for a source other than `file:`.
       corpus.CorpusError: enwik8/9 could not be fetched or failed its checksum.
     """
+    options = options or SourceOptions()
     name, _, arg = spec.partition(":")
     if name not in SOURCES:
         raise SourceError(f"Unknown dataset {spec!r}: choose one of {sorted(SOURCES)}.")
-    return SOURCES[name](arg, options or SourceOptions())
+    if options.modality not in ("", *MODALITIES):
+        raise SourceError(f"modality must be one of {MODALITIES}, got {options.modality!r}.")
+    if options.modality not in ("", "auto") and name != "file":
+        raise SourceError(
+            f"A modality ({options.modality!r}) can be given for file:PATH sources only; "
+            f"{name!r} has its own."
+        )
+    return SOURCES[name](arg, options)
 
 
 def prefetch(items: Iterable, depth: int = 4) -> Iterator:

@@ -1,9 +1,11 @@
 """Decoder-only byte-level Transformer (Linen), with a KV-cache step for decoding.
 
 The layout follows the paper's reference model (post-LayerNorm residual blocks, attention without
-biases, a GELU MLP with biases, untied input embedding and output layer with bias), with rotary
-positions in place of sinusoidal ones. With `norm='pre'` the blocks normalise their inputs and a
-final LayerNorm is added, which is steadier for deep models.
+biases, a GELU MLP with biases, untied input embedding and output layer with bias). Positions are
+rotary by default (`positions='rotary'`: queries and keys rotated in every block);
+`positions='sinusoidal'` adds the reference's sinusoids to the scaled input embedding instead.
+Neither has parameters, so counts are equal. With `norm='pre'` the blocks normalise their inputs
+and a final LayerNorm is added, which is steadier for deep models.
 
 Inputs are the targets shifted right by one with token 0 in front (the reference's convention), so
 `log_probs[:, t]` is the distribution of `tokens[:, t]` given `tokens[:, :t]`.
@@ -38,12 +40,19 @@ class TransformerConfig:
     dtype: str = "float32"
     attention: str = "auto"
     emb_init_scale: float = 0.02
+    positions: str = "rotary"
 
     @classmethod
     def from_config(cls, model_config: Any, vocab_size: int) -> "TransformerConfig":
-        """Builds from an ml_collections sub-tree (`config.model`) and the tokenizer's vocab."""
+        """Builds from an ml_collections sub-tree (`config.model`) and the tokenizer's vocab.
+
+        A field the sub-tree lacks (a run saved before the field existed) takes its default
+        here, e.g. `positions='rotary'`, which is what such runs trained with.
+        """
         fields = {f.name for f in dataclasses.fields(cls)} - {"vocab_size"}
-        return cls(vocab_size=vocab_size, **{k: model_config[k] for k in fields})
+        return cls(
+            vocab_size=vocab_size, **{k: model_config[k] for k in fields if k in model_config}
+        )
 
     @property
     def head_dim(self) -> int:
@@ -74,6 +83,21 @@ def _rotary(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
+SINUSOID_MAX_TIMESCALE = 1e4
+
+
+def _sinusoids(positions: jax.Array, width: int) -> jax.Array:
+    """The reference's `sinusoid_position_encoding` at positions [batch, length]: [b, l, width].
+
+    As written there: frequencies 10000^(-i / width) for even i from 0 to width inclusive
+    (width / 2 + 1 of them), their sines then their cosines, cut to `width` columns, so the
+    last two frequencies have no cosine.
+    """
+    inv_freq = SINUSOID_MAX_TIMESCALE ** (-jnp.arange(0, width + 1, 2, dtype=jnp.float32) / width)
+    angles = positions[..., None].astype(jnp.float32) * inv_freq
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)[..., :width]
+
+
 def _attention_impl(name: str) -> str | None:
     if name == "auto":
         return None  # jax picks cuDNN flash attention where supported, else XLA.
@@ -100,8 +124,10 @@ class Block(nn.Module):
         self.norm_mlp = nn.LayerNorm(dtype=dtype, name="norm_mlp")
 
     def _qkv(self, x, positions):
-        q = _rotary(self.query(x), positions, self.cfg.rope_base)
-        k = _rotary(self.key(x), positions, self.cfg.rope_base)
+        q, k = self.query(x), self.key(x)
+        if self.cfg.positions == "rotary":
+            q = _rotary(q, positions, self.cfg.rope_base)
+            k = _rotary(k, positions, self.cfg.rope_base)
         return q, k, self.value(x)
 
     def _residual(self, x, attended):
@@ -163,6 +189,10 @@ class Transformer(nn.Module):
             )
         if cfg.norm not in ("pre", "post"):
             raise ValueError(f"model.norm must be 'pre' or 'post', got {cfg.norm!r}.")
+        if cfg.positions not in ("rotary", "sinusoidal"):
+            raise ValueError(
+                f"model.positions must be 'rotary' or 'sinusoidal', got {cfg.positions!r}."
+            )
         init = nn.initializers.truncated_normal(cfg.emb_init_scale)
         self.embed = nn.Embed(cfg.vocab_size, cfg.width, embedding_init=init, dtype=dtype)
         self.blocks = [Block(cfg, name=f"block_{i}") for i in range(cfg.num_layers)]
@@ -170,8 +200,12 @@ class Transformer(nn.Module):
             self.final_norm = nn.LayerNorm(dtype=dtype)
         self.head = nn.Dense(cfg.vocab_size, dtype=dtype, name="head")
 
-    def _embed(self, tokens):
-        return self.embed(tokens) * jnp.sqrt(jnp.asarray(self.cfg.width, self.embed.dtype))
+    def _embed(self, tokens, positions):
+        """Scaled embeddings of tokens [batch, length], plus sinusoids at `positions` if chosen."""
+        h = self.embed(tokens) * jnp.sqrt(jnp.asarray(self.cfg.width, self.embed.dtype))
+        if self.cfg.positions == "sinusoidal":
+            h = h + _sinusoids(positions, self.cfg.width).astype(h.dtype)
+        return h
 
     def _log_probs(self, h):
         if self.cfg.norm == "pre":
@@ -182,7 +216,7 @@ class Transformer(nn.Module):
         """Returns log p(tokens[:, t] | tokens[:, :t]) for all t, shape [batch, length, vocab]."""
         inputs = jnp.pad(tokens[:, :-1], ((0, 0), (1, 0)))  # shift right, token 0 in front
         positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-        h = self._embed(inputs)
+        h = self._embed(inputs, positions)
         for block in self.blocks:
             h = block(h, positions)
         return self._log_probs(h)
@@ -201,7 +235,7 @@ class Transformer(nn.Module):
         Returns:
           (log-probs [batch, vocab] float32 for position `index`, updated cache).
         """
-        h = self._embed(prev_tokens[:, None])
+        h = self._embed(prev_tokens[:, None], jnp.full((prev_tokens.shape[0], 1), index))
         new_cache = {}
         for i, block in enumerate(self.blocks):
             h, k, v = block.decode(h, index, cache[f"k{i}"], cache[f"v{i}"], kv_length)

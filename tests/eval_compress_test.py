@@ -10,6 +10,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import compressors
@@ -224,19 +225,40 @@ def test_verify_fails_on_a_corrupted_stream(run, shared_models, monkeypatch):
     assert len(calls) == 2
 
 
-def test_lm_shift_mode_scales_log_loss_by_8_over_7(run, shared_models, text_file, tmp_path):
+def test_lm_shift_mode_scales_log_loss_by_8_over_7(run, shared_models, tmp_path):
+    # `paper` shifts what is not text. A file's modality comes from its content
+    # (data.sources.detect_modality), so this uses random bytes: a file of text is now masked
+    # with `ascii` (next test), as the paper masks enwik9, where it used to be shifted.
+    path = tmp_path / "random.bin"
+    path.write_bytes(np.random.default_rng(0).bytes(4 * CHUNK + 300))
     config = _config(
-        dataset=f"file:{text_file}", compressors=f"lm:{run}", seven_bit="paper", **LM_OPTIONS
+        dataset=f"file:{path}", compressors=f"lm:{run}", seven_bit="paper", **LM_OPTIONS
     )
     config.lm.coded = False
     (record,) = eval_compress.evaluate(config, tmp_path)
-    assert record["seven_bit"] == "shift"  # a file is not text to the paper's rule
+    assert (record["modality"], record["seven_bit"]) == ("binary", "shift")
     assert record["missed_bits"] == record["raw_bytes"] and record["rate_from"] == "log_loss"
     lm = _lm(run, shared_models)
-    chunks = sources.get_source(f"file:{text_file}").chunks(0, CHUNK)
+    chunks = sources.get_source(f"file:{path}").chunks(0, CHUNK)
     bits = lm.log_loss([compressors.shift_right(c)[0] for c in chunks], CHUNK).sum()
     assert record["compressed_bytes"] == pytest.approx(bits / 8 * 8 / 7, rel=1e-6)
     assert record["coded_bytes"] is None and record["verified"] is False
+
+
+def test_lm_paper_mode_masks_a_text_file_to_ascii(run, shared_models, enwik5_path, tmp_path):
+    config = _config(
+        dataset=f"file:{enwik5_path}", compressors=f"lm:{run}", seven_bit="paper", **LM_OPTIONS
+    )
+    config.lm.coded = False
+    (record,) = eval_compress.evaluate(config, tmp_path)
+    data = enwik5_path.read_bytes()
+    assert (record["modality"], record["seven_bit"]) == ("text", "ascii")  # as enwik9's
+    assert record["missed_bits"] == sum(b >= 128 for b in data) > 0
+    lm = _lm(run, shared_models)
+    chunks = sources.get_source(f"file:{enwik5_path}").chunks(0, CHUNK)
+    bits = lm.log_loss([compressors.mask_ascii(c)[0] for c in chunks], CHUNK).sum()
+    scale = 8 * len(data) / (8 * len(data) - record["missed_bits"])
+    assert record["compressed_bytes"] == pytest.approx(bits / 8 * scale, rel=1e-6)
 
 
 def test_chunk_longer_than_context_fails(run, text_file, tmp_path):

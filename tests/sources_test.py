@@ -57,6 +57,44 @@ def test_file_keeps_every_byte_and_refuses_more_chunks_than_it_holds(tmp_path):
         source.chunks(4)
 
 
+def test_file_modality_is_decided_by_content(tmp_path):
+    enwik5 = _shared("text/enwik5")  # Wikipedia XML, UTF-8 with some non-ASCII letters
+    assert sources.get_source(f"file:{enwik5}").modality == "text"
+    assert sources.detect_modality(corpus.pydocs_bytes()) == "text"
+    latin1 = "The caf\u00e9 on the corner serves good coffee. ".encode("latin-1") * 100  # not UTF-8
+    assert sources.detect_modality(latin1) == "text"
+    # UTF-8 cut inside a character by the 64 KiB sample is still text.
+    cut = b"a" * (sources.MODALITY_SAMPLE_BYTES - 1) + "\u00e9".encode() + b"tail"
+    assert sources.detect_modality(cut) == "text"
+    random = np.random.default_rng(0).bytes(10_000)
+    assert sources.detect_modality(random) == "binary"
+    assert sources.detect_modality(b"text\0with a NUL") == "binary"
+    assert sources.detect_modality(b"") == "binary"
+    fireworks = _shared("image/fireworks.jpeg")
+    assert sources.get_source(f"file:{fireworks}").modality == "image"  # JPEG header
+    flac = _shared("audio/librispeech-dev-clean-1272-128104-0000.flac")
+    assert sources.get_source(f"file:{flac}").modality == "audio"  # fLaC header
+    wav = tmp_path / "a.wav"
+    _write_wav(wav, np.zeros(100, np.int16))
+    assert sources.detect_modality(wav.read_bytes()) == "audio"  # RIFF....WAVE
+    assert sources.detect_modality(random, "x.png") == "image"  # no header: the suffix
+    path = tmp_path / "random.bin"
+    path.write_bytes(random)
+    assert sources.get_source(f"file:{path}").modality == "binary"
+    assert sources.get_source("random").modality == "binary"
+
+
+def test_file_modality_can_be_given(tmp_path):
+    path = tmp_path / "random.bin"
+    path.write_bytes(np.random.default_rng(0).bytes(1000))
+    options = sources.SourceOptions(modality="text")
+    assert sources.get_source(f"file:{path}", options).modality == "text"
+    with pytest.raises(sources.SourceError, match="modality must be one of"):
+        sources.get_source(f"file:{path}", sources.SourceOptions(modality="speech"))
+    with pytest.raises(sources.SourceError, match="file:PATH sources only"):
+        sources.get_source("images", options)
+
+
 def test_random_is_seeded():
     def first(seed):
         options = sources.SourceOptions(seed=seed)

@@ -21,9 +21,11 @@ def _tokens(batch, length, seed=0):
     return jnp.asarray(np.random.default_rng(seed).integers(0, 256, (batch, length)), jnp.int32)
 
 
-@pytest.mark.parametrize("norm", ["post", "pre"])
-def test_causal(norm):
-    _, model, params = _model(norm=norm)
+@pytest.mark.parametrize(
+    "norm,positions", [("post", "rotary"), ("pre", "rotary"), ("post", "sinusoidal")]
+)
+def test_causal(norm, positions):
+    _, model, params = _model(norm=norm, positions=positions)
     tokens = _tokens(2, 24)
     changed = tokens.at[:, 10:].set((tokens[:, 10:] + 7) % 256)
     a = model.apply({"params": params}, tokens)
@@ -33,9 +35,11 @@ def test_causal(norm):
     assert not np.allclose(a[:, 11:], b[:, 11:])
 
 
-@pytest.mark.parametrize("norm", ["post", "pre"])
-def test_incremental_matches_parallel(norm):
-    model_cfg, model, params = _model(norm=norm)
+@pytest.mark.parametrize(
+    "norm,positions", [("post", "rotary"), ("pre", "rotary"), ("post", "sinusoidal")]
+)
+def test_incremental_matches_parallel(norm, positions):
+    model_cfg, model, params = _model(norm=norm, positions=positions)
     tokens = _tokens(3, 32, seed=2)
     parallel = model.apply({"params": params}, tokens)
 
@@ -62,6 +66,39 @@ def test_incremental_matches_parallel(norm):
         prev = tokens[:, t]
     np.testing.assert_allclose(np.stack(outputs, 1), parallel, atol=2e-5, rtol=0)
     np.testing.assert_allclose(np.stack(prefix_outputs, 1), parallel, atol=2e-5, rtol=0)
+
+
+def _reference_sinusoids(length: int, width: int) -> np.ndarray:
+    """The reference's sinusoid_position_encoding, written out in NumPy float64."""
+    inv_freq = 1e4 ** (-np.arange(0, width + 1, 2) / width)
+    angles = np.arange(length)[:, None] * inv_freq[None, :]
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=-1)[:, :width]
+
+
+def test_sinusoids_are_the_references_added_to_the_embedding():
+    model_cfg, model, params = _model(positions="sinusoidal")
+    positions = jnp.broadcast_to(jnp.arange(40), (2, 40))
+    got = transformer._sinusoids(positions, model_cfg.width)
+    np.testing.assert_allclose(got[1], _reference_sinusoids(40, model_cfg.width), atol=2e-5)
+    assert got.shape == (2, 40, 32) and float(got[0, 0, 0]) == 0.0 and float(got[0, 0, -1]) == 1
+    # Same parameters, other positions: same count, different predictions past position 0.
+    rotary = transformer.Transformer(transformer.dataclasses.replace(model_cfg, positions="rotary"))
+    tokens = _tokens(2, 16)
+    a = model.apply({"params": params}, tokens)
+    b = rotary.apply({"params": params}, tokens)
+    assert not np.allclose(a[:, 1:], b[:, 1:], atol=1e-3)
+    with pytest.raises(ValueError, match="model.positions"):
+        _model(positions="learned")
+
+
+def test_configs_without_positions_load_as_rotary():
+    config = default.get_config("size=test")
+    assert config.model.positions == "rotary"
+    saved = {k: v for k, v in config.model.to_dict().items() if k != "positions"}  # older run
+    assert transformer.TransformerConfig.from_config(saved, 256).positions == "rotary"
+    assert transformer.TransformerConfig.from_config(config.model, 256) == (
+        transformer.TransformerConfig.from_config(saved, 256)
+    )
 
 
 def test_log_probs_normalised_float32_and_bf16():
