@@ -14,8 +14,9 @@ from absl import app, flags, logging
 
 
 def quiet_logging() -> None:
-    """Keeps absl and orbax to warnings (orbax logs every save and restore at INFO)."""
-    logging.set_verbosity(logging.WARNING)
+    """Keeps absl's and orbax's log to errors (orbax logs every save and restore at INFO and
+    warns about read-only restores), unless --verbose or LMC_VERBOSE=1 asks for everything."""
+    logging.set_verbosity(logging.INFO if _verbose() else logging.ERROR)
 
 
 def train_main(

@@ -2,19 +2,25 @@ r"""Exact lossless compression with a trained language model.
 
   python compress.py compress --workdir=RUN_DIR INPUT OUTPUT
   python compress.py decompress --workdir=RUN_DIR INPUT OUTPUT
+  cat INPUT | python compress.py compress --workdir=RUN_DIR - - > OUTPUT
 
 RUN_DIR is a training run's workdir (train.py). Any bytes work: text, images, audio, binary,
-empty files. Input is read and output written in groups of `--lanes` chunks, so files larger
-than memory stream through. Output appears only when complete; on any error (wrong model,
-truncated or corrupted stream) the command prints one line and exits with status 1, leaving no
-output file behind.
+empty files. Input is read and output written one group of `--lanes` chunks at a time, so files
+larger than memory stream through. A chunk the model would not make shorter is stored as it is,
+so no file grows by more than a few bytes per chunk. Output files appear only when complete
+(`--force` to replace one that exists); on any error, Ctrl-C or SIGTERM the command prints one
+line, exits non-zero and leaves no output file behind. With `-` the input is read from standard
+input (spooled to a temporary file) and the output written to standard output, the summary then
+going to standard error; decompressing to standard output writes data before the final checksum
+can be checked, so a mismatch found at the end exits with status 1 and says so.
 
-Streams decode exactly only with the same run, the same jax version and the same kind of
-device (CPU or GPU) that made them, since those fix the floats the model computes; the stream
-records all three and decompression refuses a mismatch up front. See models/lm_coder.py.
+Streams decode exactly only where the model's floats are the same as the encoder's: the same
+run and checkpoint, jax version, kind of device, CPU instruction set and numerics flags
+(models/numerics.py). The stream records them and decompression refuses a mismatch up front,
+naming it. See models/lm_coder.py for how encoder and decoder share their tables.
 """
 
-import collections
+import contextlib
 import hashlib
 import json
 import os
@@ -24,14 +30,15 @@ import time
 from collections.abc import Iterator
 from typing import BinaryIO
 
-import jax
-from absl import app, flags, logging
-from tqdm import tqdm
+from absl import app, flags
 
+import cli
 import runs
 from coding import container
-from models import lm_coder
+from models import lm_coder, numerics
 from training import checkpoints
+
+DEFAULT_LANES = 64
 
 
 def _load(workdir: str, step: int | None):
@@ -47,82 +54,160 @@ def _load(workdir: str, step: int | None):
         + hashlib.sha256(tokenizer_file).digest()
         + str(step).encode()
     )
-    return model_cfg, params, tokenizer, lm_coder.params_sha256(description, params)
+    return model_cfg, params, tokenizer, lm_coder.params_sha256(description, params).hex()
 
 
-def _stream_info(model_sha: bytes, shape: lm_coder.CoderShape) -> container.StreamInfo:
-    return container.StreamInfo(
-        model_sha,
-        shape.lanes,
-        shape.chunk_tokens,
-        shape.precision_bits,
-        shape.attention_blocks,
-        jax.__version__,
-        jax.default_backend(),
-    )
-
-
-def _read_pieces(src: BinaryIO, size: int, digest, bar) -> Iterator[bytes]:
+def _pieces(src: BinaryIO, size: int, digest, progress) -> Iterator[bytes]:
     """Yields `src` in pieces of `size` bytes, hashing and counting them."""
     while piece := src.read(size):
         digest.update(piece)
-        bar.update(len(piece))
+        progress.update(len(piece))
         yield piece
+
+
+@contextlib.contextmanager
+def _opened(path: str, mode: str, force: bool = False):
+    """A file to read or write; '-' is standard input (spooled) or output. Files written appear
+    only complete (`container.atomic_output`); an existing one is replaced only with `force`."""
+    if path == "-":
+        yield container.spool(sys.stdin.buffer) if mode == "r" else sys.stdout.buffer
+    elif mode == "r":
+        with open(path, "rb") as f:
+            yield f
+    else:
+        if os.path.exists(path) and not force:
+            raise FileExistsError(f"{path} exists: pass --force to replace it.")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise FileNotFoundError(f"no directory {os.path.dirname(path) or '.'} for {path}.")
+        with container.atomic_output(path) as f:
+            yield f
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not enabled)
 
 
 def compress_file(
     workdir: str,
     input_path: str,
     output_path: str,
-    lanes: int = 64,
+    lanes: int = DEFAULT_LANES,
     chunk_size: int = 0,
     step: int | None = None,
     progress: bool = False,
+    force: bool = False,
 ) -> dict:
-    """Compresses `input_path` into `output_path` with the run in `workdir`.
+    """Compresses `input_path` into `output_path` ('-': standard input / output).
 
     Returns:
-      Summary: raw, compressed and coded-payload bytes, chunks, ratio, bits per byte, ideal bits
-      (the model's sum of -log2 p), seconds and MB/s.
+      Summary: raw and compressed bytes, coded-payload bytes, chunks (and how many stored raw),
+      ratio, bits per byte, ideal bits (the model's sum of -log2 p), seconds and MB/s.
 
     Raises:
-      ValueError, FileNotFoundError: bad arguments or run.
+      ValueError, OSError: bad arguments, run, or an existing output without `force`.
     """
     model_cfg, params, tokenizer, model_sha = _load(workdir, step)
-    shape = lm_coder.CoderShape(lanes=lanes, chunk_tokens=chunk_size or model_cfg.context_length)
-    coder = lm_coder.LMCoder(model_cfg, params, shape)
-    chunk = shape.chunk_tokens
-    raw_bytes = os.path.getsize(input_path)
-    start, ideal_bits, payload_bytes = time.perf_counter(), 0.0, 0
+    start, ideal_bits, payload_bytes, num_raw = time.perf_counter(), 0.0, 0, 0
     digest = hashlib.sha256()
-    with (
-        open(input_path, "rb") as src,
-        container.atomic_output(output_path) as out,
-        tqdm(
-            total=raw_bytes, unit="B", unit_scale=True, desc="compress", disable=not progress
-        ) as bar,
-    ):
-        info = _stream_info(model_sha, shape)
-        writer = container.ContainerWriter(out, info.pack(), chunk, raw_bytes)
-        pieces = _read_pieces(src, chunk, digest, bar)
-        for coded in coder.encode_chunks(tokenizer.encode(piece) for piece in pieces):
-            writer.write_chunk(coded.payload, coded.num_tokens)
-            ideal_bits += coded.bits
-            payload_bytes += len(coded.payload)
+    with _opened(input_path, "r") as src, _opened(output_path, "w", force) as out:
+        raw_bytes = src.seek(0, os.SEEK_END)
+        src.seek(0)
+        chunk = chunk_size or model_cfg.context_length
+        num_chunks = -(-raw_bytes // chunk)
+        shape = lm_coder.CoderShape(lanes=max(1, min(lanes, num_chunks)), chunk_tokens=chunk)
+        coder = lm_coder.LMCoder(model_cfg, params, shape)
+        symbols = tokenizer.name != "bytes"  # BPE: a chunk's token count is not its byte count
+        info = _stream_info(model_sha, coder)
+        writer = container.ContainerWriter(
+            out, info.pack(), chunk, raw_bytes, shape.lanes, ("symbols",) if symbols else ()
+        )
+        with _bar(raw_bytes, "compress", progress) as bar:
+            for pieces in lm_coder.batched(_pieces(src, chunk, digest, bar), shape.lanes):
+                coded = list(coder.encode_chunks([tokenizer.encode(p) for p in pieces]))
+                raw = writer.write_group(
+                    [c.payload for c in coded],
+                    b"".join(pieces),
+                    [c.num_tokens for c in coded] if symbols else (),
+                )
+                ideal_bits += sum(c.bits for c in coded)
+                payload_bytes += sum(len(c.payload) for c in coded)
+                num_raw += sum(raw)
         writer.finish(digest.digest())
-        compressed_bytes = out.tell()
+        compressed_bytes = writer.bytes_written
     seconds = time.perf_counter() - start
     return {
         "raw_bytes": raw_bytes,
         "compressed_bytes": compressed_bytes,
         "payload_bytes": payload_bytes,
-        "num_chunks": -(-raw_bytes // chunk),
-        "ratio": compressed_bytes / raw_bytes if raw_bytes else float("nan"),
-        "bits_per_byte": 8 * compressed_bytes / raw_bytes if raw_bytes else float("nan"),
+        "num_chunks": num_chunks,
+        "raw_chunks": num_raw,
+        "ratio": compressed_bytes / raw_bytes if raw_bytes else None,
+        "bits_per_byte": 8 * compressed_bytes / raw_bytes if raw_bytes else None,
         "ideal_bits": ideal_bits,
         "seconds": seconds,
         "mb_per_s": raw_bytes / 1e6 / seconds,
     }
+
+
+def _stream_info(model_sha: str, coder: lm_coder.LMCoder) -> container.StreamInfo:
+    s = coder.shape
+    settings = {
+        "lanes": s.lanes,
+        "chunk_tokens": s.chunk_tokens,
+        "precision_bits": s.precision_bits,
+        "attention_blocks": s.attention_blocks,
+        "low_bits": s.low_bits,
+        "path": "float",
+    }
+    return container.StreamInfo(model_sha, settings, numerics.environment())
+
+
+def _coder_for(info: container.StreamInfo, header: container.Header, model_cfg, params):
+    """The coder a stream was made with, after checking its fields against what an encoder
+    could have written for this file and against this device's memory.
+
+    Raises:
+      container.FormatError: impossible or unaffordable fields (one line each).
+    """
+    c = info.coder
+    try:
+        shape = lm_coder.CoderShape(
+            int(c["lanes"]),
+            int(c["chunk_tokens"]),
+            int(c["precision_bits"]),
+            int(c["attention_blocks"]),
+            int(c["low_bits"]),
+        )
+        if c.get("path", "float") != "float":
+            raise ValueError(f"the {c['path']!r} coding path is not supported by this release")
+        if shape.lanes > max(1, header.num_chunks):
+            raise ValueError(f"{shape.lanes} lanes for {header.num_chunks} chunks")
+        if header.group_chunks != shape.lanes or header.chunk_size_bytes != shape.chunk_tokens:
+            raise ValueError("the header's group and chunk sizes differ from the coder's")
+        coder = lm_coder.LMCoder(model_cfg, params, shape)
+    except (KeyError, TypeError, ValueError) as e:
+        raise container.FormatError(f"impossible stream settings: {e}") from None
+    need, have = coder.memory_bytes(), _device_memory_bytes()
+    if have and need > have // 2:
+        raise container.FormatError(
+            f"this stream's {shape.lanes} lanes need about {need / 2**30:.1f} GiB to decode, "
+            f"more than half of this device's {have / 2**30:.1f} GiB: decode on a larger device"
+        )
+    return coder
+
+
+def _device_memory_bytes() -> int:
+    """The first device's memory (GPU) or this machine's RAM (CPU); 0 if unknown."""
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"])
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return 0
 
 
 def decompress_file(
@@ -131,56 +216,82 @@ def decompress_file(
     output_path: str,
     step: int | None = None,
     progress: bool = False,
+    force: bool = False,
 ) -> dict:
     """Decompresses `input_path` (made by `compress_file` with the same run) into `output_path`.
 
     Raises:
-      container.FormatError: wrong model or environment, truncated or corrupted stream.
+      container.FormatError: wrong model or environment, truncated or corrupted stream (one
+        line naming the damaged group).
       coding.range_coder.CorruptStreamError: a chunk failed its decoding checks.
     """
     model_cfg, params, tokenizer, model_sha = _load(workdir, step)
     start = time.perf_counter()
-    with open(input_path, "rb") as src:
+    with _opened(input_path, "r") as src:
         reader = container.ContainerReader(src)
-        info = container.StreamInfo.unpack(reader.header.fingerprint)
-        info.check_decodable(_stream_info(model_sha, lm_coder.CoderShape(1, 1)))
-        if reader.header.chunk_size_bytes != info.chunk_tokens:
-            raise container.FormatError("chunk size in header and fingerprint differ")
-        shape = lm_coder.CoderShape(
-            info.lanes, info.chunk_tokens, info.precision_bits, info.attention_blocks
-        )
-        coder = lm_coder.LMCoder(model_cfg, params, shape)
-        pending = collections.deque()
+        info = container.StreamInfo.unpack(reader.header.info)
+        if info.model != model_sha:
+            raise container.FormatError(
+                "this stream was made by a different model (or checkpoint): decompress with the "
+                "run and --step that compressed it"
+            )
+        differences = numerics.differences(info.environment)
+        if differences:
+            raise container.FormatError(
+                f"this machine would compute other floats than the compressing one did "
+                f"({'; '.join(differences)}); or re-compress with --portable"
+            )
+        coder = _coder_for(info, reader.header, model_cfg, params)
+        reader.max_payload_bytes = coder.capacity_bytes
+        with _opened(output_path, "w", force) as out:
+            raw_bytes = _decode_groups(reader, coder, tokenizer, out, progress)
+    seconds = time.perf_counter() - start
+    return {"raw_bytes": raw_bytes, "seconds": seconds, "mb_per_s": raw_bytes / 1e6 / seconds}
 
-        def streams():
-            for c in reader.chunks():
-                if tokenizer.name == "bytes" and c.num_symbols != c.length_bytes:
-                    raise container.FormatError(f"chunk {c.index}: symbol count != length")
-                pending.append(c)
-                yield c.payload, c.num_symbols
 
-        digest = hashlib.sha256()
-        total = reader.header.original_length_bytes
-        with (
-            container.atomic_output(output_path) as out,
-            tqdm(
-                total=total, unit="B", unit_scale=True, desc="decompress", disable=not progress
-            ) as bar,
-        ):
-            for tokens in coder.decode_chunks(streams()):
-                c = pending.popleft()
-                block = tokenizer.decode(tokens)
+def _decode_groups(reader, coder, tokenizer, out, progress: bool) -> int:
+    """Decodes every group into `out`, checking each against its crc32 and all against the
+    sha256. Returns the bytes written."""
+    digest, total = hashlib.sha256(), reader.header.original_length_bytes
+    with _bar(total, "decompress", progress) as bar:
+        for group in reader.groups():
+            if tokenizer.name == "bytes":
+                for c in group.chunks:
+                    if not c.raw and c.symbols != c.length_bytes:
+                        raise container.FormatError(f"chunk {c.index}: symbol count != length")
+            items = [
+                (c.payload, len(ids), ids) if c.raw else (c.payload, c.symbols, None)
+                for c in group.chunks
+                for ids in [tokenizer.encode(c.payload) if c.raw else None]
+            ]
+            blocks = []
+            for c, tokens in zip(group.chunks, coder.decode_chunks(items), strict=True):
+                block = c.payload if c.raw else tokenizer.decode(tokens)
                 if len(block) != c.length_bytes:
                     raise container.FormatError(
                         f"chunk {c.index} decodes to {len(block)} bytes, not {c.length_bytes}"
                     )
-                digest.update(block)
-                out.write(block)
-                bar.update(len(block))
-            reader.verify_original(digest.digest())
-            raw_bytes = out.tell()
-    seconds = time.perf_counter() - start
-    return {"raw_bytes": raw_bytes, "seconds": seconds, "mb_per_s": raw_bytes / 1e6 / seconds}
+                blocks.append(block)
+            original = b"".join(blocks)
+            group.verify(original)
+            digest.update(original)
+            out.write(original)
+            bar.update(len(original))
+    reader.verify_original(digest.digest())
+    return total
+
+
+def _summary(mode: str, s: dict, input_path: str, output_path: str) -> str:
+    if mode == "decompress":
+        return f"{output_path}: {s['raw_bytes']:,} bytes, {s['mb_per_s']:.3f} MB/s, verified"
+    if not s["raw_bytes"]:
+        return f"{input_path}: empty, {s['compressed_bytes']:,} bytes of container"
+    raw = f", {s['raw_chunks']} of {s['num_chunks']} chunks stored raw" if s["raw_chunks"] else ""
+    return (
+        f"{input_path}: {s['raw_bytes']:,} -> {s['compressed_bytes']:,} bytes, ratio "
+        f"{s['ratio']:.4f}, {s['bits_per_byte']:.4f} bits/byte (model's log-loss "
+        f"{s['ideal_bits'] / s['raw_bytes']:.4f}){raw}, {s['mb_per_s']:.3f} MB/s"
+    )
 
 
 def main(argv):
@@ -190,37 +301,39 @@ def main(argv):
     if FLAGS.workdir is None:
         raise app.UsageError("--workdir is required.")
     mode, input_path, output_path = argv[1:]
-    logging.set_verbosity(logging.ERROR)  # orbax logs restores at INFO and WARNING
-    try:
-        if os.path.abspath(input_path) == os.path.abspath(output_path):
-            raise ValueError("INPUT and OUTPUT must differ.")
-        if mode == "compress":
-            s = compress_file(
-                FLAGS.workdir,
-                input_path,
-                output_path,
-                FLAGS.lanes,
-                FLAGS.chunk_size,
-                FLAGS.step,
-                FLAGS.progress,
+    cli.quiet_logging()
+    if input_path != "-" and os.path.abspath(input_path) == os.path.abspath(output_path):
+        raise ValueError("INPUT and OUTPUT must differ.")
+    if input_path != "-" and not os.path.isfile(input_path):
+        raise FileNotFoundError(f"no input file {input_path}.")
+    if output_path != "-":  # before the model loads: fail before any work
+        if not os.path.isdir(os.path.dirname(os.path.abspath(output_path))):
+            raise FileNotFoundError(
+                f"no directory {os.path.dirname(output_path)} for {output_path}."
             )
-            print(
-                f"{input_path}: {s['raw_bytes']:,} -> {s['compressed_bytes']:,} bytes, ratio "
-                f"{s['ratio']:.4f}, {s['bits_per_byte']:.4f} bits/byte (ideal "
-                f"{s['ideal_bits'] / max(1, s['raw_bytes']):.4f}), {s['mb_per_s']:.3f} MB/s"
-            )
-        else:
-            s = decompress_file(FLAGS.workdir, input_path, output_path, FLAGS.step, FLAGS.progress)
-            print(f"{output_path}: {s['raw_bytes']:,} bytes, {s['mb_per_s']:.3f} MB/s, verified")
-    except (ValueError, OSError) as e:  # FormatError and CorruptStreamError are ValueErrors
-        print(f"{mode} failed: {e}", file=sys.stderr)
-        sys.exit(1)
+        if os.path.exists(output_path) and not FLAGS.force:
+            raise FileExistsError(f"{output_path} exists: pass --force to replace it.")
+    common = {"step": FLAGS.step, "progress": FLAGS.progress, "force": FLAGS.force}
+    if mode == "compress":
+        s = compress_file(
+            FLAGS.workdir, input_path, output_path, FLAGS.lanes, FLAGS.chunk_size, **common
+        )
+    else:
+        s = decompress_file(FLAGS.workdir, input_path, output_path, **common)
+    print(
+        _summary(mode, s, input_path, output_path),
+        file=sys.stderr if output_path == "-" else sys.stdout,
+    )
 
 
-if __name__ == "__main__":
+def _define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Training run directory (its newest checkpoint).")
-    flags.DEFINE_integer("lanes", 64, "Chunks coded together (compress; stored in the stream).")
+    flags.DEFINE_integer("lanes", DEFAULT_LANES, "Chunks coded together (stored in the stream).")
     flags.DEFINE_integer("chunk_size", 0, "Bytes per chunk; 0 = the model's context.")
     flags.DEFINE_integer("step", None, "Checkpoint step to use (default: newest).")
     flags.DEFINE_bool("progress", True, "Show a progress bar.")
-    app.run(main)
+    flags.DEFINE_bool("force", False, "Replace OUTPUT if it exists.")
+
+
+if __name__ == "__main__":
+    cli.run(main, define_flags=_define_flags)

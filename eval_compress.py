@@ -40,14 +40,16 @@ from typing import Any
 
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from tqdm import tqdm
 
+import cli
 import compressors
 import runs
 from analysis import tables
 from compressors import classical, pool
 from data import sources
+from training import checks
 
 RESULTS_JSONL = "results.jsonl"
 RESULTS_CSV = "results.csv"
@@ -260,20 +262,40 @@ def _evaluate_lm(config, source: sources.Source, entry: str) -> dict:
     return record
 
 
-def _merge_results(workdir: pathlib.Path, records: list[dict]) -> list[dict]:
-    """Previous records in workdir, those with the same key replaced by `records`, in order."""
+def _key(record: dict) -> tuple:
+    return tuple(record.get(k) for k in _KEY)
+
+
+def _save(workdir: pathlib.Path, records: list[dict]) -> None:
+    """Merges `records` into workdir's results (same key: replaced), atomically."""
+    new_keys = {_key(r) for r in records}
     old = runs.read_jsonl(workdir / RESULTS_JSONL)
-    new_keys = {tuple(r.get(k) for k in _KEY) for r in records}
-    return [r for r in old if tuple(r.get(k) for k in _KEY) not in new_keys] + records
+    merged = [r for r in old if _key(r) not in new_keys] + records
+    runs.write_atomic(workdir / RESULTS_JSONL, "".join(json.dumps(r) + "\n" for r in merged))
+    runs.write_csv(workdir / RESULTS_CSV, merged)
 
 
-def _write_results(workdir: pathlib.Path, records: list[dict]) -> None:
-    runs.write_atomic(workdir / RESULTS_JSONL, "".join(json.dumps(r) + "\n" for r in records))
-    runs.write_csv(workdir / RESULTS_CSV, records)
+def _check_models(config, names: list[str]) -> None:
+    """Fails before any work when a trained model cannot rate this config's chunks."""
+    for entry in names:
+        if not entry.startswith(compressors.LM_PREFIX):
+            continue
+        workdir = entry[len(compressors.LM_PREFIX) :]
+        run_config = runs.load_config(workdir)
+        context = run_config.model.context_length
+        if config.chunk_size > context:
+            raise ValueError(
+                f"{entry}: chunks of {config.chunk_size} bytes do not fit the model's context of "
+                f"{context}: use --config.chunk_size={context} (or less) for it."
+            )
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[dict[str, Any]]:
     """Rates every compressor of `config` on its dataset and records the results in `workdir`.
+
+    Each compressor's records are saved as soon as they are done, so a later failure or Ctrl-C
+    keeps them, and a compressor whose record for this dataset and chunking is already in
+    `workdir` is skipped unless `config.overwrite`.
 
     With more than one worker, classical compressors run in worker processes that import the
     main module again: a script calling this needs the usual `if __name__ == "__main__":` guard.
@@ -283,18 +305,22 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> l
       workdir: output directory; results.jsonl and results.csv are updated there (host 0).
 
     Returns:
-      This run's records (see the module docstring), classical ones first.
+      This run's records (see the module docstring), classical ones first; records that were
+      already there and skipped are returned too.
 
     Raises:
       ValueError: bad config, unknown or missing dataset or compressor (sources.SourceError and
-        corpus.CorpusError are ValueErrors); the dataset yields no chunks.
+        corpus.CorpusError are ValueErrors), a model whose context is shorter than the chunks;
+        the dataset yields no chunks.
       compressors.language_model.VerificationError: with lm.verify, a chunk failed to decode.
     """
     if config.distributed:
-        import jax
+        from training import runtime
 
-        jax.distributed.initialize()
+        runtime.initialize_distributed()
+    checks.check(config)
     names = compressors.parse_names(config.compressors)
+    _check_models(config, names)
     options = sources.SourceOptions(
         path=config.data.path,
         cache_dir=config.data.cache_dir,
@@ -306,39 +332,75 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> l
     )
     source = sources.get_source(config.dataset, options)
     compressors.seven_bit_mode(config.seven_bit, source.modality)  # fail early on a bad mode
-    classical_names = [n for n in names if not n.startswith(compressors.LM_PREFIX)]
-    records = []
+    workdir = pathlib.Path(workdir)
     is_first_host = _hosts()[0] == 0
-    if classical_names and is_first_host:
-        records += _evaluate_classical(config, source, classical_names)
+    done = (
+        {} if config.overwrite else {_key(r): r for r in runs.read_jsonl(workdir / RESULTS_JSONL)}
+    )
+    records = []
+
+    def keep(new: list[dict]) -> None:
+        records.extend(new)
+        if is_first_host and new:
+            workdir.mkdir(parents=True, exist_ok=True)
+            _save(workdir, new)
+
+    classical_names = [n for n in names if not n.startswith(compressors.LM_PREFIX)]
+    todo = [n for n in classical_names if not _have(done, config, source, n)]
+    records += [r for n in classical_names for r in _have(done, config, source, n)]
+    if todo and is_first_host:
+        keep(_evaluate_classical(config, source, todo))
     for entry in names:
         if entry.startswith(compressors.LM_PREFIX):
-            records.append(_evaluate_lm(config, source, entry))
-    if is_first_host:
-        workdir = pathlib.Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        _write_results(workdir, _merge_results(workdir, records))
+            have = _have(done, config, source, entry)
+            keep([_evaluate_lm(config, source, entry)] if not have else [])
+            records += have
     return records
+
+
+def _have(done: dict, config, source, compressor: str) -> list[dict]:
+    """The records of `compressor` for this config already in the results, if all are there."""
+    mode = _seven_bit(config, source, compressor)
+    chunkings = ["chunked"]
+    if not compressor.startswith(compressors.LM_PREFIX) and config.chunking != "chunked":
+        chunkings = ["chunked", "unchunked"] if config.chunking == "both" else ["unchunked"]
+    found = [
+        r
+        for r in done.values()
+        if r["compressor"] == compressor
+        and r["dataset"] == source.name
+        and r["chunking"] in chunkings
+        and r["chunk_size"] == config.chunk_size
+        and r.get("seven_bit", "none") == mode
+        and (not config.num_chunks or r["num_chunks"] == config.num_chunks)
+    ]
+    return found if len({r["chunking"] for r in found}) == len(chunkings) else []
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError("Too many command-line arguments.")
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}.")
     workdir = flags.FLAGS.workdir
     if workdir is None:
         raise app.UsageError("--workdir is required.")
-    logging.set_verbosity(logging.ERROR)  # orbax logs restores at INFO and WARNING
-    evaluate(flags.FLAGS.config, workdir)
+    cli.quiet_logging()
+    records = evaluate(flags.FLAGS.config, workdir)
     if _hosts()[0] == 0:
         path = pathlib.Path(workdir) / RESULTS_JSONL
-        print(tables.format_table(runs.read_jsonl(path)))
+        shown = runs.read_jsonl(path) if flags.FLAGS.all else records
+        print(tables.format_table(shown))
         print(f"Records: {path} and {path.with_name(RESULTS_CSV)}")
 
 
-if __name__ == "__main__":
+def _define_flags() -> None:
     from ml_collections import config_flags
 
-    # Defined here rather than at import, so tests can import this module beside train.py.
-    config_flags.DEFINE_config_file("config", "configs/eval.py", "Evaluation config.")
+    config_flags.DEFINE_config_file(
+        "config", cli.repo_path("configs/eval.py"), "Evaluation config."
+    )
     flags.DEFINE_string("workdir", None, "Output directory for results.jsonl / results.csv.")
-    app.run(main)
+    flags.DEFINE_bool("all", False, "Show every record in --workdir, not only this run's.")
+
+
+if __name__ == "__main__":
+    cli.run(main, define_flags=_define_flags)

@@ -1,4 +1,5 @@
-"""A run directory and the results files the tools write, without JAX.
+"""A run directory and the results files the tools write, without JAX; `python runs.py [DIR...]`
+summarises run directories.
 
 One place for the names of a training run's files and for the small I/O every tool shares:
 train.py writes runs, sweep.py gathers them, eval_compress.py and the analyses write tables.
@@ -121,3 +122,72 @@ def write_csv(
 
 def _format(value: Any, float_format: str) -> Any:
     return format(value, float_format) if isinstance(value, float) else value
+
+
+# ---------------------------------------------------------------------------------------------
+# `python runs.py [DIR ...]`: a summary of run directories.
+
+
+def find_runs(roots: Sequence[str | os.PathLike]) -> list[pathlib.Path]:
+    """Run directories (holding config.json) at or under `roots`, sorted."""
+    found = set()
+    for root in map(pathlib.Path, roots):
+        if (root / CONFIG_FILE).is_file():
+            found.add(root)
+        elif root.is_dir():
+            found.update(p.parent for p in root.rglob(CONFIG_FILE) if p.parent.is_dir())
+        else:
+            raise FileNotFoundError(f"no run directory or folder of runs at {root}.")
+    return sorted(found)
+
+
+def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
+    """The steps of a run's checkpoints (orbax's step directories), without reading them."""
+    directory = pathlib.Path(workdir) / CHECKPOINT_DIR
+    steps = [int(p.name) for p in directory.glob("*") if p.is_dir() and p.name.isdigit()]
+    return sorted(steps)
+
+
+def summary(workdir: pathlib.Path) -> dict[str, Any]:
+    """One run's row: name, size, step reached of its steps, held-out bits/byte, checkpoints."""
+    config = json.loads((workdir / CONFIG_FILE).read_text())
+    lines = read_jsonl(workdir / METRICS_FILE)
+    results = load_results(workdir) or {}
+    evals = [r["eval_bits_per_byte"] for r in lines if "eval_bits_per_byte" in r]
+    return {
+        "run": str(workdir),
+        "size": config.get("size", ""),
+        "step": max((r["step"] for r in lines), default=0),
+        "steps": config.get("train", {}).get("steps"),
+        "complete": bool(results),
+        "test_bits_per_byte": results.get("test_bits_per_byte"),
+        "eval_bits_per_byte": evals[-1] if evals else None,
+        "checkpoints": checkpoint_steps(workdir),
+    }
+
+
+def format_summary(rows: list[dict[str, Any]]) -> str:
+    width = max([3, *(len(r["run"]) for r in rows)])
+    lines = [
+        f"{'run':<{width}}  {'size':>5}  {'step':>13}  {'test bpb':>8}  {'eval bpb':>8}  ckpts"
+    ]
+    for r in rows:
+        step = f"{r['step']}/{r['steps']}" + (" done" if r["complete"] else "")
+        fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else "-"  # noqa: E731
+        ckpts = ",".join(map(str, r["checkpoints"])) or "-"
+        lines.append(
+            f"{r['run']:<{width}}  {r['size']:>5}  {step:>13}  {fmt(r['test_bits_per_byte']):>8}  "
+            f"{fmt(r['eval_bits_per_byte']):>8}  {ckpts}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    rows = [summary(w) for w in find_runs(argv[1:] or ["runs"])]
+    print(format_summary(rows) if rows else "No runs found.")
+
+
+if __name__ == "__main__":
+    import cli
+
+    cli.run(main)

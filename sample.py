@@ -16,6 +16,7 @@ channel, reduced to unsigned 8 bit), samples --num_bytes samples after it and wr
 WAV of the prompt followed by the continuation. The library is `compressors/generative.py`.
 """
 
+import os
 import wave
 
 from absl import app, flags
@@ -95,11 +96,14 @@ def read_prompt(path: str) -> bytes:
 def load_image(path: str, width: int, height: int):
     """Returns the image as [height, width] uint8 grayscale."""
     import numpy as np
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     read_prompt(path)  # the clear error for a missing file
-    with Image.open(path) as image:
-        return np.asarray(image.convert("L").resize((width, height), Image.BILINEAR), np.uint8)
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L").resize((width, height), Image.BILINEAR), np.uint8)
+    except UnidentifiedImageError:
+        raise ValueError(f"{path} is not an image PIL can read (image mode).") from None
 
 
 LABEL_BAND_PIXELS = 26  # the white band above the images holding their labels
@@ -155,9 +159,15 @@ def read_wav_u8(path: str) -> tuple[bytes, int]:
     import numpy as np
 
     read_prompt(path)
-    with wave.open(path, "rb") as f:
-        width, channels, rate = f.getsampwidth(), f.getnchannels(), f.getframerate()
-        frames = f.readframes(f.getnframes())
+    try:
+        with wave.open(path, "rb") as f:
+            width, channels, rate = f.getsampwidth(), f.getnchannels(), f.getframerate()
+            frames = f.readframes(f.getnframes())
+    except (wave.Error, EOFError) as e:
+        raise ValueError(
+            f"{path} is not a PCM WAV file ({e}): audio mode reads WAV; convert it first, "
+            f"e.g. ffmpeg -i {path} out.wav"
+        ) from None
     if width == 1:
         samples = np.frombuffer(frames, np.uint8)
     elif width in (2, 4):
@@ -205,6 +215,8 @@ def run(
         raise ValueError(f"num_bytes must be >= 0, got {num_bytes}.")
     if not output:
         raise ValueError("--output is required.")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
+        raise FileNotFoundError(f"no directory {os.path.dirname(output)} for --output={output}.")
     if mode == "image":
         original = load_image(prompt_file, image_width, image_height)
     elif mode == "audio":
@@ -233,6 +245,9 @@ def main(argv):
     FLAGS = flags.FLAGS
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    import cli
+
+    cli.quiet_logging()
     generated = run(
         FLAGS.compressor,
         FLAGS.prompt_file,
@@ -257,5 +272,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    import cli
+
+    cli.run(main, define_flags=_define_flags)

@@ -10,6 +10,7 @@ modelling task (corpus, tokenizer, held-out bits per byte, the final test next t
 LZMA2) and the command line.
 """
 
+import copy
 import gzip
 import lzma
 import os
@@ -182,6 +183,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
       loop.NonFiniteLossError: the loss became NaN or inf (the message names the step).
       ValueError: the config is invalid or differs from the run saved in `workdir`.
     """
+    if config.data.path:  # config.json names the file trained on, not the default corpus
+        config = copy.deepcopy(config)
+        config.data.name = f"file:{os.path.abspath(config.data.path)}"
+        config.data.path = ""
     if config.distributed:
         runtime.initialize_distributed()
     return loop.train_loop(config, workdir, LanguageModelTask)

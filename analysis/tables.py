@@ -2,9 +2,14 @@
 
 import pathlib
 
+_CELLS = ("raw %", "bits/B", "adj. %")
+
 
 def format_table(records: list[dict]) -> str:
-    """The records as the paper's Table 1: raw then adjusted rates (%), datasets as columns."""
+    """The records as the paper's Table 1: per dataset the raw rate (%), bits per byte and the
+    adjusted rate (%); one row per compressor and chunking ('inf': the whole dataset as one
+    stream). An adjusted rate is marked '*' where the model's own cost (2 bytes per parameter)
+    exceeds the bytes rated: it only means something on a dataset as large as the paper's."""
     datasets = list(dict.fromkeys(r["dataset"] for r in records))
     rows: dict[tuple, dict] = {}
     for r in sorted(records, key=lambda r: r["chunking"] == "chunked"):  # unchunked first
@@ -12,38 +17,50 @@ def format_table(records: list[dict]) -> str:
         mode = r.get("seven_bit", "none")
         label = _short(r["compressor"]) + ("" if mode == "none" else f" ({mode} 7-bit)")
         rows.setdefault((chunk, label), {})[r["dataset"]] = r
-    widths = [max(6, len(_short(d))) for d in datasets]
-    name_width = max(10, *(len(label) for _, label in rows))
-    cols = " ".join(f"{_short(d):>{w}}" for d, w in zip(datasets, widths, strict=True))
-    span = max(len(cols), len("adjusted rate (%)"))
+    width = 7 * len(_CELLS) - 1
+    names = [_short(d)[:width] for d in datasets]
+    name_width = max(10, *(len(label) for _, label in rows)) if rows else 10
+    lead = f"{'chunk':>5} {'compressor':<{name_width}} {'params':>11}"
     lines = [
-        f"{'':{5 + name_width + 14}}  {'raw rate (%)':>{span}}  {'adjusted rate (%)':>{span}}",
-        f"{'chunk':>5} {'compressor':<{name_width}} {'params':>12}  {cols:>{span}}  {cols:>{span}}",
+        f"{'':{len(lead)}}" + "".join(f" | {n:^{width}}" for n in names),
+        lead + f" | {' '.join(f'{c:>6}' for c in _CELLS)}" * len(datasets),
     ]
+    starred = False
     for (chunk, label), by_dataset in rows.items():
         first = next(iter(by_dataset.values()))
         num_params = first.get("num_params", first.get("params", 0))  # older records: 'params'
-        cells = {
-            key: " ".join(
-                f"{100 * by_dataset[d][key]:>{w}.1f}" if d in by_dataset else f"{'-':>{w}}"
-                for d, w in zip(datasets, widths, strict=True)
-            )
-            for key in ("raw_rate", "adjusted_rate")
-        }
+        cells = []
+        for d in datasets:
+            r = by_dataset.get(d)
+            if r is None:
+                cells.append(" ".join(f"{'-':>6}" for _ in _CELLS))
+                continue
+            star = 2 * num_params > r["raw_bytes"]
+            starred |= star
+            adjusted = f"{100 * r['adjusted_rate']:.1f}{'*' if star else ''}"
+            cells.append(f"{100 * r['raw_rate']:>6.1f} {r['bits_per_byte']:>6.3f} {adjusted:>6}")
         lines.append(
-            f"{chunk:>5} {label:<{name_width}} {num_params:>12,}  "
-            f"{cells['raw_rate']:>{span}}  {cells['adjusted_rate']:>{span}}"
+            f"{chunk:>5} {label:<{name_width}} {num_params:>11,}"
+            + "".join(f" | {c}" for c in cells)
         )
+    if starred:
+        lines.append("* the model (2 bytes per parameter) is larger than the bytes rated here")
+    lines += _model_notes(records)
+    return "\n".join(lines)
+
+
+def _model_notes(records: list[dict]) -> list[str]:
+    notes = []
     for r in records:
         if r.get("log_loss_rate") is not None:
             coded = r.get("coded_bytes")
-            lines.append(
+            notes.append(
                 f"{_short(r['compressor'])} on {_short(r['dataset'])}: "
                 + (f"coded {8 * coded / r['raw_bytes']:.4f} bits/byte, " if coded else "")
                 + f"log-loss {8 * r['log_loss_rate']:.4f} bits/byte"
                 + (", every chunk decoded back and verified" if r.get("verified") else "")
             )
-    return "\n".join(lines)
+    return notes
 
 
 def _short(spec: str) -> str:

@@ -1,132 +1,66 @@
 """On-disk container for compressed files (pure Python and NumPy; no JAX).
 
-Layout, all integers little-endian:
+Layout (version 3), integers little-endian:
 
-    header      magic (8 bytes) | version u16 | fingerprint_bytes u16 | chunk_size_bytes u32 |
-                original_length_bytes u64 | num_chunks u64 | original_sha256 (32 bytes) |
-                fingerprint (fingerprint_bytes) | header_crc32 u32 (of everything before it)
-    chunk table num_chunks x (coded_length_bytes u32 | num_symbols u32 | payload_crc32 u32) |
-                table_crc32 u32 (of the table entries)
-    payloads    num_chunks payloads, back to back, in table order
+    header   magic (8 bytes) | version u16 | info_bytes u16 | chunk_size_bytes u32 |
+             original_length_bytes u64 | group_chunks u32 | columns u8 |
+             info (info_bytes of the writer's JSON, see `StreamInfo`) | header_crc32 u32
+    groups   ceil(num_chunks / group_chunks) groups, back to back, each:
+             one bit-packed block per column | payloads | group_crc32 u32 | original_crc32 u32
+    trailer  original_sha256 (32 bytes) | trailer_crc32 u32
 
 Chunk `i` covers original bytes `[i * chunk_size_bytes, min((i + 1) * chunk_size_bytes,
-original_length_bytes))`; `num_symbols` (tokens coded for it, at most its byte count) lets the
-decoder size its loop for tokenisers whose token count is not the byte count. The fingerprint
-is opaque bytes from the caller (e.g. a sha256 of the model parameters and tokenizer name).
+original_length_bytes))`, and the chunks are stored in groups of `group_chunks` (the coder's
+lanes: a group is what the decoder decodes at once). Per chunk the group stores a few integers,
+one *column* each, bit-packed: `length` (the payload's bytes; always), `symbols` (the tokens
+coded for it, when tokenizers make that differ from its byte count) and `mode` (how its bytes
+became tokens, for pretrained tokenizers). A block is `varint(base) | u8 width | count values of
+(value - base) in `width` bits, least significant first, padded to a byte`: payloads of similar
+length cost about a byte each. A payload as long as its chunk's original bytes is the chunk
+itself, stored raw (the writer stores a chunk raw whenever coding it would not make it shorter),
+so no file grows by more than its metadata.
 
-Both `ContainerWriter` and `ContainerReader` stream: the writer reserves the header and table,
-appends payloads one by one and patches the header and table entries in place (so it needs a
-seekable file, as `atomic_output` gives); the reader validates the header and the whole table
-(checksums, lengths against the file size) before handing out payloads one by one, so nothing
-is ever allocated from an unvalidated length and memory use does not grow with the file.
-Every problem with a file raises `FormatError` with a one-line message.
+Integrity: the header and trailer carry crc32s; each group carries the crc32 of its blocks and
+payloads (checked before decoding) and the crc32 of its original bytes (checked after decoding:
+the region is named when a decoder's tables differed from the encoder's, e.g. another machine's
+floats); the trailer holds the sha256 of the whole original. Every problem with a file raises
+`FormatError` with one line.
 
-The fingerprint compress.py stores is a `StreamInfo`: the model's sha256 and everything that
-fixes the coder's compiled program (lanes, chunk length, precision, attention blocks) or its
-floats (jax version, device kind). A decoder reads it first and refuses a mismatch up front.
+Bounded work: `ContainerReader` checks the header's counts against the file's size before
+anything is read further (each group takes at least `MIN_GROUP_BYTES`), and every length
+against the caller's maximum before its bytes are read. The writer never seeks (its output can
+be a pipe); the reader wants a seekable file for the size check (a pipe is spooled first).
 """
 
 import contextlib
 import dataclasses
+import glob
+import json
 import os
+import signal
 import struct
 import tempfile
 import zlib
-from collections.abc import Iterator
-from typing import BinaryIO
-
-import numpy as np
+from collections.abc import Iterator, Sequence
+from typing import Any, BinaryIO
 
 MAGIC = b"\x89LMC\r\n\x1a\n"  # Non-ASCII first byte and CR/LF/^Z catch text-mode mangling.
-VERSION = 2  # 2: range-coded payloads (1: rANS, refused)
-MAX_FINGERPRINT_BYTES = 1024
+VERSION = 3  # 3: grouped chunks, bit-packed columns, raw chunks, JSON info (2: rANS-free v1)
+MAX_INFO_BYTES = 1024  # the fixed header stays under 1 KB
 MAX_CHUNK_SIZE_BYTES = 1 << 30
+MAX_GROUP_CHUNKS = 1 << 16
 MAX_ORIGINAL_LENGTH_BYTES = 1 << 62
 SHA256_BYTES = 32
+COLUMNS = ("length", "symbols", "mode")  # bit i of the header's `columns` byte: COLUMNS[i]
+MIN_GROUP_BYTES = 10  # one block (varint + width byte) and the two crc32s
 
-_FIXED = struct.Struct("<8sHHIQQ32s")
-_CRC = struct.Struct("<I")
-_ENTRY = struct.Struct("<III")
-_TABLE_BLOCK_ENTRIES = 4096
+_FIXED = struct.Struct("<8sHHIQIB")
+_U32 = struct.Struct("<I")
+_TRAILER = struct.Struct("<32sI")
 
 
 class FormatError(ValueError):
     """The file is not a valid container, is corrupted, or belongs to a different model."""
-
-
-_INFO = struct.Struct("<4s32sIIBB16s8s")  # tag, model, lanes, chunk, precision, blocks, jax, device
-_INFO_TAG = b"LMC1"
-
-
-@dataclasses.dataclass(frozen=True)
-class StreamInfo:
-    """What decoding a stream needs to match: stored as the container's fingerprint.
-
-    Attributes:
-      model_sha256: the model's fingerprint (32 bytes).
-      lanes: chunks coded together in one group.
-      chunk_tokens: tokens per chunk.
-      precision_bits: log2 of each frequency table's total.
-      attention_blocks: the coder's attention blocks.
-      jax_version: the jax version that computed the model's floats (at most 16 characters).
-      device: the kind of device ('cpu', 'gpu', at most 8 characters).
-    """
-
-    model_sha256: bytes
-    lanes: int
-    chunk_tokens: int
-    precision_bits: int
-    attention_blocks: int
-    jax_version: str
-    device: str
-
-    def pack(self) -> bytes:
-        """The fingerprint bytes."""
-        return _INFO.pack(
-            _INFO_TAG,
-            self.model_sha256,
-            self.lanes,
-            self.chunk_tokens,
-            self.precision_bits,
-            self.attention_blocks,
-            self.jax_version.encode()[:16],
-            self.device.encode()[:8],
-        )
-
-    @classmethod
-    def unpack(cls, blob: bytes) -> "StreamInfo":
-        """Parses a fingerprint.
-
-        Raises:
-          FormatError: not a fingerprint compress.py writes, or impossible values.
-        """
-        if len(blob) != _INFO.size or not blob.startswith(_INFO_TAG):
-            raise FormatError("not a stream made by compress.py (unknown fingerprint)")
-        _, sha, lanes, chunk, precision, blocks, jax_version, device = _INFO.unpack(blob)
-        if lanes < 1 or chunk < 1 or blocks < 1 or not 1 <= precision <= 16:
-            raise FormatError(f"corrupted fingerprint (lanes={lanes}, chunk={chunk})")
-        text = lambda field: field.rstrip(b"\0").decode(errors="replace")  # noqa: E731
-        return cls(sha, lanes, chunk, precision, blocks, text(jax_version), text(device))
-
-    def check_decodable(self, here: "StreamInfo") -> None:
-        """Refuses to decode with another model or environment than the stream's.
-
-        Args:
-          here: this decoder's model fingerprint and environment (its shape fields unused).
-
-        Raises:
-          FormatError: naming the difference.
-        """
-        if self.model_sha256 != here.model_sha256:
-            raise FormatError(
-                "this stream was made by a different model (or checkpoint): decompress with the "
-                "run and --step that compressed it"
-            )
-        if (self.jax_version, self.device) != (here.jax_version, here.device):
-            raise FormatError(
-                f"this stream was made with jax {self.jax_version} on {self.device}, this is "
-                f"jax {here.jax_version} on {here.device}: exact decoding needs the same"
-            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,347 +68,479 @@ class Header:
     """Header fields of a container.
 
     Attributes:
-        fingerprint: opaque model fingerprint supplied by the caller.
-        chunk_size_bytes: original bytes per chunk (the last chunk may be shorter).
-        original_length_bytes: length of the original data.
-        original_sha256: sha256 digest of the original data (32 bytes).
-        version: container version.
+      info: the writer's description of the stream (see `StreamInfo`), JSON bytes.
+      chunk_size_bytes: original bytes per chunk (the last chunk may be shorter).
+      original_length_bytes: length of the original data.
+      group_chunks: chunks per group (the last group may hold fewer).
+      columns: the per-chunk integers stored, a subset of `COLUMNS` with 'length' first.
+      version: container version.
     """
 
-    fingerprint: bytes
+    info: bytes
     chunk_size_bytes: int
     original_length_bytes: int
-    original_sha256: bytes = bytes(SHA256_BYTES)
+    group_chunks: int
+    columns: tuple[str, ...] = ("length",)
     version: int = VERSION
 
     @property
     def num_chunks(self) -> int:
-        """Number of chunks: `ceil(original_length_bytes / chunk_size_bytes)`."""
         return -(-self.original_length_bytes // self.chunk_size_bytes)
 
+    @property
+    def num_groups(self) -> int:
+        return -(-self.num_chunks // self.group_chunks)
+
     def chunk_length_bytes(self, index: int) -> int:
-        """Returns the original byte count of chunk `index`."""
+        """The original byte count of chunk `index`."""
         start = index * self.chunk_size_bytes
         return min(self.chunk_size_bytes, self.original_length_bytes - start)
 
-    @property
-    def size_bytes(self) -> int:
-        """Bytes taken by the header, including its checksum."""
-        return _FIXED.size + len(self.fingerprint) + _CRC.size
-
     def encode(self) -> bytes:
-        """Serialises the header with its checksum."""
+        mask = sum(1 << COLUMNS.index(c) for c in self.columns)
         fixed = _FIXED.pack(
             MAGIC,
             self.version,
-            len(self.fingerprint),
+            len(self.info),
             self.chunk_size_bytes,
             self.original_length_bytes,
-            self.num_chunks,
-            self.original_sha256,
+            self.group_chunks,
+            mask,
         )
-        body = fixed + self.fingerprint
-        return body + _CRC.pack(zlib.crc32(body))
+        body = fixed + self.info
+        return body + _U32.pack(zlib.crc32(body))
+
+    def check(self) -> None:
+        """Raises ValueError for values no writer may use."""
+        if len(self.info) > MAX_INFO_BYTES:
+            raise ValueError(f"info must be at most {MAX_INFO_BYTES} bytes")
+        if not 1 <= self.chunk_size_bytes <= MAX_CHUNK_SIZE_BYTES:
+            raise ValueError(f"chunk_size_bytes must lie in [1, {MAX_CHUNK_SIZE_BYTES}]")
+        if not 0 <= self.original_length_bytes <= MAX_ORIGINAL_LENGTH_BYTES:
+            raise ValueError(f"original_length_bytes must lie in [0, {MAX_ORIGINAL_LENGTH_BYTES}]")
+        if not 1 <= self.group_chunks <= MAX_GROUP_CHUNKS:
+            raise ValueError(f"group_chunks must lie in [1, {MAX_GROUP_CHUNKS}]")
+        if not self.columns or self.columns[0] != "length" or set(self.columns) - set(COLUMNS):
+            raise ValueError(f"columns must start with 'length' and come from {COLUMNS}")
 
 
 @dataclasses.dataclass(frozen=True)
 class Chunk:
-    """One chunk as returned by `ContainerReader.chunks`.
+    """One stored chunk.
 
     Attributes:
-        index: position of the chunk in the file.
-        length_bytes: original bytes the chunk decodes to.
-        num_symbols: tokens coded in the payload.
-        payload: the coded bytes.
+      index: its position in the file.
+      length_bytes: original bytes it stands for.
+      payload: the coded bytes, or the original bytes themselves when `raw`.
+      raw: the payload is the original (coding it would not have made it shorter).
+      symbols: tokens coded for it (its byte count when the 'symbols' column is absent).
+      mode: how its bytes became tokens (0 when the 'mode' column is absent).
     """
 
     index: int
     length_bytes: int
-    num_symbols: int
     payload: bytes
+    raw: bool
+    symbols: int
+    mode: int = 0
 
 
-def _check_header_values(header: Header) -> None:
-    """Raises ValueError if a header could not be written (caller mistakes, not file errors)."""
-    if not isinstance(header.fingerprint, bytes) or len(header.fingerprint) > MAX_FINGERPRINT_BYTES:
-        raise ValueError(f"fingerprint must be bytes of length <= {MAX_FINGERPRINT_BYTES}")
-    if not 1 <= header.chunk_size_bytes <= MAX_CHUNK_SIZE_BYTES:
-        raise ValueError(f"chunk_size_bytes must lie in [1, {MAX_CHUNK_SIZE_BYTES}]")
-    if not 0 <= header.original_length_bytes <= MAX_ORIGINAL_LENGTH_BYTES:
-        raise ValueError(f"original_length_bytes must lie in [0, {MAX_ORIGINAL_LENGTH_BYTES}]")
-    if len(header.original_sha256) != SHA256_BYTES:
-        raise ValueError(f"original_sha256 must be {SHA256_BYTES} bytes")
+# ---------------------------------------------------------------------------------------------
+# Bit-packed columns.
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def pack_column(values: Sequence[int]) -> bytes:
+    """`varint(min) | u8 width | (value - min) in `width` bits each`, for non-negative ints."""
+    values = [int(v) for v in values]
+    base = min(values, default=0)
+    width = (max(values, default=0) - base).bit_length()
+    acc = 0
+    for i, value in enumerate(values):
+        acc |= (value - base) << (i * width)
+    return _varint(base) + bytes([width]) + acc.to_bytes(-(-len(values) * width // 8), "little")
+
+
+class _Source:
+    """Reads from a file with a running crc32 and exact-length checks."""
+
+    def __init__(self, file: BinaryIO):
+        self.file, self.crc = file, 0
+
+    def read(self, size: int, what: str) -> bytes:
+        data = self.file.read(size)
+        if len(data) != size:
+            raise FormatError(f"truncated {what}: expected {size} bytes, got {len(data)}")
+        self.crc = zlib.crc32(data, self.crc)
+        return data
+
+    def varint(self, what: str) -> int:
+        value = 0
+        for shift in range(0, 64, 7):
+            (byte,) = self.read(1, what)
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                return value
+        raise FormatError(f"corrupted {what}: a varint longer than 64 bits")
+
+
+def _read_column(source: _Source, count: int, what: str, max_value: int) -> list[int]:
+    base = source.varint(what)
+    (width,) = source.read(1, what)
+    if width > 32 or base > max_value:
+        raise FormatError(f"corrupted {what}: base {base}, width {width}")
+    acc = int.from_bytes(source.read(-(-count * width // 8), what), "little")
+    mask = (1 << width) - 1
+    values = [base + ((acc >> (i * width)) & mask) for i in range(count)]
+    if values and max(values) > max_value:
+        raise FormatError(f"corrupted {what}: a value of {max(values)} (at most {max_value})")
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing.
 
 
 class ContainerWriter:
-    """Writes a container chunk by chunk.
+    """Writes a container group by group, never seeking (the output may be a pipe).
 
     Usage:
 
-        with atomic_output(path) as f:
-            writer = ContainerWriter(f, fingerprint, chunk_size_bytes, original_length_bytes)
-            for payload, num_symbols in coded_chunks:
-                writer.write_chunk(payload, num_symbols)
-            writer.finish(hashlib.sha256(original).digest())
+        writer = ContainerWriter(file, info, chunk_size_bytes, original_length_bytes, lanes)
+        for each group: writer.write_group(payloads, original_bytes, symbols=..., modes=...)
+        writer.finish(hashlib.sha256(original).digest())
+
+    Args:
+      file: binary file opened for writing.
+      info: the stream's description (at most 1024 bytes; e.g. `StreamInfo.pack()`).
+      chunk_size_bytes: original bytes per chunk.
+      original_length_bytes: total original bytes (fixes the number of chunks).
+      group_chunks: chunks per group.
+      columns: per-chunk integers stored besides 'length' ('symbols', 'mode').
+
+    Raises:
+      ValueError: out-of-range arguments.
     """
 
     def __init__(
         self,
         file: BinaryIO,
-        fingerprint: bytes,
+        info: bytes,
         chunk_size_bytes: int,
         original_length_bytes: int,
+        group_chunks: int,
+        columns: Sequence[str] = (),
     ):
-        """Reserves the header and the chunk table at the current position of `file`.
-
-        Args:
-            file: seekable binary file opened for writing.
-            fingerprint: opaque model fingerprint (at most 1024 bytes).
-            chunk_size_bytes: original bytes per chunk.
-            original_length_bytes: total original bytes (fixes the number of chunks).
-
-        Raises:
-            ValueError: out-of-range arguments.
-        """
-        self._header = Header(bytes(fingerprint), chunk_size_bytes, original_length_bytes)
-        _check_header_values(self._header)
+        self.header = Header(
+            bytes(info),
+            chunk_size_bytes,
+            original_length_bytes,
+            group_chunks,
+            ("length", *[c for c in COLUMNS[1:] if c in columns]),
+        )
+        self.header.check()
         self._file = file
-        self._base = file.tell()
-        self._table_offset = self._base + self._header.size_bytes
-        self._end = self._table_offset + self._header.num_chunks * _ENTRY.size + _CRC.size
-        self._table_crc = 0
-        self._written = 0
-        file.write(self._header.encode())
-        file.write(bytes(self._end - self._table_offset))
+        self._next_chunk = 0
+        self.bytes_written = 0
+        self._write(self.header.encode())
 
-    def write_chunk(self, payload: bytes, num_symbols: int) -> None:
-        """Appends the next chunk's payload and records its table entry.
+    def _write(self, data: bytes) -> None:
+        self._file.write(data)
+        self.bytes_written += len(data)
 
-        Args:
-            payload: coded bytes of the chunk (below 4 GiB).
-            num_symbols: tokens coded in it, at most the chunk's original byte count.
+    def write_group(
+        self,
+        payloads: Sequence[bytes],
+        original: bytes,
+        symbols: Sequence[int] = (),
+        modes: Sequence[int] = (),
+    ) -> list[bool]:
+        """Appends the next group: its chunks' coded payloads and their original bytes.
+
+        A chunk whose payload is not shorter than its original is stored raw.
+
+        Returns:
+          Per chunk, whether it was stored raw.
 
         Raises:
-            ValueError: too many chunks, or out-of-range lengths.
+          ValueError: the wrong number of chunks, original bytes or column values.
         """
-        index = self._written
-        if index >= self._header.num_chunks:
-            raise ValueError(f"all {self._header.num_chunks} chunks have already been written")
-        if not 0 <= num_symbols <= self._header.chunk_length_bytes(index):
-            limit = self._header.chunk_length_bytes(index)
-            raise ValueError(
-                f"num_symbols={num_symbols} must lie in [0, {limit}] (the bytes of chunk {index})"
-            )
-        if len(payload) >= 1 << 32:
-            raise ValueError("a chunk payload must be smaller than 4 GiB")
-        entry = _ENTRY.pack(len(payload), num_symbols, zlib.crc32(payload))
-        self._table_crc = zlib.crc32(entry, self._table_crc)
-        self._file.seek(self._table_offset + index * _ENTRY.size)
-        self._file.write(entry)
-        self._file.seek(self._end)
-        self._file.write(payload)
-        self._end += len(payload)
-        self._written += 1
+        h, first = self.header, self._next_chunk
+        count = min(h.group_chunks, h.num_chunks - first)
+        lengths = [h.chunk_length_bytes(i) for i in range(first, first + count)]
+        if len(payloads) != count or len(original) != sum(lengths):
+            raise ValueError(f"group at chunk {first} needs {count} chunks of {sum(lengths)} bytes")
+        raw = [len(p) >= n for p, n in zip(payloads, lengths, strict=True)]
+        stored, offset = [], 0
+        for payload, n, is_raw in zip(payloads, lengths, raw, strict=True):
+            stored.append(original[offset : offset + n] if is_raw else bytes(payload))
+            offset += n
+        columns = {"length": [len(p) for p in stored], "symbols": list(symbols)}
+        columns["mode"] = list(modes)
+        body = b"".join(pack_column(self._column(columns, c, count)) for c in h.columns)
+        body += b"".join(stored)
+        self._write(body + _U32.pack(zlib.crc32(body)) + _U32.pack(zlib.crc32(original)))
+        self._next_chunk += count
+        return raw
+
+    @staticmethod
+    def _column(columns: dict, name: str, count: int) -> list[int]:
+        values = columns[name]
+        if len(values) != count or any(v < 0 for v in values):
+            raise ValueError(f"column {name!r} needs {count} non-negative values")
+        return values
 
     def finish(self, original_sha256: bytes) -> None:
-        """Writes the table checksum and the final header; leaves the file positioned at its end.
-
-        Args:
-            original_sha256: sha256 digest of the original data.
+        """Writes the trailer.
 
         Raises:
-            ValueError: not every chunk was written, or a digest of the wrong size.
+          ValueError: not every chunk was written, or a digest of the wrong size.
         """
-        if self._written != self._header.num_chunks:
-            raise ValueError(f"wrote {self._written} of {self._header.num_chunks} chunks")
-        self._header = dataclasses.replace(self._header, original_sha256=bytes(original_sha256))
-        _check_header_values(self._header)
-        self._file.seek(self._table_offset + self._header.num_chunks * _ENTRY.size)
-        self._file.write(_CRC.pack(self._table_crc))
-        self._file.seek(self._base)
-        self._file.write(self._header.encode())
-        self._file.seek(self._end)
+        if self._next_chunk != self.header.num_chunks:
+            raise ValueError(f"wrote {self._next_chunk} of {self.header.num_chunks} chunks")
+        if len(original_sha256) != SHA256_BYTES:
+            raise ValueError(f"original_sha256 must be {SHA256_BYTES} bytes")
+        digest = bytes(original_sha256)
+        self._write(_TRAILER.pack(digest, zlib.crc32(digest)))
         self._file.flush()
 
 
-def _read_exact(file: BinaryIO, size: int, what: str) -> bytes:
-    """Reads exactly `size` bytes or raises FormatError naming `what`."""
-    data = file.read(size)
-    if len(data) != size:
-        raise FormatError(f"truncated {what}: expected {size} bytes, got {len(data)}")
-    return data
+# ---------------------------------------------------------------------------------------------
+# Reading.
 
 
-def read_header(file: BinaryIO, expected_fingerprint: bytes | None = None) -> Header:
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """A group of chunks as read, with the crc32 of the original bytes it decodes to."""
+
+    index: int
+    chunks: list[Chunk]
+    original_crc: int
+    where: str
+
+    def verify(self, original: bytes) -> None:
+        """Checks the group's decoded bytes against the stored crc32.
+
+        Raises:
+          FormatError: they differ (names the group).
+        """
+        if zlib.crc32(original) != self.original_crc:
+            raise FormatError(
+                f"{self.where} decoded to other bytes than were compressed: the decoder's "
+                "probabilities differed from the encoder's (another machine or setup than the "
+                "stream records), or the stream is corrupted"
+            )
+
+
+def read_header(file: BinaryIO) -> Header:
     """Reads and validates a header from the current position of `file`.
 
-    Args:
-        file: binary file.
-        expected_fingerprint: if given, the fingerprint the file must carry.
-
-    Returns:
-        The validated `Header`.
-
     Raises:
-        FormatError: wrong magic, unsupported version, truncated header, checksum mismatch,
-            impossible lengths, or fingerprint mismatch.
+      FormatError: wrong magic, unsupported version, truncated header, checksum mismatch or
+        impossible values.
     """
     fixed = file.read(_FIXED.size)
     if fixed[: len(MAGIC)] != MAGIC and not MAGIC.startswith(fixed):
         raise FormatError(f"not a compressed container: bad magic bytes {fixed[: len(MAGIC)]!r}")
+    if len(fixed) >= 10:
+        (version,) = struct.unpack_from("<H", fixed, 8)
+        if version != VERSION:
+            raise FormatError(_version_message(version))
     if len(fixed) < _FIXED.size:
         raise FormatError(f"truncated header: expected {_FIXED.size} bytes, got {len(fixed)}")
-    _, version, fingerprint_bytes, chunk_size, length, num_chunks, digest = _FIXED.unpack(fixed)
-    if version != VERSION:
-        raise FormatError(
-            f"unsupported container version {version} (this reader reads {VERSION}); streams of "
-            "version 1 (rANS payloads) decode only with the release that wrote them"
-            if version < VERSION
-            else f"unsupported container version {version} (this reader reads {VERSION}): "
-            "made by a newer release"
-        )
-    if fingerprint_bytes > MAX_FINGERPRINT_BYTES:
-        raise FormatError(f"impossible lengths: fingerprint of {fingerprint_bytes} bytes")
-    rest = file.read(fingerprint_bytes + _CRC.size)
-    if len(rest) < fingerprint_bytes + _CRC.size:
-        raise FormatError(
-            f"truncated header: expected {len(fixed) + fingerprint_bytes + _CRC.size} bytes, "
-            f"got {len(fixed) + len(rest)}"
-        )
-    fingerprint = rest[:fingerprint_bytes]
-    (stored_crc,) = _CRC.unpack(rest[fingerprint_bytes:])
-    computed_crc = zlib.crc32(fixed + fingerprint)
-    if stored_crc != computed_crc:
-        raise FormatError(
-            f"header checksum mismatch (stored {stored_crc:#010x}, computed {computed_crc:#010x})"
-        )
-    header = Header(fingerprint, chunk_size, length, digest, version)
-    if not 1 <= chunk_size <= MAX_CHUNK_SIZE_BYTES or length > MAX_ORIGINAL_LENGTH_BYTES:
-        raise FormatError(f"impossible lengths: chunk_size_bytes={chunk_size}, length={length}")
-    if num_chunks != header.num_chunks:
-        raise FormatError(
-            f"impossible lengths: {num_chunks} chunks for {length} bytes in chunks of {chunk_size}"
-        )
-    if expected_fingerprint is not None and fingerprint != bytes(expected_fingerprint):
-        expected = bytes(expected_fingerprint).hex()[:16]
-        raise FormatError(
-            "fingerprint mismatch: this stream was made by a different model "
-            f"(file {fingerprint.hex()[:16]}..., expected {expected}...)"
-        )
+    _, version, info_bytes, chunk_size, length, group_chunks, mask = _FIXED.unpack(fixed)
+    if info_bytes > MAX_INFO_BYTES:
+        raise FormatError(f"impossible lengths: an info of {info_bytes} bytes")
+    rest = file.read(info_bytes + _U32.size)
+    if len(rest) < info_bytes + _U32.size:
+        raise FormatError(f"truncated header: expected {info_bytes + _U32.size} more bytes")
+    info, (stored,) = rest[:info_bytes], _U32.unpack(rest[info_bytes:])
+    if stored != zlib.crc32(fixed + info):
+        raise FormatError("header checksum mismatch")
+    columns = tuple(c for i, c in enumerate(COLUMNS) if mask >> i & 1)
+    header = Header(info, chunk_size, length, group_chunks, columns, version)
+    try:
+        header.check()
+    except ValueError as e:
+        raise FormatError(f"impossible header values: {e}") from None
+    if mask >> len(COLUMNS):
+        raise FormatError(f"unknown columns in the header ({mask:#x})")
     return header
 
 
-class ContainerReader:
-    """Reads a container chunk by chunk, validating everything.
+def _version_message(version: int) -> str:
+    if version > VERSION:
+        return (
+            f"unsupported container version {version} (this reader reads {VERSION}): made by a "
+            "newer release"
+        )
+    return (
+        f"unsupported container version {version} (this reader reads {VERSION}): streams of "
+        "versions 1 (rANS) and 2 decode only with the release that wrote them"
+    )
 
-    The constructor reads the header and scans the chunk table once (checksum, per-entry
-    bounds, total size against the file size); `chunks()` then yields payloads one at a time.
+
+class ContainerReader:
+    """Reads a container group by group, validating everything before it is used.
+
+    Args:
+      file: a seekable binary file positioned at the start of the container.
+      max_payload_bytes: the most bytes a coded chunk can take (`LMCoder.capacity_bytes`).
+
+    Raises:
+      FormatError: any problem with the header, or counts the file's size cannot hold.
     """
 
-    def __init__(self, file: BinaryIO, expected_fingerprint: bytes | None = None):
-        """Validates the header and the chunk table of a seekable binary `file`.
-
-        Args:
-            file: seekable binary file positioned at the start of the container.
-            expected_fingerprint: if given, the model fingerprint the file must carry.
-
-        Raises:
-            FormatError: any problem with the file (see `read_header` and `_scan_table`).
-        """
+    def __init__(self, file: BinaryIO, max_payload_bytes: int | None = None):
         self._file = file
-        base = file.tell()
-        self.header = read_header(file, expected_fingerprint)
-        self._table_offset = base + self.header.size_bytes
-        self._payload_offset = self._table_offset + self.header.num_chunks * _ENTRY.size + _CRC.size
-        file_end = file.seek(0, os.SEEK_END)
-        if self._payload_offset > file_end:
+        start = file.tell()
+        self.header = read_header(file)
+        body = file.tell()
+        end = file.seek(0, os.SEEK_END)
+        file.seek(body)
+        need = self.header.num_groups * MIN_GROUP_BYTES + _TRAILER.size
+        if end - body < need:
             raise FormatError(
-                f"truncated chunk table: {self.header.num_chunks} chunks need "
-                f"{self._payload_offset - base} bytes of header and table, the file has "
-                f"{file_end - base}"
+                f"truncated or forged: {self.header.num_chunks} chunks in "
+                f"{self.header.num_groups} groups need at least {need} bytes after the header, "
+                f"the file has {end - body} (of {end - start})"
             )
-        payload_bytes = self._scan_table()
-        available = file_end - self._payload_offset
-        if available < payload_bytes:
-            raise FormatError(
-                f"truncated payload: the chunks need {payload_bytes} bytes, {available} remain"
+        self.max_payload_bytes = max_payload_bytes
+        self._body = body
+        self._scan(end)
+
+    def _scan(self, end: int) -> None:
+        """Walks the groups' length blocks (skipping payloads) so that a truncated, padded or
+        forged file fails here, before any decoding."""
+        h = self.header
+        for g in range(h.num_groups):
+            first = g * h.group_chunks
+            count = min(h.group_chunks, h.num_chunks - first)
+            where = f"group {g} (chunks {first}-{first + count - 1})"
+            source = _Source(self._file)
+            lengths = _read_column(source, count, f"lengths of {where}", h.chunk_size_bytes)
+            for name in h.columns[1:]:
+                _read_column(source, count, f"{name}s of {where}", MAX_CHUNK_SIZE_BYTES)
+            skip = sum(lengths) + 2 * _U32.size
+            if self._file.tell() + skip > end:
+                raise FormatError(f"truncated {where}: the file ends inside it")
+            self._file.seek(skip, os.SEEK_CUR)
+        left = end - self._file.tell()
+        if left < _TRAILER.size:
+            raise FormatError("truncated trailer (the original's sha256)")
+        if left > _TRAILER.size:
+            raise FormatError(f"trailing garbage: {left - _TRAILER.size} bytes after the trailer")
+        self._file.seek(self._body)
+
+    def groups(self) -> Iterator["Group"]:
+        """Yields each group, after checking its lengths and checksum; then reads the trailer."""
+        for g in range(self.header.num_groups):
+            yield self._read_group(g)
+        self._read_trailer()
+
+    def _read_group(self, g: int) -> "Group":
+        h = self.header
+        first = g * h.group_chunks
+        count = min(h.group_chunks, h.num_chunks - first)
+        lengths = [h.chunk_length_bytes(i) for i in range(first, first + count)]
+        source = _Source(self._file)
+        where = f"group {g} (chunks {first}-{first + count - 1})"
+        limit = max(h.chunk_size_bytes, self.max_payload_bytes or 0)
+        columns = {
+            name: _read_column(source, count, f"{name}s of {where}", limit) for name in h.columns
+        }
+        for n, size in zip(lengths, columns["length"], strict=True):
+            if size > n:  # a coded payload is shorter than its chunk, a raw one as long
+                raise FormatError(f"impossible lengths in {where}: {size} bytes for a chunk of {n}")
+        payloads = [source.read(n, f"payloads of {where}") for n in columns["length"]]
+        crcs = self._file.read(2 * _U32.size)
+        if len(crcs) != 2 * _U32.size:
+            raise FormatError(f"truncated {where}: its checksums are missing")
+        stored, original_crc = struct.unpack("<II", crcs)
+        if stored != source.crc:
+            raise FormatError(f"checksum mismatch in {where}: the file is corrupted there")
+        chunks = [
+            Chunk(
+                first + i,
+                n,
+                payload,
+                raw=len(payload) == n,
+                symbols=columns["symbols"][i] if "symbols" in columns else n,
+                mode=columns["mode"][i] if "mode" in columns else 0,
             )
-        if available > payload_bytes:
-            raise FormatError(
-                f"trailing garbage: {available - payload_bytes} bytes after the last chunk"
-            )
+            for i, (payload, n) in enumerate(zip(payloads, lengths, strict=True))
+        ]
+        return Group(g, chunks, original_crc, where)
 
-    def _table_blocks(self) -> Iterator[tuple[int, bytes]]:
-        """Yields `(index of the first entry, raw entries)` for blocks of the chunk table."""
-        for first in range(0, self.header.num_chunks, _TABLE_BLOCK_ENTRIES):
-            count = min(_TABLE_BLOCK_ENTRIES, self.header.num_chunks - first)
-            self._file.seek(self._table_offset + first * _ENTRY.size)
-            yield first, _read_exact(self._file, count * _ENTRY.size, "chunk table")
-
-    def _scan_table(self) -> int:
-        """Checks the table checksum and every entry; returns the total payload bytes."""
-        crc, total, problem = 0, 0, None
-        chunk_size, length = self.header.chunk_size_bytes, self.header.original_length_bytes
-        for first, block in self._table_blocks():
-            crc = zlib.crc32(block, crc)
-            entries = np.frombuffer(block, dtype="<u4").reshape(-1, 3).astype(np.int64)
-            total += int(entries[:, 0].sum())
-            starts = (first + np.arange(len(entries), dtype=np.int64)) * chunk_size
-            bad = np.flatnonzero(entries[:, 1] > np.minimum(chunk_size, length - starts))
-            if problem is None and bad.size:
-                index = first + int(bad[0])
-                problem = (
-                    f"impossible lengths: chunk {index} has {entries[bad[0], 1]} symbols for "
-                    f"{self.header.chunk_length_bytes(index)} bytes"
-                )
-        self._file.seek(self._table_offset + self.header.num_chunks * _ENTRY.size)
-        (stored,) = _CRC.unpack(_read_exact(self._file, _CRC.size, "chunk table"))
-        if stored != crc:  # Checked first: a corrupted entry is reported as corruption.
-            raise FormatError(
-                f"chunk table checksum mismatch (stored {stored:#010x}, computed {crc:#010x})"
-            )
-        if problem:
-            raise FormatError(problem)
-        return total
-
-    def chunks(self) -> Iterator[Chunk]:
-        """Yields the chunks in order, checking each payload's checksum.
-
-        Yields:
-            `Chunk` records.
-
-        Raises:
-            FormatError: truncated payload (the file shrank) or payload checksum mismatch.
-        """
-        offset = self._payload_offset
-        for first, block in self._table_blocks():
-            for i, (size, num_symbols, stored) in enumerate(_ENTRY.iter_unpack(block)):
-                index = first + i
-                self._file.seek(offset)
-                payload = _read_exact(self._file, size, f"payload of chunk {index}")
-                computed = zlib.crc32(payload)
-                if computed != stored:
-                    raise FormatError(
-                        f"payload checksum mismatch in chunk {index} (stored {stored:#010x}, "
-                        f"computed {computed:#010x})"
-                    )
-                offset += size
-                yield Chunk(index, self.header.chunk_length_bytes(index), num_symbols, payload)
+    def _read_trailer(self) -> None:
+        trailer = self._file.read(_TRAILER.size)
+        if len(trailer) != _TRAILER.size:
+            raise FormatError("truncated trailer (the original's sha256)")
+        digest, crc = _TRAILER.unpack(trailer)
+        if crc != zlib.crc32(digest):
+            raise FormatError("trailer checksum mismatch")
+        if self._file.read(1):
+            raise FormatError("trailing garbage after the trailer")
+        self.original_sha256 = digest
 
     def verify_original(self, sha256_digest: bytes) -> None:
-        """Checks the digest of the decoded data against the stored one.
-
-        Args:
-            sha256_digest: sha256 of the decoded bytes.
+        """Checks the digest of all decoded data (call after `groups()` is exhausted).
 
         Raises:
-            FormatError: the digests differ.
+          FormatError: the digests differ.
         """
-        if bytes(sha256_digest) != self.header.original_sha256:
-            got, stored = bytes(sha256_digest).hex()[:16], self.header.original_sha256.hex()[:16]
-            raise FormatError(
-                f"decoded data does not match the stored sha256 ({got}... != {stored}...)"
-            )
+        if bytes(sha256_digest) != self.original_sha256:
+            raise FormatError("decoded data does not match the stored sha256")
+
+
+# ---------------------------------------------------------------------------------------------
+# The stream's description.
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamInfo:
+    """What decoding a stream needs to match or reproduce: the header's `info`, as JSON.
+
+    Attributes:
+      model: the model's fingerprint (hex sha256).
+      coder: the coder's shape and settings (lanes, chunk_tokens, precision_bits, ...).
+      environment: what fixes the model's floats on the encoder (jax version, backend, device,
+        CPU features, numerics-relevant XLA flags); compared before decoding.
+    """
+
+    model: str
+    coder: dict[str, Any]
+    environment: dict[str, Any]
+
+    def pack(self) -> bytes:
+        data = json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+        if len(data) > MAX_INFO_BYTES:
+            raise ValueError(f"the stream's description takes {len(data)} bytes, over 1024")
+        return data.encode()
+
+    @classmethod
+    def unpack(cls, info: bytes) -> "StreamInfo":
+        """Raises FormatError unless `info` is a StreamInfo's JSON."""
+        try:
+            fields = json.loads(info)
+            result = cls(fields["model"], dict(fields["coder"]), dict(fields["environment"]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise FormatError(f"not a stream made by compress.py (its description: {e})") from None
+        return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Output files.
+
+PARTIAL_SUFFIX = ".partial"
 
 
 def _current_umask() -> int:
@@ -483,30 +549,39 @@ def _current_umask() -> int:
     return mask
 
 
+def stale_partials(path: str | os.PathLike) -> list[str]:
+    """Hidden partial files a killed run left next to `path` (`.NAME.xxxx.partial`)."""
+    path = os.fspath(path)
+    directory, name = os.path.split(os.path.abspath(path))
+    pattern = f".{glob.escape(name)}.*{PARTIAL_SUFFIX}"
+    return sorted(glob.glob(os.path.join(glob.escape(directory), pattern)))
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Opens a temporary file next to `path`; on success fsyncs it and renames it to `path`.
 
-    If the body raises (or the process dies), `path` is untouched: the temporary file is deleted
-    on an exception, and never has the final name before it is complete.
-
-    Args:
-        path: final output path.
+    The temporary file is readable by its owner only until it is complete (it may hold part of a
+    decoded original); stale ones from killed runs are removed first. On an exception, SIGTERM
+    or SIGINT it is deleted, so `path` appears only complete.
 
     Yields:
-        A seekable binary file opened for reading and writing.
+      A binary file opened for writing.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
+    for stale in stale_partials(path):
+        with contextlib.suppress(OSError):
+            os.unlink(stale)
     fd, temp_path = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=directory
-    )
+        prefix=f".{os.path.basename(path)}.", suffix=PARTIAL_SUFFIX, dir=directory
+    )  # mkstemp makes it 0600: owner only while incomplete
     try:
-        os.fchmod(fd, 0o666 & ~_current_umask())  # mkstemp's 0600 would surprise users.
-        with os.fdopen(fd, "w+b") as file:
+        with _signals_raise(), os.fdopen(fd, "wb") as file:
             yield file
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(temp_path, 0o666 & ~_current_umask())
         os.replace(temp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -518,3 +593,33 @@ def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def _signals_raise():
+    """SIGTERM raises KeyboardInterrupt while the block runs (SIGINT already does), so that a
+    killed compress or decompress removes its partial output on the way out."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def spool(file: BinaryIO) -> BinaryIO:
+    """A seekable copy of a pipe (standard input), in a temporary file deleted on close."""
+    if file.seekable():
+        return file
+    copy = tempfile.TemporaryFile()
+    while block := file.read(1 << 20):
+        copy.write(block)
+    copy.seek(0)
+    return copy

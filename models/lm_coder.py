@@ -36,6 +36,9 @@ import numpy as np
 from coding import factorized, quantize, range_coder
 from models import transformer
 
+MAX_LANES = 1 << 16
+MAX_ATTENTION_BLOCKS = 16  # each block is a scan of its own: compile time grows with them
+
 
 @dataclasses.dataclass(frozen=True)
 class CoderShape:
@@ -47,12 +50,47 @@ class CoderShape:
       precision_bits: log2 of each frequency table's total.
       attention_blocks: the chunk runs in this many blocks, each attending only to the cache
         filled so far (more blocks: less attention work, longer compiles).
+      low_bits: 0 codes each token with one table over the vocabulary (vocabularies too large
+        for one table are split automatically); k > 0 codes it as two steps, its high bits then
+        its low `k` bits (`coding.factorized`), which for bytes (k = 4: two 16-symbol tables)
+        costs less: the `+1` floor every symbol needs in a table takes 16/2**16 of the mass
+        instead of 256/2**16.
     """
 
     lanes: int
     chunk_tokens: int
     precision_bits: int = 16
     attention_blocks: int = 8
+    low_bits: int = 0
+
+    def check(self, context_length: int, vocab_size: int) -> None:
+        """Raises ValueError unless this shape fits a model of this context and vocabulary."""
+        if not 1 <= self.chunk_tokens <= context_length:
+            raise ValueError(
+                f"chunk of {self.chunk_tokens} tokens does not fit the model's context of "
+                f"{context_length}: use a chunk size of at most {context_length}."
+            )
+        if not 1 <= self.lanes <= MAX_LANES:
+            raise ValueError(f"lanes must lie in [1, {MAX_LANES}], got {self.lanes}.")
+        if not 1 <= self.attention_blocks <= min(MAX_ATTENTION_BLOCKS, self.chunk_tokens):
+            raise ValueError(
+                f"attention_blocks must lie in [1, {min(MAX_ATTENTION_BLOCKS, self.chunk_tokens)}]"
+                f", got {self.attention_blocks}."
+            )
+        if self.low_bits:
+            factorized.check_factorization(vocab_size, self.precision_bits, self.low_bits)
+        else:
+            quantize.check_table_shape(2, self.precision_bits)
+
+
+def default_low_bits(vocab_size: int, precision_bits: int = 16) -> int:
+    """The cheapest coding of a vocabulary: bytes as two nibbles; one table for vocabularies
+    up to half the table total; else two steps of about half the bits each."""
+    if vocab_size == 256:
+        return 4
+    if vocab_size <= quantize.max_vocab(precision_bits):
+        return 0
+    return max(factorized.DEFAULT_LOW_BITS, math.ceil(math.log2(vocab_size) / 2))
 
 
 class LMCoder:
@@ -68,20 +106,14 @@ class LMCoder:
     """
 
     def __init__(self, cfg: transformer.TransformerConfig, params: Any, shape: CoderShape):
-        if not 1 <= shape.chunk_tokens <= cfg.context_length:
-            raise ValueError(
-                f"chunk of {shape.chunk_tokens} tokens does not fit the model's context of "
-                f"{cfg.context_length}: use a chunk size of at most {cfg.context_length}."
+        if not shape.low_bits and cfg.vocab_size > quantize.max_vocab(shape.precision_bits):
+            shape = dataclasses.replace(
+                shape, low_bits=default_low_bits(cfg.vocab_size, shape.precision_bits)
             )
-        if shape.lanes < 1 or shape.attention_blocks < 1:
-            raise ValueError(f"lanes and attention_blocks must be >= 1: {shape}.")
+        shape.check(cfg.context_length, cfg.vocab_size)
         self.cfg, self.params, self.shape = cfg, params, shape
-        self.factorized = cfg.vocab_size > quantize.max_vocab(shape.precision_bits)
+        self.factorized = shape.low_bits > 0
         self.steps_per_token = factorized.STEPS_PER_TOKEN if self.factorized else 1
-        if self.factorized:
-            factorized.check_factorization(
-                cfg.vocab_size, shape.precision_bits, factorized.DEFAULT_LOW_BITS
-            )
         self._model = transformer.Transformer(cfg)
 
     def _run(self, *args):
@@ -94,11 +126,22 @@ class LMCoder:
         steps = self.shape.chunk_tokens * self.steps_per_token
         return range_coder.capacity_bytes(steps, self.shape.precision_bits)
 
+    def memory_bytes(self) -> int:
+        """About what one group takes on the device: the KV cache, the payloads, the recorded
+        intervals (a stream's lanes cost its decoder this much; see README)."""
+        c, s = self.cfg, self.shape
+        itemsize = jnp.dtype(c.dtype).itemsize
+        cache = 2 * c.num_layers * s.chunk_tokens * c.width * itemsize
+        steps = s.chunk_tokens * self.steps_per_token
+        return s.lanes * (cache + self.capacity_bytes + 8 * steps + 4 * c.vocab_size * 4)
+
     def _intervals(self, probs, symbols):
         """Coder intervals of `symbols` [lanes] under `probs` [lanes, vocab]."""
         bits = self.shape.precision_bits
         if self.factorized:
-            starts, freqs = factorized.intervals_jax(probs[:, None], symbols[:, None], bits)
+            starts, freqs = factorized.intervals_jax(
+                probs[:, None], symbols[:, None], bits, self.shape.low_bits
+            )
             return starts, freqs  # [lanes, 2]
         table = quantize.quantize_jax(probs, bits)
         starts, freqs = range_coder.symbol_intervals_jax(table, symbols, bits)
@@ -107,7 +150,7 @@ class LMCoder:
     def _decode_symbol(self, state, probs):
         bits = self.shape.precision_bits
         if self.factorized:
-            return factorized.decode_step_jax(state, probs, bits)
+            return factorized.decode_step_jax(state, probs, bits, self.shape.low_bits)
         return range_coder.decode_step_jax(state, quantize.quantize_jax(probs, bits), bits)
 
     def _scan(self, params, tokens, lengths, data, num_bytes, encoding):
@@ -119,7 +162,8 @@ class LMCoder:
           lengths: int32 [lanes] tokens per chunk.
           data: uint8 [lanes, capacity] payloads (ignored when encoding).
           num_bytes: int32 [lanes].
-          encoding: bool scalar.
+          encoding: bool [lanes]: lanes whose tokens are known (all of them when encoding; when
+            decoding, the chunks stored raw), which the model reads instead of decoding them.
 
         Returns:
           (symbols [lanes, chunk_tokens], starts and freqs [lanes, steps], ideal code length in
@@ -127,7 +171,8 @@ class LMCoder:
         """
         lanes, length = tokens.shape
         cache = transformer.init_cache(self.cfg, lanes, length)
-        decoder = range_coder.decode_init_jax(data, num_bytes, lengths * self.steps_per_token)
+        num_steps = jnp.where(encoding, 0, lengths * self.steps_per_token)  # known: nothing to read
+        decoder = range_coder.decode_init_jax(data, num_bytes, num_steps)
 
         def step(carry, t, kv_length):
             cache, prev, decoder = carry
@@ -192,9 +237,8 @@ class LMCoder:
         tokens = np.where(valid, tokens, 0)
         no_data = np.zeros((self.shape.lanes, self.capacity_bytes), np.uint8)
         zeros = np.zeros(self.shape.lanes, np.int32)
-        _, starts, freqs, bits, _ = self._run(
-            self.params, tokens, lengths, no_data, zeros, jnp.bool_(True)
-        )
+        known = np.ones(self.shape.lanes, bool)
+        _, starts, freqs, bits, _ = self._run(self.params, tokens, lengths, no_data, zeros, known)
         data_lb, num_bytes, invalid = range_coder.encode_jax_core(
             starts, freqs, lengths * self.steps_per_token, self.shape.precision_bits
         )
@@ -204,12 +248,19 @@ class LMCoder:
         payloads = [data_lb[i, : num_bytes[i]].tobytes() for i in range(len(lengths))]
         return payloads, np.asarray(bits, np.float64)
 
-    def decode_group(self, payloads: list[bytes], lengths: np.ndarray):
+    def decode_group(
+        self,
+        payloads: list[bytes],
+        lengths: np.ndarray,
+        known: dict[int, np.ndarray] | None = None,
+    ):
         """Decodes one group of `lanes` chunks (fewer payloads: the rest are padding).
 
         Args:
-          payloads: the coded chunks, at most `lanes`.
+          payloads: the coded chunks, at most `lanes` (a known lane's is ignored).
           lengths: int [lanes] tokens per chunk.
+          known: lane -> its tokens, for chunks stored raw: the model reads them as the encoder
+            did, so the other lanes see exactly the encoder's inputs.
 
         Returns:
           (tokens int32 [lanes, chunk_tokens], zero past each length; error codes int32 [lanes],
@@ -221,18 +272,24 @@ class LMCoder:
         lengths = self._check_group(lengths)
         if len(payloads) > self.shape.lanes:
             raise ValueError(f"at most {self.shape.lanes} payloads per group, got {len(payloads)}.")
+        known = known or {}
         data_lb = np.zeros((self.shape.lanes, self.capacity_bytes), np.uint8)
         num_bytes = np.zeros(self.shape.lanes, np.int32)
+        tokens = np.zeros((self.shape.lanes, self.shape.chunk_tokens), np.int32)
+        encoding = np.zeros(self.shape.lanes, bool)
+        for lane, ids in known.items():
+            tokens[lane, : len(ids)], encoding[lane] = ids, True
         for i, payload in enumerate(payloads):
+            if i in known:
+                continue
             if len(payload) > self.capacity_bytes:
                 raise range_coder.CorruptStreamError(
                     f"lane {i}: a payload of {len(payload)} bytes, more than a chunk can take"
                 )
             data_lb[i, : len(payload)] = np.frombuffer(payload, np.uint8)
             num_bytes[i] = len(payload)
-        dummy = np.zeros((self.shape.lanes, self.shape.chunk_tokens), np.int32)
         symbols, _, _, _, errors = self._run(
-            self.params, dummy, lengths, data_lb, num_bytes, jnp.bool_(False)
+            self.params, tokens, lengths, data_lb, num_bytes, encoding
         )
         return np.asarray(symbols), np.asarray(errors)
 
@@ -273,8 +330,15 @@ class LMCoder:
         if bad:
             raise VerificationError(f"chunks {', '.join(map(str, bad))} did not decode back.")
 
-    def decode_chunks(self, streams: Iterable[tuple[bytes, int]]) -> Iterator[np.ndarray]:
-        """Decodes (payload, number of tokens) pairs made by `encode_chunks` with this shape.
+    def decode_chunks(
+        self, streams: Iterable[tuple[bytes, int, np.ndarray | None]]
+    ) -> Iterator[np.ndarray]:
+        """Decodes chunks made by `encode_chunks` with this shape, `lanes` at a time.
+
+        Args:
+          streams: (payload, number of tokens, known tokens or None) per chunk, in order; a
+            chunk with known tokens (stored raw) is not decoded but fed to the model as the
+            encoder fed it.
 
         Yields:
           int32 [num_tokens] tokens per chunk, in order.
@@ -285,9 +349,10 @@ class LMCoder:
         first = 0
         for batch in batched(streams, self.shape.lanes):
             lengths = np.zeros(self.shape.lanes, np.int32)
-            lengths[: len(batch)] = [n for _, n in batch]
+            lengths[: len(batch)] = [n for _, n, _ in batch]
+            known = {i: ids for i, (_, _, ids) in enumerate(batch) if ids is not None}
             try:
-                tokens, errors = self.decode_group([p for p, _ in batch], lengths)
+                tokens, errors = self.decode_group([p for p, _, _ in batch], lengths, known)
             except range_coder.CorruptStreamError as e:
                 raise range_coder.CorruptStreamError(f"group at chunk {first}: {e}") from e
             for i in np.flatnonzero(errors[: len(batch)]):  # padding lanes have no stream

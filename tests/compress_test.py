@@ -5,6 +5,7 @@ import math
 import pathlib
 import subprocess
 import sys
+import time
 import wave
 
 import numpy as np
@@ -184,7 +185,9 @@ def test_cli_error_is_one_line_and_leaves_nothing(run, packed):
     out = packed.parent / "restored"
     result = _cli("decompress", f"--workdir={run}", packed, out)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("decompress failed: truncated")
+    assert result.stderr.strip().splitlines() == [
+        "compress.py: truncated trailer (the original's sha256)"
+    ]
     assert not out.exists()
 
 
@@ -215,3 +218,115 @@ def test_header_records_chunk_and_fingerprint(run, packed):
         header = container.read_header(f)
     assert header.chunk_size_bytes == 256
     assert header.original_length_bytes == len(_text())
+
+
+def test_incompressible_files_never_grow_much(run, tmp_path):
+    data = np.random.default_rng(7).integers(0, 256, 3 * 256 + 17, dtype=np.uint8).tobytes()
+    s = _round_trip(run, tmp_path, data, lanes=2)
+    assert s["raw_chunks"] == s["num_chunks"] == 4  # the test model cannot shorten random bytes
+    assert s["compressed_bytes"] <= len(data) + 1024 + 16 * s["num_chunks"]
+
+
+def test_an_existing_output_is_kept_unless_forced(run, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.write_bytes(_text()[:500])
+    out.write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match="--force"):
+        compress.compress_file(run, src, out)
+    assert out.read_bytes() == b"precious"
+    compress.compress_file(run, src, out, force=True)
+    assert out.read_bytes()[:8] == container.MAGIC
+
+
+def test_cli_pipes_round_trip(run, tmp_path):
+    data = _text()[:700]
+    packed = subprocess.run(
+        [sys.executable, "compress.py", "compress", f"--workdir={run}", "--noprogress", "-", "-"],
+        cwd=REPO, input=data, capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert packed.returncode == 0, packed.stderr.decode()[-2000:]
+    assert b"bits/byte" in packed.stderr  # the summary goes to stderr
+    restored = subprocess.run(
+        [sys.executable, "compress.py", "decompress", f"--workdir={run}", "--noprogress", "-",
+         "-"],
+        cwd=REPO, input=packed.stdout, capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert restored.returncode == 0, restored.stderr.decode()[-2000:]
+    assert restored.stdout == data
+
+
+def _rewrite_info(path, **changes):
+    """A forged stream: the header's description changed and its checksum recomputed."""
+    import json
+    import struct
+    import zlib
+
+    data = path.read_bytes()
+    fixed = container._FIXED.unpack_from(data)
+    info = json.loads(data[container._FIXED.size : container._FIXED.size + fixed[2]])
+    for key, value in changes.items():
+        section, field = key.split(".")
+        info[section][field] = value
+    new_info = json.dumps(info).encode()
+    head = container._FIXED.pack(*fixed[:2], len(new_info), *fixed[3:]) + new_info
+    rest = data[container._FIXED.size + fixed[2] + 4 :]
+    path.write_bytes(head + struct.pack("<I", zlib.crc32(head)) + rest)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"environment.isa": "SSE4_2"}, r"the stream was made for SSE4_2 code and this CPU runs"),
+        ({"environment.jax": "0.4.1"}, r"jax 0.4.1 when compressing, .* here"),
+        ({"environment.device": "NVIDIA H100"}, r"device NVIDIA H100 when compressing, cpu here"),
+        ({"coder.lanes": 2**20}, r"lanes must lie in|1048576 lanes for"),
+        ({"coder.lanes": 2**31}, r"lanes must lie in|2147483648 lanes for"),
+        ({"coder.attention_blocks": 64}, r"attention_blocks must lie in \[1, 16\]"),
+        ({"coder.chunk_tokens": 4096}, r"chunk sizes differ|does not fit the model's context"),
+        ({"coder.path": "integer"}, r"coding path is not supported"),
+    ],
+)
+def test_forged_or_foreign_streams_are_refused_up_front(run, packed, changes, message):
+    _rewrite_info(packed, **changes)
+    start = time.monotonic()
+    _decompress_fails(run, packed, message)
+    assert time.monotonic() - start < 30  # nothing was decoded or compiled for it
+
+
+_FUZZ_CASES = 24
+
+
+def test_seeded_container_fuzz_never_accepts_wrong_output(run, packed):
+    """Bit flips, truncations and forged fields (checksums recomputed): every damaged stream is
+    refused with one clean error, in bounded time, and leaves no output."""
+    import resource
+
+    good = packed.read_bytes()
+    rng = np.random.default_rng(1234)
+    for case in range(_FUZZ_CASES):
+        data = bytearray(good)
+        kind = case % 3
+        if kind == 0:
+            for _ in range(int(rng.integers(1, 4))):
+                data[int(rng.integers(len(data)))] ^= 1 << int(rng.integers(8))
+        elif kind == 1:
+            data = data[: int(rng.integers(len(data)))]
+        else:  # a forged header field, checksum recomputed
+            fixed = list(container._FIXED.unpack_from(bytes(data)))
+            field = int(rng.integers(3, 7))  # chunk size, length, group size, columns
+            fixed[field] = int(rng.integers(0, {3: 2**32, 4: 2**40, 5: 2**32, 6: 2**8}[field]))
+            head = container._FIXED.pack(*fixed)
+            data[: len(head)] = head
+            info_end = container._FIXED.size + fixed[2] if fixed[2] < 2048 else None
+            if info_end and info_end + 4 <= len(data):
+                import struct
+                import zlib
+
+                data[info_end : info_end + 4] = struct.pack(
+                    "<I", zlib.crc32(bytes(data[:info_end]))
+                )
+        packed.write_bytes(bytes(data))
+        start = time.monotonic()
+        _decompress_fails(run, packed, ".")
+        assert time.monotonic() - start < 60, case
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 8 * 2**20  # KiB: under 8 GiB

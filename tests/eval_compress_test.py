@@ -295,7 +295,7 @@ def test_cli_prints_the_table_and_writes_results(tmp_path):
         f"--workdir={out}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "raw rate (%)" in result.stdout and "adjusted rate (%)" in result.stdout
+    assert "raw %" in result.stdout and "bits/B" in result.stdout and "adj. %" in result.stdout
     assert " inf gzip" in result.stdout and "2048 png" in result.stdout
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
@@ -326,3 +326,55 @@ def test_non_byte_run_is_refused(run, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "tokenizer": "bpe:512"}))
     with pytest.raises(ValueError, match="byte-level runs"):
         language_model.LanguageModelCompressor(tmp_path)
+
+
+def test_records_are_kept_skipped_and_redone_on_request(tmp_path, monkeypatch):
+    config = _config(dataset="images", compressors="gzip,png", num_chunks=4, chunking="chunked")
+    first = eval_compress.evaluate(config, tmp_path)
+    calls = []
+    real = eval_compress._evaluate_classical
+    monkeypatch.setattr(
+        eval_compress, "_evaluate_classical", lambda c, s, n: calls.append(n) or real(c, s, n)
+    )
+    config.compressors = "gzip,png,flac"
+    again = eval_compress.evaluate(config, tmp_path)
+    assert calls == [["flac"]]  # gzip and png were there already
+    assert [r["compressor"] for r in again] == ["flac", "gzip", "png"] or {
+        r["compressor"] for r in again
+    } == {"gzip", "png", "flac"}
+    assert {r["compressor"]: r for r in again}["gzip"] == first[0]
+    config.overwrite = True
+    eval_compress.evaluate(config, tmp_path)
+    assert calls[-1] == ["gzip", "png", "flac"]
+
+
+def test_a_later_failure_keeps_the_finished_records(run, text_file, tmp_path, monkeypatch):
+    def boom(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eval_compress, "_evaluate_lm", boom)
+    config = _config(dataset=f"file:{text_file}", compressors=f"gzip,lm:{run}", **LM_OPTIONS)
+    with pytest.raises(KeyboardInterrupt):
+        eval_compress.evaluate(config, tmp_path)
+    kept = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert {r["compressor"] for r in kept} == {"gzip"}
+
+
+def test_a_short_context_model_fails_before_any_work(run, text_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(eval_compress, "_evaluate_classical", lambda *a: pytest.fail("worked"))
+    config = _config(dataset=f"file:{text_file}", compressors=f"gzip,lm:{run}", chunk_size=4096)
+    with pytest.raises(ValueError, match=r"context of 1024: use --config.chunk_size=1024"):
+        eval_compress.evaluate(config, tmp_path)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    for args, status, message in [
+        (["--config.dataset=nope"], 1, "Unknown dataset 'nope'"),
+        (["--config.compressors=gzip,zip"], 1, "Unknown compressor 'zip'"),
+        (["--config.datset=x"], 2, 'no such config field: datset. Did you mean "dataset"'),
+        (["--config.dataset=file:/no/such"], 1, "No such file"),
+    ]:
+        result = _cli(*args, f"--workdir={tmp_path}")
+        assert result.returncode == status, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, lines)

@@ -72,11 +72,11 @@ def test_chunk_api_groups_any_number_of_chunks():
     chunks = [rng.integers(0, 256, n) for n in (24, 5, 0, 24, 1, 17, 24)]  # 3 groups of 3 lanes
     coded = list(coder.encode_chunks(chunks, verify=True))
     assert [c.num_tokens for c in coded] == [len(c) for c in chunks]
-    decoded = list(coder.decode_chunks((c.payload, c.num_tokens) for c in coded))
+    decoded = list(coder.decode_chunks((c.payload, c.num_tokens, None) for c in coded))
     for got, want in zip(decoded, chunks, strict=True):
         np.testing.assert_array_equal(got, want)
-    streams = [(c.payload, c.num_tokens) for c in coded]
-    streams[4] = (coded[4].payload + b"\0", coded[4].num_tokens)  # zero padded: flagged
+    streams = [(c.payload, c.num_tokens, None) for c in coded]
+    streams[4] = (coded[4].payload + b"\0", coded[4].num_tokens, None)  # zero padded: flagged
     with pytest.raises(ValueError, match="chunk 4 failed to decode"):
         list(coder.decode_chunks(streams))
 
@@ -91,3 +91,31 @@ def test_bad_shapes_fail_clearly():
         coder.encode_group(np.full((3, 24), 256), np.array([24, 0, 0]))
     with pytest.raises(ValueError, match="exceeds chunk_size"):
         list(coder.encode_chunks([np.zeros(25, np.int32)]))
+
+
+def test_known_lanes_are_read_not_decoded_and_leave_the_others_exact():
+    # A chunk stored raw is fed to the model from its known tokens: the other lanes of its group
+    # see exactly what the encoder fed them, so they decode as they were encoded.
+    coder = _coder(256)
+    rng = np.random.default_rng(4)
+    chunks = [rng.integers(0, 256, 24) for _ in range(3)]
+    coded = list(coder.encode_chunks(chunks))
+    items = [(c.payload, c.num_tokens, None) for c in coded]
+    items[1] = (b"", len(chunks[1]), chunks[1])  # lane 1 known, its payload dropped
+    decoded = list(coder.decode_chunks(items))
+    for got, want in zip(decoded, chunks, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("low_bits", [0, 4])
+def test_bytes_as_one_table_or_two_nibbles(low_bits):
+    config = default.get_config("size=test")
+    model_cfg = transformer.TransformerConfig.from_config(config.model, 256)
+    model_cfg = dataclasses.replace(model_cfg, context_length=32)
+    params = transformer.init_params(model_cfg, jax.random.key(0))
+    shape = lm_coder.CoderShape(2, 24, attention_blocks=3, low_bits=low_bits)
+    coder = lm_coder.LMCoder(model_cfg, params, shape)
+    assert coder.steps_per_token == (2 if low_bits else 1)
+    chunks = [np.random.default_rng(5).integers(0, 256, 24) for _ in range(2)]
+    coded = list(coder.encode_chunks(chunks, verify=True))
+    assert len(coded) == 2

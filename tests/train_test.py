@@ -49,6 +49,8 @@ def test_loss_falls_on_real_text_without_recompiling(tmp_path, enwik5_path, capl
     # The step compiled once and never again (a changed shape or dtype would recompile).
     compiles = [r for r in caplog.records if "Compiling jit(train_step)" in r.getMessage()]
     assert len(compiles) == 1
+    saved = json.loads((tmp_path / runs.CONFIG_FILE).read_text())
+    assert saved["data"]["name"] == f"file:{enwik5_path}"  # not the default corpus's name
     assert metrics["num_params"] == 41_792
     evals = [m for m in _metrics(tmp_path) if "eval_bits_per_byte" in m]
     assert [m["step"] for m in evals] == [10, 20, 30, 40, 50, 60]
@@ -201,3 +203,30 @@ def test_an_older_run_without_new_model_fields_resumes(tmp_path):
     (tmp_path / runs.CONFIG_FILE).write_text(json.dumps(saved))
     (tmp_path / runs.RESULTS_FILE).unlink()
     assert train.train(_config(steps=10), tmp_path)["step"] == 10
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"train.batch_size": 0}, r"train.batch_size=0: must be an integer >= 1"),
+        ({"train.log_every": 0}, r"train.log_every=0: must be an integer >= 1"),
+        ({"train.steps": -5}, r"train.steps=-5: must be an integer >= 1"),
+        ({"optim.peak_lr": 0.0}, r"optim.peak_lr=0.0: must be a number in \(0, inf\]"),
+        ({"model.num_heads": 3}, r"model.width=32 must split into model.num_heads=3"),
+        ({"data.valid_fraction": 1.5}, r"data.valid_fraction=1.5: must be a number in \(0, 1\)"),
+    ],
+)
+def test_numeric_fields_are_checked_before_anything_compiles(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        train.train(_config(steps=5, **override), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_rerunning_a_complete_run_leaves_it_alone(tmp_path):
+    first = train.train(_config(steps=5), tmp_path)
+    results = (tmp_path / runs.RESULTS_FILE).read_bytes()
+    lines = (tmp_path / runs.METRICS_FILE).read_bytes()
+    again = train.train(_config(steps=5), tmp_path)
+    assert again == json.loads(results) and again["loss"] == first["loss"]
+    assert (tmp_path / runs.RESULTS_FILE).read_bytes() == results  # not a degraded copy
+    assert (tmp_path / runs.METRICS_FILE).read_bytes() == lines

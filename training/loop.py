@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import runs
 from models import transformer
-from training import checkpoints, runtime, steps
+from training import checkpoints, checks, runtime, steps
 from training.metrics import MetricsWriter
 
 LN2 = math.log(2.0)
@@ -285,6 +285,7 @@ def train_loop(
     """
     t_start = time.perf_counter()
     workdir = pathlib.Path(workdir)
+    checks.check(config)
     with runtime.Preemption() as preemption:
         check_resumable(workdir, config, task_cls.resume_keys)
         done = runs.load_results(workdir)

@@ -1,0 +1,113 @@
+"""What fixes a model's floats on this machine, recorded in a stream and compared before decoding.
+
+The float coding path is exact only where the decoder computes the encoder's floats bit for
+bit (models/lm_coder.py). Beyond the jax version, XLA's results depend on the backend and device,
+on the instruction set it compiles for (a CPU stream made under `--xla_cpu_max_isa=SSE4_2` does
+not decode under AVX2), and on flags that change numerics. `environment()` describes all of that
+compactly; `differences()` names what differs, so that decompression refuses up front with a
+way out instead of failing after decoding starts.
+"""
+
+import os
+import platform
+import re
+
+import jax
+
+# XLA CPU instruction-set levels, lowest first, with the cpuinfo flag that enables each.
+_ISA_LEVELS = [
+    ("SSE4_2", "sse4_2"),
+    ("AVX", "avx"),
+    ("AVX2", "avx2"),
+    ("AVX512", "avx512f"),
+    ("AVX512_VNNI", "avx512_vnni"),
+    ("AVX512_BF16", "avx512_bf16"),
+    ("AMX", "amx_tile"),
+]
+# XLA flags that change numerics (the rest, e.g. dump or logging flags, do not).
+_NUMERIC_FLAG = re.compile(
+    r"--xla_(cpu_max_isa|cpu_enable_fast_math|cpu_fast_math\w*|gpu_deterministic_ops|"
+    r"gpu_autotune_level|gpu_enable_fast_min_max|gpu_exhaustive_tiling_search|"
+    r"backend_optimization_level|cpu_use_\w+|gpu_enable_triton_gemm|allow_excess_precision)"
+    r"(=\S*)?"
+)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_isa() -> str:
+    """The instruction-set level XLA compiles for on this CPU: the best the CPU has, capped by
+    `--xla_cpu_max_isa` (e.g. 'AVX512'), or the machine's architecture off x86."""
+    flags = _cpu_flags()
+    if not flags:
+        return platform.machine()
+    best = "SSE4_2"
+    for level, flag in _ISA_LEVELS:
+        if flag in flags:
+            best = level
+    cap = re.search(r"--xla_cpu_max_isa=(\w+)", os.environ.get("XLA_FLAGS", ""))
+    names = [level for level, _ in _ISA_LEVELS]
+    if cap and cap[1].upper() in names:
+        best = names[min(names.index(best), names.index(cap[1].upper()))]
+    return best
+
+
+def numeric_xla_flags() -> str:
+    """The numerics-relevant XLA flags in effect, sorted (e.g. '--xla_cpu_max_isa=AVX2')."""
+    return " ".join(sorted(m[0] for m in _NUMERIC_FLAG.finditer(os.environ.get("XLA_FLAGS", ""))))
+
+
+def environment() -> dict[str, str]:
+    """What fixes the floats of a computation here: jax version, backend, device kind, the CPU's
+    instruction-set level (CPU only) and the numerics-relevant XLA flags."""
+    device = jax.devices()[0]
+    env = {
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device": device.device_kind,
+        "xla_flags": numeric_xla_flags(),
+    }
+    if env["backend"] == "cpu":
+        env["isa"] = cpu_isa()
+    else:
+        capability = getattr(device, "compute_capability", None)
+        if capability:
+            env["compute_capability"] = str(capability)
+    return env
+
+
+def differences(recorded: dict[str, str], here: dict[str, str] | None = None) -> list[str]:
+    """What differs between a stream's recorded environment and this one, one phrase each."""
+    here = environment() if here is None else here
+    out = []
+    for key in sorted(set(recorded) | set(here)):
+        a, b = recorded.get(key, ""), here.get(key, "")
+        if a == b:
+            continue
+        if key == "isa" and a and b:
+            out.append(_isa_difference(a, b))
+        else:
+            out.append(f"{key} {a or '(none)'} when compressing, {b or '(none)'} here")
+    return out
+
+
+def _isa_difference(made: str, here: str) -> str:
+    names = [level for level, _ in _ISA_LEVELS]
+    if made in names and here in names and names.index(here) > names.index(made):
+        return (
+            f"the stream was made for {made} code and this CPU runs {here} code: decode with "
+            f"XLA_FLAGS=--xla_cpu_max_isa={made}"
+        )
+    return (
+        f"the stream was made for {made} code and this CPU lacks it (runs {here}): decode on a "
+        f"CPU with {made}"
+    )
