@@ -35,7 +35,7 @@ from absl import app, flags
 import cli
 import runs
 from coding import container
-from models import lm_coder, numerics
+from models import integer, lm_coder, numerics
 from training import checkpoints
 
 DEFAULT_LANES = 64
@@ -98,8 +98,13 @@ def compress_file(
     step: int | None = None,
     progress: bool = False,
     force: bool = False,
+    portable: bool = True,
 ) -> dict:
     """Compresses `input_path` into `output_path` ('-': standard input / output).
+
+    With `portable` (the default) the model's tables come from its integer-only version
+    (models/integer.py), so the stream decodes on any machine; without, from its float32
+    probabilities, which decode only where the floats are the same (the stream says which).
 
     Returns:
       Summary: raw and compressed bytes, coded-payload bytes, chunks (and how many stored raw),
@@ -116,7 +121,9 @@ def compress_file(
         src.seek(0)
         chunk = chunk_size or model_cfg.context_length
         num_chunks = -(-raw_bytes // chunk)
-        shape = lm_coder.CoderShape(lanes=max(1, min(lanes, num_chunks)), chunk_tokens=chunk)
+        shape = lm_coder.CoderShape(
+            lanes=max(1, min(lanes, num_chunks)), chunk_tokens=chunk, portable=portable
+        )
         coder = lm_coder.LMCoder(model_cfg, params, shape)
         symbols = tokenizer.name != "bytes"  # BPE: a chunk's token count is not its byte count
         info = _stream_info(model_sha, coder)
@@ -159,8 +166,10 @@ def _stream_info(model_sha: str, coder: lm_coder.LMCoder) -> container.StreamInf
         "precision_bits": s.precision_bits,
         "attention_blocks": s.attention_blocks,
         "low_bits": s.low_bits,
-        "path": "float",
+        "path": "integer" if s.portable else "float",
     }
+    if s.portable:  # tables the same everywhere: only their definition's version matters
+        return container.StreamInfo(model_sha, settings, {"integer_tables": integer.TABLES_VERSION})
     return container.StreamInfo(model_sha, settings, numerics.environment())
 
 
@@ -179,9 +188,10 @@ def _coder_for(info: container.StreamInfo, header: container.Header, model_cfg, 
             int(c["precision_bits"]),
             int(c["attention_blocks"]),
             int(c["low_bits"]),
+            portable=c.get("path") == "integer",
         )
-        if c.get("path", "float") != "float":
-            raise ValueError(f"the {c['path']!r} coding path is not supported by this release")
+        if c.get("path") not in ("float", "integer"):
+            raise ValueError(f"the {c.get('path')!r} coding path is not supported by this release")
         if shape.lanes > max(1, header.num_chunks):
             raise ValueError(f"{shape.lanes} lanes for {header.num_chunks} chunks")
         if header.group_chunks != shape.lanes or header.chunk_size_bytes != shape.chunk_tokens:
@@ -235,18 +245,36 @@ def decompress_file(
                 "this stream was made by a different model (or checkpoint): decompress with the "
                 "run and --step that compressed it"
             )
-        differences = numerics.differences(info.environment)
-        if differences:
-            raise container.FormatError(
-                f"this machine would compute other floats than the compressing one did "
-                f"({'; '.join(differences)}); or re-compress with --portable"
-            )
+        _check_environment(info)
         coder = _coder_for(info, reader.header, model_cfg, params)
         reader.max_payload_bytes = coder.capacity_bytes
         with _opened(output_path, "w", force) as out:
             raw_bytes = _decode_groups(reader, coder, tokenizer, out, progress)
     seconds = time.perf_counter() - start
     return {"raw_bytes": raw_bytes, "seconds": seconds, "mb_per_s": raw_bytes / 1e6 / seconds}
+
+
+def _check_environment(info: container.StreamInfo) -> None:
+    """Refuses up front a stream this machine cannot reproduce the tables of.
+
+    Raises:
+      container.FormatError: naming the difference and the way out.
+    """
+    if info.coder.get("path") == "integer":
+        made = info.environment.get("integer_tables")
+        if made != integer.TABLES_VERSION:
+            raise container.FormatError(
+                f"this stream's integer tables are version {made}, this release computes "
+                f"version {integer.TABLES_VERSION}: decompress with the release that made it"
+            )
+        return
+    differences = numerics.differences(info.environment)
+    if differences:
+        raise container.FormatError(
+            f"this machine would compute other floats than the compressing one did "
+            f"({'; '.join(differences)}); or compress with --portable (the default), whose "
+            "streams decode anywhere"
+        )
 
 
 def _decode_groups(reader, coder, tokenizer, out, progress: bool) -> int:
@@ -316,7 +344,13 @@ def main(argv):
     common = {"step": FLAGS.step, "progress": FLAGS.progress, "force": FLAGS.force}
     if mode == "compress":
         s = compress_file(
-            FLAGS.workdir, input_path, output_path, FLAGS.lanes, FLAGS.chunk_size, **common
+            FLAGS.workdir,
+            input_path,
+            output_path,
+            FLAGS.lanes,
+            FLAGS.chunk_size,
+            portable=FLAGS.portable,
+            **common,
         )
     else:
         s = decompress_file(FLAGS.workdir, input_path, output_path, **common)
@@ -333,6 +367,12 @@ def _define_flags() -> None:
     flags.DEFINE_integer("step", None, "Checkpoint step to use (default: newest).")
     flags.DEFINE_bool("progress", True, "Show a progress bar.")
     flags.DEFINE_bool("force", False, "Replace OUTPUT if it exists.")
+    flags.DEFINE_bool(
+        "portable",
+        True,
+        "Code with the integer-only model: streams decode on any machine (--noportable: the "
+        "float model, which decodes only where its floats are the same).",
+    )
 
 
 if __name__ == "__main__":

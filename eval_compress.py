@@ -207,6 +207,7 @@ def _evaluate_lm(config, source: sources.Source, entry: str) -> dict:
         dtype=config.lm.dtype,
         attention=config.lm.attention,
         attention_blocks=config.lm.attention_blocks,
+        **({"portable": True} if config.lm.portable else {}),
     )
     mode = _seven_bit(config, source, entry)
     total = _expected_bytes(config, source)
@@ -253,6 +254,7 @@ def _evaluate_lm(config, source: sources.Source, entry: str) -> dict:
         log_loss_bytes=log_loss_bytes if config.lm.log_loss else None,
         log_loss_rate=log_loss_bytes / last.raw_bytes if config.lm.log_loss else None,
         verified=bool(config.lm.coded and config.lm.verify),
+        coded_path="integer" if config.lm.portable else "float",
         lm_workdir=workdir,
         lm_size=lm.size,
         lm_step=lm.step,

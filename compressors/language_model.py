@@ -60,6 +60,8 @@ class LanguageModelCompressor:
       dtype: compute dtype to use instead of the run's ('' keeps it), e.g. 'bfloat16'.
       attention: attention implementation instead of the run's ('' keeps it): 'xla', 'cudnn'.
       attention_blocks: the coder's `CoderShape.attention_blocks` (0 keeps its default).
+      portable: code with the integer-only model (models/integer.py) as compress.py does by
+        default; the log-loss pass stays the float model's.
 
     Raises:
       FileNotFoundError: not a run, or no checkpoint.
@@ -77,6 +79,7 @@ class LanguageModelCompressor:
         dtype: str = "",
         attention: str = "",
         attention_blocks: int = 0,
+        portable: bool = False,
     ):
         if chunks_per_device < 1 or lanes < 1:
             raise ValueError(f"chunks_per_device={chunks_per_device}, lanes={lanes}: need >= 1.")
@@ -98,6 +101,8 @@ class LanguageModelCompressor:
         self.chunks_per_device, self.lanes = chunks_per_device, lanes
         # Only passed when set, so the coder's own default (and older coders) keep working.
         self._shape_options = {"attention_blocks": attention_blocks} if attention_blocks else {}
+        if portable:
+            self._shape_options["portable"] = True
         self.devices = list(devices or jax.local_devices())
         self._params = params
         self._mesh = jax.sharding.Mesh(np.array(self.devices), ("data",))

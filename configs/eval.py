@@ -58,5 +58,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.lm.log_loss = True  # rate by the model's log-loss (parallel pass).
     c.lm.coded = True  # rate by the bytes the range coder writes (slow on a CPU).
     c.lm.verify = False  # decode every coded chunk back and fail on any mismatch.
+    c.lm.portable = False  # code with the integer-only model (compress.py's default) instead.
     c.lm.prefetch = 4  # blocks loaded ahead by a background thread.
     return c.lock()

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from coding import factorized, quantize, range_coder
-from models import transformer
+from models import integer, transformer
 
 MAX_LANES = 1 << 16
 MAX_ATTENTION_BLOCKS = 16  # each block is a scan of its own: compile time grows with them
@@ -55,6 +55,8 @@ class CoderShape:
         its low `k` bits (`coding.factorized`), which for bytes (k = 4: two 16-symbol tables)
         costs less: the `+1` floor every symbol needs in a table takes 16/2**16 of the mass
         instead of 256/2**16.
+      portable: compute the tables with the integer-only model (`models.integer`): the same on
+        every machine, device and instruction set, and whatever the lanes or blocks.
     """
 
     lanes: int
@@ -62,9 +64,15 @@ class CoderShape:
     precision_bits: int = 16
     attention_blocks: int = 8
     low_bits: int = 0
+    portable: bool = False
 
     def check(self, context_length: int, vocab_size: int) -> None:
         """Raises ValueError unless this shape fits a model of this context and vocabulary."""
+        if self.portable and (self.low_bits or self.precision_bits != integer.PRECISION_BITS):
+            raise ValueError(
+                f"the portable path codes one table of 2**{integer.PRECISION_BITS} per token "
+                f"(precision_bits={integer.PRECISION_BITS}, low_bits=0), got {self}."
+            )
         if not 1 <= self.chunk_tokens <= context_length:
             raise ValueError(
                 f"chunk of {self.chunk_tokens} tokens does not fit the model's context of "
@@ -106,7 +114,13 @@ class LMCoder:
     """
 
     def __init__(self, cfg: transformer.TransformerConfig, params: Any, shape: CoderShape):
-        if not shape.low_bits and cfg.vocab_size > quantize.max_vocab(shape.precision_bits):
+        if shape.portable and params is not None and not isinstance(params, integer.IntegerParams):
+            params = integer.quantize_params(cfg, params)
+        if (
+            not shape.portable
+            and not shape.low_bits
+            and cfg.vocab_size > quantize.max_vocab(shape.precision_bits)
+        ):
             shape = dataclasses.replace(
                 shape, low_bits=default_low_bits(cfg.vocab_size, shape.precision_bits)
             )
@@ -130,7 +144,7 @@ class LMCoder:
         """About what one group takes on the device: the KV cache, the payloads, the recorded
         intervals (a stream's lanes cost its decoder this much; see README)."""
         c, s = self.cfg, self.shape
-        itemsize = jnp.dtype(c.dtype).itemsize
+        itemsize = 2 if s.portable else jnp.dtype(c.dtype).itemsize
         cache = 2 * c.num_layers * s.chunk_tokens * c.width * itemsize
         steps = s.chunk_tokens * self.steps_per_token
         return s.lanes * (cache + self.capacity_bytes + 8 * steps + 4 * c.vocab_size * 4)
@@ -153,6 +167,48 @@ class LMCoder:
             return factorized.decode_step_jax(state, probs, bits, self.shape.low_bits)
         return range_coder.decode_step_jax(state, quantize.quantize_jax(probs, bits), bits)
 
+    def _float_step(self, params, prev, t, cache, kv_length):
+        """The float model's step: its probabilities, quantised inside the coder's functions.
+
+        Returns:
+          (decode(state) -> (symbols, state), intervals(symbols) -> (starts, freqs),
+          bits(symbols) -> the model's -log2 p, the new cache).
+        """
+        log_probs, cache = self._model.apply(
+            {"params": params}, prev, t, cache, kv_length, method=transformer.Transformer.decode
+        )
+        probs = jnp.exp(log_probs)
+
+        def bits(symbol):
+            return -jnp.take_along_axis(log_probs, symbol[:, None], axis=1)[:, 0] / math.log(2)
+
+        return (
+            lambda state: self._decode_symbol(state, probs),
+            lambda symbol: self._intervals(probs, symbol),
+            bits,
+            cache,
+        )
+
+    def _integer_step(self, params, prev, t, cache, kv_length):
+        """The integer model's step: its frequency tables directly (models.integer)."""
+        tables, cache = integer.decode_step(params, prev, t, cache, kv_length)
+        total = jnp.float32(1 << integer.PRECISION_BITS)
+
+        def intervals(symbol):
+            starts, freqs = range_coder.symbol_intervals_jax(tables, symbol, integer.PRECISION_BITS)
+            return starts[:, None], freqs[:, None]
+
+        def bits(symbol):
+            freq = jnp.take_along_axis(tables, symbol[:, None], axis=1)[:, 0]
+            return -jnp.log2(freq.astype(jnp.float32) / total)
+
+        return (
+            lambda state: range_coder.decode_step_jax(state, tables, integer.PRECISION_BITS),
+            intervals,
+            bits,
+            cache,
+        )
+
     def _scan(self, params, tokens, lengths, data, num_bytes, encoding):
         """The shared program: runs the model over a group, token by token.
 
@@ -170,22 +226,23 @@ class LMCoder:
           bits [lanes], decoder error codes [lanes]).
         """
         lanes, length = tokens.shape
-        cache = transformer.init_cache(self.cfg, lanes, length)
+        if self.shape.portable:
+            cache = integer.init_cache(params, lanes, length)
+        else:
+            cache = transformer.init_cache(self.cfg, lanes, length)
         num_steps = jnp.where(encoding, 0, lengths * self.steps_per_token)  # known: nothing to read
         decoder = range_coder.decode_init_jax(data, num_bytes, num_steps)
+        model_step = self._integer_step if self.shape.portable else self._float_step
 
         def step(carry, t, kv_length):
             cache, prev, decoder = carry
-            log_probs, cache = self._model.apply(
-                {"params": params}, prev, t, cache, kv_length, method=transformer.Transformer.decode
-            )
-            probs = jnp.exp(log_probs)
-            decoded, decoder = self._decode_symbol(decoder, probs)
+            decode, intervals, bits_of, cache = model_step(params, prev, t, cache, kv_length)
+            decoded, decoder = decode(decoder)
             active = t < lengths
             symbol = jnp.where(active, jnp.where(encoding, tokens[:, t], decoded), 0)
-            starts, freqs = self._intervals(probs, symbol)
-            bits = -jnp.take_along_axis(log_probs, symbol[:, None], axis=1)[:, 0] / math.log(2)
-            return (cache, symbol, decoder), (symbol, starts, freqs, jnp.where(active, bits, 0.0))
+            starts, freqs = intervals(symbol)
+            bits = jnp.where(active, bits_of(symbol), 0.0)
+            return (cache, symbol, decoder), (symbol, starts, freqs, bits)
 
         # Attention over the filled prefix only: the chunk runs in blocks, and block b's steps
         # read the first (b + 1) * block_len cache entries (static sizes, one scan per block).

@@ -2,6 +2,7 @@
 
 import io
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -283,10 +284,13 @@ def _rewrite_info(path, **changes):
         ({"coder.lanes": 2**31}, r"lanes must lie in|2147483648 lanes for"),
         ({"coder.attention_blocks": 64}, r"attention_blocks must lie in \[1, 16\]"),
         ({"coder.chunk_tokens": 4096}, r"chunk sizes differ|does not fit the model's context"),
-        ({"coder.path": "integer"}, r"coding path is not supported"),
+        ({"coder.path": "quantum"}, r"coding path is not supported"),
     ],
 )
-def test_forged_or_foreign_streams_are_refused_up_front(run, packed, changes, message):
+def test_forged_or_foreign_streams_are_refused_up_front(run, tmp_path, changes, message):
+    packed = tmp_path / "float.lmc"
+    (tmp_path / "in").write_bytes(_text())
+    compress.compress_file(run, tmp_path / "in", packed, lanes=2, chunk_size=256, portable=False)
     _rewrite_info(packed, **changes)
     start = time.monotonic()
     _decompress_fails(run, packed, message)
@@ -330,3 +334,48 @@ def test_seeded_container_fuzz_never_accepts_wrong_output(run, packed):
         _decompress_fails(run, packed, ".")
         assert time.monotonic() - start < 60, case
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 8 * 2**20  # KiB: under 8 GiB
+
+
+def test_portable_stream_refuses_other_integer_tables(run, packed):
+    _rewrite_info(packed, **{"environment.integer_tables": 0})
+    _decompress_fails(run, packed, r"integer tables are version 0, this release computes version")
+
+
+_CLI_ENV = dict(os.environ)
+
+
+def _cli_env(*args, isa=None):
+    env = dict(_CLI_ENV)
+    if isa:
+        env["XLA_FLAGS"] = f"--xla_cpu_max_isa={isa}"
+    else:
+        env.pop("XLA_FLAGS", None)
+    return subprocess.run(
+        [sys.executable, "compress.py", *map(str, args), "--noprogress"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_streams_across_instruction_sets(run, tmp_path):
+    """A portable stream made under SSE4_2 decodes under the default ISA and back, whatever its
+    lanes; a float one is refused up front, naming the instruction set."""
+    src = tmp_path / "in"
+    src.write_bytes(_text()[:1500])
+    old = tmp_path / "sse.lmc"
+    made = _cli_env("compress", f"--workdir={run}", "--chunk_size=256", "--lanes=3", src, old,
+                    isa="SSE4_2")  # fmt: skip
+    assert made.returncode == 0, made.stderr[-2000:]
+    compress.decompress_file(run, old, tmp_path / "out1")
+    assert (tmp_path / "out1").read_bytes() == src.read_bytes()
+    new = tmp_path / "default.lmc"
+    compress.compress_file(run, src, new, lanes=2, chunk_size=256)
+    back = _cli_env("decompress", f"--workdir={run}", new, tmp_path / "out2", isa="SSE4_2")
+    assert back.returncode == 0, back.stderr[-2000:]
+    assert (tmp_path / "out2").read_bytes() == src.read_bytes()
+    float_old = tmp_path / "sse_float.lmc"
+    made = _cli_env("compress", f"--workdir={run}", "--chunk_size=256", "--noportable", src,
+                    float_old, isa="SSE4_2")  # fmt: skip
+    assert made.returncode == 0, made.stderr[-2000:]
+    if compress.numerics.cpu_isa() != "SSE4_2":
+        _decompress_fails(run, float_old, r"made for SSE4_2 code and this CPU runs \w+ code: "
+                          r"decode with XLA_FLAGS=--xla_cpu_max_isa=SSE4_2")  # fmt: skip

@@ -378,3 +378,13 @@ def test_cli_errors_are_one_line(tmp_path):
         assert result.returncode == status, (args, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (args, lines)
+
+
+def test_the_integer_path_can_be_rated_too(run, text_file, tmp_path):
+    config = _config(dataset=f"file:{text_file}", compressors=f"lm:{run}", **LM_OPTIONS)
+    config.lm.portable = True
+    config.lm.verify = True
+    (record,) = eval_compress.evaluate(config, tmp_path)
+    assert record["coded_path"] == "integer" and record["verified"]
+    # The log-loss is the float model's; the integer tables code within a few percent of it.
+    assert abs(record["coded_bytes"] - record["log_loss_bytes"]) <= 0.03 * record["log_loss_bytes"]

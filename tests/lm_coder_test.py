@@ -119,3 +119,22 @@ def test_bytes_as_one_table_or_two_nibbles(low_bits):
     chunks = [np.random.default_rng(5).integers(0, 256, 24) for _ in range(2)]
     coded = list(coder.encode_chunks(chunks, verify=True))
     assert len(coded) == 2
+
+
+def test_portable_path_round_trips_and_ignores_the_group_layout():
+    config = default.get_config("size=test")
+    model_cfg = transformer.TransformerConfig.from_config(config.model, 256)
+    model_cfg = dataclasses.replace(model_cfg, context_length=32)
+    params = transformer.init_params(model_cfg, jax.random.key(0))
+    rng = np.random.default_rng(6)
+    chunks = [rng.integers(0, 256, n) for n in (24, 9, 24)]
+    payloads = {}
+    for lanes, blocks in ((3, 3), (1, 1), (2, 2)):
+        shape = lm_coder.CoderShape(lanes, 24, attention_blocks=blocks, portable=True)
+        coder = lm_coder.LMCoder(model_cfg, params, shape)
+        coded = list(coder.encode_chunks(chunks, verify=True))
+        payloads[lanes] = [c.payload for c in coded]
+    # Integer tables do not depend on the batch or the program: the same bytes every way.
+    assert payloads[1] == payloads[2] == payloads[3]
+    with pytest.raises(ValueError, match="portable path codes one table"):
+        lm_coder.LMCoder(model_cfg, params, lm_coder.CoderShape(1, 24, low_bits=4, portable=True))
