@@ -38,7 +38,7 @@ from coding import container
 from models import integer, lm_coder, numerics
 from training import checkpoints
 
-DEFAULT_LANES = 64
+DEFAULT_LANES = 0  # 0: chosen from the device's memory (lm_coder.default_lanes)
 
 
 def _load(workdir: str, step: int | None):
@@ -99,12 +99,15 @@ def compress_file(
     progress: bool = False,
     force: bool = False,
     portable: bool = True,
+    kv_dtype: str = "",
 ) -> dict:
     """Compresses `input_path` into `output_path` ('-': standard input / output).
 
     With `portable` (the default) the model's tables come from its integer-only version
     (models/integer.py), so the stream decodes on any machine; without, from its float32
-    probabilities, which decode only where the floats are the same (the stream says which).
+    probabilities, which decode only where the floats are the same (the stream says which);
+    `kv_dtype` ('bfloat16', 'int8') shrinks that path's KV cache. `lanes` 0 picks them from the
+    device's memory.
 
     Returns:
       Summary: raw and compressed bytes, coded-payload bytes, chunks (and how many stored raw),
@@ -121,8 +124,12 @@ def compress_file(
         src.seek(0)
         chunk = chunk_size or model_cfg.context_length
         num_chunks = -(-raw_bytes // chunk)
+        lanes = lanes or lm_coder.default_lanes(model_cfg, chunk, portable)
         shape = lm_coder.CoderShape(
-            lanes=max(1, min(lanes, num_chunks)), chunk_tokens=chunk, portable=portable
+            lanes=max(1, min(lanes, num_chunks)),
+            chunk_tokens=chunk,
+            portable=portable,
+            kv_dtype=kv_dtype,
         )
         coder = lm_coder.LMCoder(model_cfg, params, shape)
         symbols = tokenizer.name != "bytes"  # BPE: a chunk's token count is not its byte count
@@ -167,6 +174,7 @@ def _stream_info(model_sha: str, coder: lm_coder.LMCoder) -> container.StreamInf
         "attention_blocks": s.attention_blocks,
         "low_bits": s.low_bits,
         "path": "integer" if s.portable else "float",
+        "kv_dtype": s.kv_dtype,
     }
     if s.portable:  # tables the same everywhere: only their definition's version matters
         return container.StreamInfo(model_sha, settings, {"integer_tables": integer.TABLES_VERSION})
@@ -189,6 +197,7 @@ def _coder_for(info: container.StreamInfo, header: container.Header, model_cfg, 
             int(c["attention_blocks"]),
             int(c["low_bits"]),
             portable=c.get("path") == "integer",
+            kv_dtype=str(c.get("kv_dtype", "")),
         )
         if c.get("path") not in ("float", "integer"):
             raise ValueError(f"the {c.get('path')!r} coding path is not supported by this release")
@@ -350,6 +359,7 @@ def main(argv):
             FLAGS.lanes,
             FLAGS.chunk_size,
             portable=FLAGS.portable,
+            kv_dtype=FLAGS.kv_cache,
             **common,
         )
     else:
@@ -362,7 +372,12 @@ def main(argv):
 
 def _define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Training run directory (its newest checkpoint).")
-    flags.DEFINE_integer("lanes", DEFAULT_LANES, "Chunks coded together (stored in the stream).")
+    flags.DEFINE_integer(
+        "lanes",
+        DEFAULT_LANES,
+        "Chunks coded together (stored in the stream; its decoder needs their memory); "
+        "0 chooses from the device's memory (64 on a CPU).",
+    )
     flags.DEFINE_integer("chunk_size", 0, "Bytes per chunk; 0 = the model's context.")
     flags.DEFINE_integer("step", None, "Checkpoint step to use (default: newest).")
     flags.DEFINE_bool("progress", True, "Show a progress bar.")
@@ -372,6 +387,12 @@ def _define_flags() -> None:
         True,
         "Code with the integer-only model: streams decode on any machine (--noportable: the "
         "float model, which decodes only where its floats are the same).",
+    )
+    flags.DEFINE_enum(
+        "kv_cache",
+        "",
+        ["", "float32", "bfloat16", "int8"],
+        "--noportable: the KV cache's dtype ('' = the model's compute dtype).",
     )
 
 

@@ -265,8 +265,12 @@ def status(sweep: dict[str, Any], root: pathlib.Path) -> list[dict[str, Any]]:
     for run in expand(sweep):
         workdir = root / sweep["name"] / run.name
         state, reason = run_status(workdir, run), ""
-        if state != "complete" and run.name in jobs:
-            state, reason = jobs[run.name].state, jobs[run.name].reason
+        job = jobs.get(run.name)
+        if state == "complete" and job is not None and job.state in ("queued", "running"):
+            # results.json is written; the job still finishes (its exit status is not recorded).
+            state, reason = job.state, "results written; its job is finishing"
+        elif state != "complete" and job is not None:
+            state, reason = job.state, job.reason
             if state == "complete":  # its command exited 0, yet results.json is short of steps
                 state, reason = "failed", "exited 0 before train.steps (see its log)"
         lines = runs.read_jsonl(workdir / runs.METRICS_FILE)

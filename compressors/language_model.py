@@ -104,7 +104,7 @@ class LanguageModelCompressor:
         if portable:
             self._shape_options["portable"] = True
         self.devices = list(devices or jax.local_devices())
-        self._params = params
+        self.params = params
         self._mesh = jax.sharding.Mesh(np.array(self.devices), ("data",))
         replicated = NamedSharding(self._mesh, P())
         split = NamedSharding(self._mesh, P("data"))
@@ -170,7 +170,7 @@ class LanguageModelCompressor:
             shape = lm_coder.CoderShape(
                 lanes=self.lanes, chunk_tokens=chunk_size, **self._shape_options
             )
-            params = jax.device_put(self._params, self.devices[device_index])
+            params = jax.device_put(self.params, self.devices[device_index])
             self._coders[key] = lm_coder.LMCoder(self.model_cfg, params, shape)
         return self._coders[key]
 

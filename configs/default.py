@@ -84,8 +84,8 @@ def model_config(
     m.norm = norm  # 'post' is the paper's layout; 'pre' adds a final LayerNorm.
     m.positions = "rotary"  # or 'sinusoidal': the paper's sinusoids added to the embedding.
     m.rope_base = 10_000.0  # rotary positions only.
-    m.dtype = "float32"  # compute dtype: 'float32' or 'bfloat16' (params stay float32).
-    m.attention = "auto"  # 'auto' (cuDNN flash on GPU when possible), 'xla' or 'cudnn'.
+    m.dtype = "auto"  # compute: 'auto' (bf16 on GPU/TPU, f32 on CPU), 'float32' or 'bfloat16'.
+    m.attention = "auto"  # 'auto' (cuDNN flash on a GPU where it applies), 'xla' or 'cudnn'.
     m.emb_init_scale = 0.02
     return m
 

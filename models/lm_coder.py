@@ -50,21 +50,26 @@ class CoderShape:
       precision_bits: log2 of each frequency table's total.
       attention_blocks: the chunk runs in this many blocks, each attending only to the cache
         filled so far (more blocks: less attention work, longer compiles).
-      low_bits: 0 codes each token with one table over the vocabulary (vocabularies too large
-        for one table are split automatically); k > 0 codes it as two steps, its high bits then
-        its low `k` bits (`coding.factorized`), which for bytes (k = 4: two 16-symbol tables)
-        costs less: the `+1` floor every symbol needs in a table takes 16/2**16 of the mass
-        instead of 256/2**16.
+      low_bits: 0 codes each token with one table over the vocabulary; k > 0 codes it as two
+        steps, its high bits then its low `k` bits (`coding.factorized`), which for bytes (k = 4:
+        two 16-symbol tables) costs less: the `+1` floor every symbol needs in a table takes
+        16/2**16 of the mass instead of 256/2**16 (0.03 against 0.58 bytes per 2048-byte chunk
+        of text, BENCHMARKS.md). -1 (the default) chooses: `default_low_bits` on the float path,
+        0 on the portable one (its integer model makes whole tables).
       portable: compute the tables with the integer-only model (`models.integer`): the same on
         every machine, device and instruction set, and whatever the lanes or blocks.
+      kv_dtype: the float path's KV cache: '' (the compute dtype), 'bfloat16' or 'int8' (half
+        or a quarter of the memory a decode step reads, which bounds a GPU's speed; what each
+        costs in bits/byte is in BENCHMARKS.md).
     """
 
     lanes: int
     chunk_tokens: int
     precision_bits: int = 16
     attention_blocks: int = 8
-    low_bits: int = 0
+    low_bits: int = -1
     portable: bool = False
+    kv_dtype: str = ""
 
     def check(self, context_length: int, vocab_size: int) -> None:
         """Raises ValueError unless this shape fits a model of this context and vocabulary."""
@@ -80,15 +85,30 @@ class CoderShape:
             )
         if not 1 <= self.lanes <= MAX_LANES:
             raise ValueError(f"lanes must lie in [1, {MAX_LANES}], got {self.lanes}.")
+        if self.low_bits < 0:
+            raise ValueError("low_bits must be resolved (>= 0) here.")
         if not 1 <= self.attention_blocks <= min(MAX_ATTENTION_BLOCKS, self.chunk_tokens):
             raise ValueError(
                 f"attention_blocks must lie in [1, {min(MAX_ATTENTION_BLOCKS, self.chunk_tokens)}]"
                 f", got {self.attention_blocks}."
             )
+        if self.kv_dtype not in transformer.KV_DTYPES or (self.portable and self.kv_dtype):
+            raise ValueError(f"kv_dtype must be one of {transformer.KV_DTYPES} (float path only).")
         if self.low_bits:
             factorized.check_factorization(vocab_size, self.precision_bits, self.low_bits)
         else:
-            quantize.check_table_shape(2, self.precision_bits)
+            quantize.check_table_shape(vocab_size, self.precision_bits)
+
+
+def default_lanes(model_cfg: transformer.TransformerConfig, chunk_tokens: int, portable: bool):
+    """Lanes that fill this device: on a GPU or TPU as many as a quarter of its memory holds
+    (up to 2,048: per-step launch overhead needs hundreds to thousands), on a CPU 64."""
+    device = jax.local_devices()[0]
+    limit = (device.memory_stats() or {}).get("bytes_limit")
+    if device.platform == "cpu" or not limit:
+        return 64
+    probe = LMCoder(model_cfg, None, CoderShape(1, chunk_tokens, portable=portable))
+    return int(max(1, min(2048, limit // 4 // probe.memory_bytes())))
 
 
 def default_low_bits(vocab_size: int, precision_bits: int = 16) -> int:
@@ -116,14 +136,11 @@ class LMCoder:
     def __init__(self, cfg: transformer.TransformerConfig, params: Any, shape: CoderShape):
         if shape.portable and params is not None and not isinstance(params, integer.IntegerParams):
             params = integer.quantize_params(cfg, params)
-        if (
-            not shape.portable
-            and not shape.low_bits
-            and cfg.vocab_size > quantize.max_vocab(shape.precision_bits)
-        ):
-            shape = dataclasses.replace(
-                shape, low_bits=default_low_bits(cfg.vocab_size, shape.precision_bits)
+        if shape.low_bits < 0:
+            low_bits = (
+                0 if shape.portable else default_low_bits(cfg.vocab_size, shape.precision_bits)
             )
+            shape = dataclasses.replace(shape, low_bits=low_bits)
         shape.check(cfg.context_length, cfg.vocab_size)
         self.cfg, self.params, self.shape = cfg, params, shape
         self.factorized = shape.low_bits > 0
@@ -144,7 +161,8 @@ class LMCoder:
         """About what one group takes on the device: the KV cache, the payloads, the recorded
         intervals (a stream's lanes cost its decoder this much; see README)."""
         c, s = self.cfg, self.shape
-        itemsize = 2 if s.portable else jnp.dtype(c.dtype).itemsize
+        kv = s.kv_dtype or str(transformer.compute_dtype(c.dtype))
+        itemsize = 2 if s.portable else jnp.dtype(kv).itemsize
         cache = 2 * c.num_layers * s.chunk_tokens * c.width * itemsize
         steps = s.chunk_tokens * self.steps_per_token
         return s.lanes * (cache + self.capacity_bytes + 8 * steps + 4 * c.vocab_size * 4)
@@ -229,7 +247,7 @@ class LMCoder:
         if self.shape.portable:
             cache = integer.init_cache(params, lanes, length)
         else:
-            cache = transformer.init_cache(self.cfg, lanes, length)
+            cache = transformer.init_cache(self.cfg, lanes, length, self.shape.kv_dtype)
         num_steps = jnp.where(encoding, 0, lengths * self.steps_per_token)  # known: nothing to read
         decoder = range_coder.decode_init_jax(data, num_bytes, num_steps)
         model_step = self._integer_step if self.shape.portable else self._float_step
@@ -282,7 +300,8 @@ class LMCoder:
 
         Returns:
           (payloads: one `bytes` per lane, the coded chunk; ideal bits float64 [lanes], the
-          model's -log2 p of the chunk).
+          model's -log2 p of the chunk; table bits float64 [lanes], the -log2 of the quantised
+          tables coded with).
         """
         lengths = self._check_group(lengths)
         tokens = np.asarray(tokens, np.int32)
@@ -303,7 +322,12 @@ class LMCoder:
             raise RuntimeError("the coder produced an invalid interval; please report this bug.")
         data_lb, num_bytes = np.asarray(data_lb), np.asarray(num_bytes)
         payloads = [data_lb[i, : num_bytes[i]].tobytes() for i in range(len(lengths))]
-        return payloads, np.asarray(bits, np.float64)
+        freqs_ls = np.asarray(freqs, np.float64)
+        active = np.arange(freqs_ls.shape[1])[None, :] < (lengths * self.steps_per_token)[:, None]
+        table_bits = np.where(
+            active, self.shape.precision_bits - np.log2(np.maximum(freqs_ls, 1)), 0.0
+        ).sum(axis=1)
+        return payloads, np.asarray(bits, np.float64), table_bits
 
     def decode_group(
         self,
@@ -369,12 +393,12 @@ class LMCoder:
         """
         first = first_index
         for group in group_chunks(chunks, self.shape.lanes, self.shape.chunk_tokens):
-            payloads, bits = self.encode_group(group.tokens, group.lengths)
+            payloads, bits, table_bits = self.encode_group(group.tokens, group.lengths)
             payloads = payloads[: group.count]
             if verify:
                 self._verify(group, payloads, first)
             for i, payload in enumerate(payloads):
-                yield Coded(payload, int(group.lengths[i]), float(bits[i]))
+                yield Coded(payload, int(group.lengths[i]), float(bits[i]), float(table_bits[i]))
             first += group.count
 
     def _verify(self, group: "Group", payloads: list[bytes], first: int) -> None:
@@ -421,11 +445,22 @@ class LMCoder:
 
 
 class Coded(NamedTuple):
-    """One coded chunk: its payload, its token count and the model's ideal bits for it."""
+    """One coded chunk.
+
+    Attributes:
+      payload: the coder's bytes.
+      num_tokens: tokens coded.
+      bits: the model's ideal code length, sum of -log2 p (the float model's log-loss; on the
+        portable path, that of its integer tables).
+      table_bits: the ideal code length of the frequency tables actually coded with, sum of
+        -log2(freq / 2**precision): bits - table_bits is what quantising costs, 8 * len(payload)
+        - table_bits what the coder costs.
+    """
 
     payload: bytes
     num_tokens: int
     bits: float
+    table_bits: float = 0.0
 
 
 class VerificationError(RuntimeError):

@@ -12,6 +12,15 @@ Inputs are the targets shifted right by one with token 0 in front (the reference
 
 Linen keeps the parameters a plain nested dict, which orbax checkpoints, optax updates, the
 container fingerprints and `jax.jit` closes over without any conversion.
+
+On accelerators: `dtype='auto'` computes in bfloat16 on a GPU or TPU and float32 on a CPU
+(`compute_dtype`; parameters stay float32, log-softmax is float32); `attention='auto'` takes
+cuDNN's flash attention on a GPU where dtype and shapes allow it, else XLA's
+(`attention_implementation`). The input embedding is a one-hot product for vocabularies up to
+4,096 symbols, so its gradient is a matrix product instead of a scatter-add of every position
+into a few rows (atomics, and run-to-run differences on a GPU); values are unchanged. The KV
+cache of the decoding step is laid out [batch, heads, length, head_dim], the order its
+attention reads, in the compute dtype, bfloat16 or int8 with a scale per entry (`init_cache`).
 """
 
 import dataclasses
@@ -98,12 +107,40 @@ def _sinusoids(positions: jax.Array, width: int) -> jax.Array:
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)[..., :width]
 
 
-def _attention_impl(name: str) -> str | None:
+ONE_HOT_MAX_VOCAB = 4096
+KV_DTYPES = ("", "float32", "bfloat16", "int8")
+
+
+def compute_dtype(name: str, backend: str | None = None) -> jnp.dtype:
+    """The compute dtype of `model.dtype`: 'auto' is bfloat16 on a GPU or TPU, float32 on a CPU.
+
+    Raises:
+      ValueError: an unknown name.
+    """
     if name == "auto":
-        return None  # jax picks cuDNN flash attention where supported, else XLA.
-    if name not in ("xla", "cudnn"):
+        backend = backend or jax.default_backend()
+        return jnp.dtype(jnp.bfloat16 if backend in ("gpu", "cuda", "rocm", "tpu") else jnp.float32)
+    if name not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"model.dtype must be auto, float32, bfloat16 or float16, got {name!r}.")
+    return jnp.dtype(name)
+
+
+def attention_implementation(
+    name: str, dtype: jnp.dtype, head_dim: int, backend: str | None = None
+) -> str:
+    """What `model.attention` means here: 'auto' is cuDNN flash attention on a GPU when the dtype
+    (bfloat16 or float16) and head size (a multiple of 8, at most 128) allow it, else XLA.
+
+    Raises:
+      ValueError: an unknown name.
+    """
+    if name not in ("auto", "xla", "cudnn"):
         raise ValueError(f"model.attention must be 'auto', 'xla' or 'cudnn', got {name!r}.")
-    return name
+    if name != "auto":
+        return name
+    backend = backend or jax.default_backend()
+    fits = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0
+    return "cudnn" if backend in ("gpu", "cuda") and fits and head_dim <= 128 else "xla"
 
 
 class Block(nn.Module):
@@ -112,7 +149,7 @@ class Block(nn.Module):
     cfg: TransformerConfig
 
     def setup(self):
-        cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+        cfg, dtype = self.cfg, compute_dtype(self.cfg.dtype)
         dense = functools.partial(nn.DenseGeneral, use_bias=False, dtype=dtype)
         self.query = dense((cfg.num_heads, cfg.head_dim), name="query")
         self.key = dense((cfg.num_heads, cfg.head_dim), name="key")
@@ -143,37 +180,63 @@ class Block(nn.Module):
         """Parallel pass over x [batch, length, width]."""
         h = self.norm_attn(x) if self.cfg.norm == "pre" else x
         q, k, v = self._qkv(h, positions)
+        implementation = attention_implementation(self.cfg.attention, q.dtype, q.shape[-1])
         attended = jax.nn.dot_product_attention(
-            q, k, v, is_causal=True, implementation=_attention_impl(self.cfg.attention)
+            q, k, v, is_causal=True, implementation=implementation
         )
         return self._residual(x, attended)
 
-    def decode(
-        self,
-        x: jax.Array,
-        index: jax.Array,
-        cache_k: jax.Array,
-        cache_v: jax.Array,
-        kv_length: int | None = None,
-    ):
-        """One step at position `index` for x [batch, 1, width] against a cache [batch, T, H, D].
+    def decode(self, x: jax.Array, index: jax.Array, cache: Cache, kv_length: int | None = None):
+        """One step at position `index` for x [batch, 1, width] against this block's cache.
 
-        Attention reads only the first `kv_length` cache entries (static; default all), which
-        must cover `index`: callers that know how far the cache is filled skip the empty rest.
+        Args:
+          x: [batch, 1, width].
+          index: scalar position.
+          cache: {'k', 'v'} [batch, heads, length, head_dim] (and their int8 scales 'ks', 'vs'
+            [batch, heads, length], see `init_cache`).
+          kv_length: attention reads only the first `kv_length` entries (static; default all),
+            which must cover `index`: callers that know how far the cache is filled skip the
+            empty rest.
+
+        Returns:
+          (the block's output [batch, 1, width], the updated cache).
         """
         h = self.norm_attn(x) if self.cfg.norm == "pre" else x
         positions = jnp.full(x.shape[:2], index, dtype=jnp.int32)
-        q, k, v = self._qkv(h, positions)
-        cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, 1)
-        cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, 1)
-        length = min(kv_length or cache_k.shape[1], cache_k.shape[1])
-        keys, values = cache_k[:, :length], cache_v[:, :length]
-        filled = jnp.arange(length) <= index  # [length]
-        mask = jnp.broadcast_to(filled[None, None, None, :], (x.shape[0], 1, 1, length))
-        attended = jax.nn.dot_product_attention(
-            q, keys.astype(q.dtype), values.astype(q.dtype), mask=mask, implementation="xla"
-        )
-        return self._residual(x, attended), cache_k, cache_v
+        q, k, v = self._qkv(h, positions)  # [batch, 1, heads, head_dim]
+        cache = dict(cache)
+        for name, new in (("k", k), ("v", v)):
+            row = jnp.swapaxes(new, 1, 2)  # [batch, heads, 1, head_dim]
+            if cache[name].dtype == jnp.int8:
+                scale = jnp.max(jnp.abs(row.astype(jnp.float32)), axis=-1) / 127.0
+                quantised = jnp.round(
+                    row.astype(jnp.float32) / jnp.maximum(scale, 1e-30)[..., None]
+                )
+                row = quantised.astype(jnp.int8)
+                cache[name + "s"] = jax.lax.dynamic_update_slice_in_dim(
+                    cache[name + "s"], scale, index, 2
+                )
+            cache[name] = jax.lax.dynamic_update_slice_in_dim(
+                cache[name], row.astype(cache[name].dtype), index, 2
+            )
+        length = min(kv_length or cache["k"].shape[2], cache["k"].shape[2])
+        keys, values = (self._read(cache, name, length, q.dtype) for name in ("k", "v"))
+        scores = jnp.einsum(
+            "bhd,bhld->bhl", q[:, 0], keys, preferred_element_type=jnp.float32
+        ) / jnp.sqrt(jnp.float32(q.shape[-1]))
+        scores = jnp.where(jnp.arange(length) <= index, scores, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+        attended = jnp.einsum("bhl,bhld->bhd", weights, values)[:, None]
+        return self._residual(x, attended), cache
+
+    @staticmethod
+    def _read(cache: Cache, name: str, length: int, dtype) -> jax.Array:
+        """The first `length` entries of a cache, in the compute dtype."""
+        stored = cache[name][:, :, :length]
+        if stored.dtype == jnp.int8:
+            scale = cache[name + "s"][:, :, :length, None]
+            return (stored.astype(jnp.float32) * scale).astype(dtype)
+        return stored.astype(dtype)
 
 
 class Transformer(nn.Module):
@@ -182,7 +245,7 @@ class Transformer(nn.Module):
     cfg: TransformerConfig
 
     def setup(self):
-        cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+        cfg, dtype = self.cfg, compute_dtype(self.cfg.dtype)
         if cfg.width % cfg.num_heads or cfg.head_dim % 2:
             raise ValueError(
                 f"width {cfg.width} must split into {cfg.num_heads} heads of even size."
@@ -201,8 +264,18 @@ class Transformer(nn.Module):
         self.head = nn.Dense(cfg.vocab_size, dtype=dtype, name="head")
 
     def _embed(self, tokens, positions):
-        """Scaled embeddings of tokens [batch, length], plus sinusoids at `positions` if chosen."""
-        h = self.embed(tokens) * jnp.sqrt(jnp.asarray(self.cfg.width, self.embed.dtype))
+        """Scaled embeddings of tokens [batch, length], plus sinusoids at `positions` if chosen.
+
+        Small vocabularies look up by a one-hot product: the same values, and a gradient that is
+        a matrix product rather than a scatter-add (deterministic on a GPU).
+        """
+        dtype = self.embed.dtype
+        if self.cfg.vocab_size <= ONE_HOT_MAX_VOCAB:
+            one_hot = jax.nn.one_hot(tokens, self.cfg.vocab_size, dtype=dtype)
+            h = one_hot @ self.embed.embedding.astype(dtype)
+        else:
+            h = self.embed(tokens)
+        h = h * jnp.sqrt(jnp.asarray(self.cfg.width, dtype))
         if self.cfg.positions == "sinusoidal":
             h = h + _sinusoids(positions, self.cfg.width).astype(h.dtype)
         return h
@@ -238,8 +311,9 @@ class Transformer(nn.Module):
         h = self._embed(prev_tokens[:, None], jnp.full((prev_tokens.shape[0], 1), index))
         new_cache = {}
         for i, block in enumerate(self.blocks):
-            h, k, v = block.decode(h, index, cache[f"k{i}"], cache[f"v{i}"], kv_length)
-            new_cache[f"k{i}"], new_cache[f"v{i}"] = k, v
+            mine = {name: cache[f"{name}{i}"] for name in _CACHE_ENTRIES if f"{name}{i}" in cache}
+            h, mine = block.decode(h, index, mine, kv_length)
+            new_cache.update({f"{name}{i}": value for name, value in mine.items()})
         return self._log_probs(h)[:, 0], new_cache
 
 
@@ -249,12 +323,38 @@ def token_nll(log_probs: jax.Array, tokens: jax.Array) -> jax.Array:
     return -jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
 
 
-def init_cache(cfg: TransformerConfig, batch_size: int, max_length: int | None = None) -> Cache:
-    """Returns an empty KV cache: per layer k and v of [batch, max_length, heads, head_dim]."""
+_CACHE_ENTRIES = ("k", "v", "ks", "vs")
+
+
+def init_cache(
+    cfg: TransformerConfig, batch_size: int, max_length: int | None = None, kv_dtype: str = ""
+) -> Cache:
+    """Returns an empty KV cache for `Transformer.decode`.
+
+    Args:
+      cfg: the model.
+      batch_size: rows.
+      max_length: positions (default the context).
+      kv_dtype: '' for the compute dtype, 'float32', 'bfloat16', or 'int8' (with a float32
+        scale per entry: 'ks{i}', 'vs{i}' [batch, heads, length]).
+
+    Returns:
+      Per layer i, 'k{i}' and 'v{i}' of [batch, heads, max_length, head_dim].
+
+    Raises:
+      ValueError: an unknown kv_dtype.
+    """
+    if kv_dtype not in KV_DTYPES:
+        raise ValueError(f"kv_dtype must be one of {KV_DTYPES}, got {kv_dtype!r}.")
     length = max_length or cfg.context_length
-    shape = (batch_size, length, cfg.num_heads, cfg.head_dim)
-    dtype = jnp.dtype(cfg.dtype)
-    return {f"{kind}{i}": jnp.zeros(shape, dtype) for i in range(cfg.num_layers) for kind in "kv"}
+    shape = (batch_size, cfg.num_heads, length, cfg.head_dim)
+    dtype = jnp.dtype(kv_dtype) if kv_dtype else compute_dtype(cfg.dtype)
+    cache = {f"{kind}{i}": jnp.zeros(shape, dtype) for i in range(cfg.num_layers) for kind in "kv"}
+    if kv_dtype == "int8":
+        for i in range(cfg.num_layers):
+            cache[f"ks{i}"] = jnp.zeros(shape[:3], jnp.float32)
+            cache[f"vs{i}"] = jnp.zeros(shape[:3], jnp.float32)
+    return cache
 
 
 def init_params(cfg: TransformerConfig, rng: jax.Array) -> Any:

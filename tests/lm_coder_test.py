@@ -24,11 +24,12 @@ def _coder(vocab_size, lanes=3, chunk=24, **model):
 )
 def test_round_trip(vocab_size, model):
     coder = _coder(vocab_size, **model)
-    assert coder.factorized == (vocab_size > 32_768)
+    assert coder.factorized  # bytes as two nibbles, 40,000 tokens as two halves
+    assert coder.shape.low_bits == (4 if vocab_size == 256 else 8)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, vocab_size, (3, 24))
     lengths = np.array([24, 7, 0])
-    payloads, bits = coder.encode_group(tokens, lengths)
+    payloads, bits, table_bits = coder.encode_group(tokens, lengths)
     decoded, errors = coder.decode_group(payloads[:2], lengths)
     np.testing.assert_array_equal(errors[:2], 0)
     for i, n in enumerate(lengths):
@@ -36,13 +37,14 @@ def test_round_trip(vocab_size, model):
     # A near-uniform model: about log2(vocab) bits a token, and the payload close to that.
     assert abs(bits[0] / 24 - np.log2(vocab_size)) < 1.5
     assert 8 * len(payloads[0]) <= 1.01 * bits[0] + 64
+    assert 8 * len(payloads[0]) <= table_bits[0] + 8  # the range coder: under a byte more
 
 
 def test_same_executable_both_ways():
     coder = _coder(256)
     tokens = np.random.default_rng(1).integers(0, 256, (3, 24))
     lengths = np.array([24, 24, 3])
-    payloads, _ = coder.encode_group(tokens, lengths)
+    payloads, _, _ = coder.encode_group(tokens, lengths)
     compiled = lm_coder._scan_jit._cache_size()
     coder.decode_group(payloads, lengths)
     # The decoder ran the encoder's compiled program: nothing new was compiled.
@@ -53,7 +55,7 @@ def test_corrupted_payloads_never_decode_to_the_input():
     coder = _coder(256)
     tokens = np.random.default_rng(2).integers(0, 256, (3, 24))
     lengths = np.array([24, 24, 24])
-    payloads, _ = coder.encode_group(tokens, lengths)
+    payloads, _, _ = coder.encode_group(tokens, lengths)
     flipped = bytearray(payloads[1])
     flipped[7] ^= 0x01
     damaged = [payloads[0], bytes(flipped), payloads[2][:-2]]

@@ -124,3 +124,48 @@ def test_bad_model_config_fails_clearly():
         _, model, params = _model()
         bad = transformer.Transformer(transformer.dataclasses.replace(model.cfg, attention="x"))
         bad.apply({"params": params}, _tokens(1, 4))
+
+
+def test_dtype_and_attention_choices():
+    assert transformer.compute_dtype("auto", "gpu") == jnp.bfloat16
+    assert transformer.compute_dtype("auto", "tpu") == jnp.bfloat16
+    assert transformer.compute_dtype("auto", "cpu") == jnp.float32
+    assert transformer.compute_dtype("float32", "gpu") == jnp.float32
+    choose = transformer.attention_implementation
+    assert choose("auto", jnp.bfloat16, 32, "gpu") == "cudnn"
+    assert choose("auto", jnp.float32, 32, "gpu") == "xla"  # cuDNN wants 16-bit floats
+    assert choose("auto", jnp.bfloat16, 256, "gpu") == "xla"  # head too large for it
+    assert choose("auto", jnp.bfloat16, 12, "gpu") == "xla"  # not a multiple of 8
+    assert choose("auto", jnp.bfloat16, 32, "cpu") == "xla"
+    assert choose("cudnn", jnp.float32, 32, "cpu") == "cudnn"  # asked for: jax says if it can't
+    with pytest.raises(ValueError, match="model.attention"):
+        choose("flash", jnp.float32, 32)
+    with pytest.raises(ValueError, match="model.dtype"):
+        transformer.compute_dtype("fp8")
+
+
+def test_one_hot_embedding_equals_the_lookup():
+    model_cfg, model, params = _model()
+    tokens = _tokens(2, 16, seed=3)
+    table = params["embed"]["embedding"]
+    got = model.apply({"params": params}, tokens[:, :, None][..., 0], jnp.zeros_like(tokens),
+                      method=model._embed)  # fmt: skip
+    np.testing.assert_array_equal(got, table[tokens] * jnp.sqrt(jnp.float32(model_cfg.width)))
+
+
+@pytest.mark.parametrize("kv_dtype, atol", [("bfloat16", 0.05), ("int8", 0.05)])
+def test_smaller_kv_caches_stay_close_to_the_parallel_pass(kv_dtype, atol):
+    model_cfg, model, params = _model()
+    tokens = _tokens(2, 24, seed=4)
+    parallel = model.apply({"params": params}, tokens)
+    step = jax.jit(lambda p, i, c: model.apply({"params": params}, p, i, c, method=model.decode))
+    cache = transformer.init_cache(model_cfg, 2, 24, kv_dtype=kv_dtype)
+    assert cache["k0"].dtype == jnp.dtype(kv_dtype) and cache["k0"].shape == (2, 2, 24, 16)
+    prev, outputs = jnp.zeros(2, jnp.int32), []
+    for t in range(24):
+        log_probs, cache = step(prev, jnp.int32(t), cache)
+        outputs.append(log_probs)
+        prev = tokens[:, t]
+    np.testing.assert_allclose(np.stack(outputs, 1), parallel, atol=atol, rtol=0)
+    with pytest.raises(ValueError, match="kv_dtype"):
+        transformer.init_cache(model_cfg, 1, 4, kv_dtype="fp8")

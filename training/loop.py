@@ -10,6 +10,7 @@ progress, the NaN stop) is here, once.
 """
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -286,6 +287,7 @@ def train_loop(
     t_start = time.perf_counter()
     workdir = pathlib.Path(workdir)
     checks.check(config)
+    config = _resolve_dtype(config, workdir)
     with runtime.Preemption() as preemption:
         check_resumable(workdir, config, task_cls.resume_keys)
         done = runs.load_results(workdir)
@@ -298,6 +300,22 @@ def train_loop(
     if jax.process_index() == 0 and metrics["step"] == config.train.steps:
         runs.write_atomic(workdir / runs.RESULTS_FILE, json.dumps(metrics, indent=2))
     return metrics
+
+
+def _resolve_dtype(config: ml_collections.ConfigDict, workdir: pathlib.Path):
+    """`model.dtype='auto'` becomes what it means here (bfloat16 on a GPU or TPU, float32 on a
+    CPU) and is recorded so; a run being resumed keeps the dtype it was trained with."""
+    if config.model.dtype != "auto":
+        return config
+    config = copy.deepcopy(config)
+    saved = (
+        runs.load_config(workdir).model.get("dtype")
+        if (workdir / runs.CONFIG_FILE).exists()
+        else None
+    )
+    resolved = saved if saved not in (None, "auto") else None
+    config.model.dtype = resolved or str(transformer.compute_dtype("auto"))
+    return config
 
 
 def _train(config, workdir: pathlib.Path, task: Task, preemption) -> dict[str, Any]:
@@ -315,6 +333,10 @@ def _train(config, workdir: pathlib.Path, task: Task, preemption) -> dict[str, A
     task.compile(model, mesh)
     state = steps.init_state(model_cfg, tx, config.seed, mesh)
     metrics: dict[str, Any] = {"num_params": transformer.num_params(state["params"])}
+    metrics["compute_dtype"] = config.model.dtype
+    metrics["attention"] = transformer.attention_implementation(
+        config.model.attention, transformer.compute_dtype(config.model.dtype), model_cfg.head_dim
+    )
     if jax.process_index() == 0:
         runs.write_atomic(workdir / runs.CONFIG_FILE, config.to_json(indent=2))
     writer = MetricsWriter(workdir, config)
