@@ -33,8 +33,7 @@ def train_main(
     Raises:
       app.UsageError: stray arguments, no --workdir, or a config `check_config` refuses.
     """
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}.")
+    no_arguments(argv)
     if flags.FLAGS.workdir is None:
         raise app.UsageError("--workdir is required.")
     check_config(flags.FLAGS.config)
@@ -60,6 +59,18 @@ _HELP = ("--help", "-help", "--helpshort", "-helpshort", "-h", "-?")
 
 
 REPO = os.path.dirname(os.path.abspath(__file__))
+
+
+def no_arguments(argv: list[str], hint: str = "") -> None:
+    """Refuses positional arguments (absl leaves them in argv after the program's name).
+
+    Raises:
+      app.UsageError: naming them, and `hint` (e.g. how to give several values) if any.
+    """
+    if len(argv) > 1:
+        raise app.UsageError(
+            f"Unexpected arguments: {' '.join(argv[1:])}" + (f": {hint}" if hint else ".")
+        )
 
 
 def repo_path(relative: str) -> str:

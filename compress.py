@@ -1,24 +1,33 @@
-r"""Exact lossless compression with a trained language model.
+r"""Exact lossless compression with a language model: one we trained, or a pretrained one on disk.
 
   python compress.py compress --workdir=RUN_DIR INPUT OUTPUT
   python compress.py decompress --workdir=RUN_DIR INPUT OUTPUT
   cat INPUT | python compress.py compress --workdir=RUN_DIR - - > OUTPUT
+  python compress.py compress --model=hf:PATH INPUT OUTPUT      # e.g. Llama 2 7B on disk
 
-RUN_DIR is a training run's workdir (train.py). Any bytes work: text, images, audio, binary,
-empty files. Input is read and output written one group of `--lanes` chunks at a time, so files
-larger than memory stream through. A chunk the model would not make shorter is stored as it is,
-so no file grows by more than a few bytes per chunk. Output files appear only when complete
-(`--force` to replace one that exists); on any error, Ctrl-C or SIGTERM the command prints one
-line, exits non-zero and leaves no output file behind. With `-` the input is read from standard
-input (spooled to a temporary file) and the output written to standard output, the summary then
-going to standard error; decompressing to standard output writes data before the final checksum
-can be checked, so a mismatch found at the end exits with status 1 and says so.
+RUN_DIR is a training run's workdir (train.py); PATH a Hugging Face model directory (config.json,
+*.safetensors, tokenizer.json or tokenizer.model; models/pretrained.py lists the architectures). A
+pretrained model codes each chunk's tokens (data/pretrained_tokenizers.py: UTF-8 text, else Latin-1,
+else the tokenizer's byte tokens; a chunk with more tokens than `--chunk_size` + 1, or than the
+context, is coded as byte tokens, or stored raw by a tokenizer without them) on the float path,
+under the whole vocabulary (`--top_k=0`, the default) or the paper's top-k tables. Chunks are 2048
+bytes by default (the paper's), at most the context.
 
-Streams decode exactly only where the model's floats are the same as the encoder's: the same
-run and checkpoint, jax version, kind of device, CPU instruction set and numerics flags
-(models/numerics.py). The stream records them and decompression refuses a mismatch up front,
-naming it. See models/lm_coder.py for how encoder and decoder share their tables.
-"""
+Any bytes work: text, images, audio, binary, empty files. Input is read and output written one group
+of `--lanes` chunks at a time, so files larger than memory stream through. A chunk the model would
+not make shorter is stored as it is, so no file grows by more than a few bytes per chunk. Output
+files appear only when complete (`--force` to replace one that exists); on any error, Ctrl-C or
+SIGTERM the command prints one line, exits non-zero and leaves no output file behind. With `-` the
+input is read from standard input (spooled to a temporary file) and the output written to standard
+output, the summary then going to standard error; decompressing to standard output writes data
+before the final checksum can be checked, so a mismatch found at the end exits with status 1 and
+says so.
+
+Streams of the float path (`--noportable`, and every hf: model) decode exactly only where the
+model's floats are the same as the encoder's: the same run and checkpoint, jax version, kind of
+device, CPU instruction set and numerics flags (models/numerics.py). The stream records them and
+decompression refuses a mismatch up front, naming it. See models/lm_coder.py for how encoder and
+decoder share their tables."""
 
 import contextlib
 import hashlib
@@ -27,26 +36,57 @@ import os
 import pathlib
 import sys
 import time
-from collections.abc import Iterator
-from typing import BinaryIO
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO, NamedTuple
 
+import numpy as np
 from absl import app, flags
 
 import cli
+import compressors
 import runs
 from coding import container
 from models import integer, lm_coder, numerics
+from models import pretrained as pretrained_models
 from training import checkpoints
 
 DEFAULT_LANES = 0  # 0: chosen from the device's memory (lm_coder.default_lanes)
+MAX_PRETRAINED_CHUNK = 2048  # bytes per chunk by default for hf: models (the paper's chunks)
+RAW_MODE = 3  # data.pretrained_tokenizers.MODE_RAW: a chunk the model cannot read, stored raw
 
 
-def _load(workdir: str, step: int | None):
-    """Returns (model config, params, tokenizer, model fingerprint) of a run's checkpoint."""
-    config = runs.load_config(workdir)
-    model_cfg, params, step = checkpoints.restore_params(workdir, step)
-    tokenizer = runs.load_tokenizer(workdir, config)
-    tokenizer_path = pathlib.Path(workdir) / runs.TOKENIZER_FILE
+class _Model(NamedTuple):
+    """What compress and decompress need of a model.
+
+    Attributes:
+      model: the coder's model: our `TransformerConfig` or a `pretrained.CodingModel`.
+      params: its parameters.
+      fingerprint: sha256 hex of everything that decides its tables (the stream's `model`).
+      encode: (chunk bytes, most tokens) -> (token ids, mode).
+      decode: (token ids, mode) -> chunk bytes.
+      byte_level: a chunk's tokens are its bytes (no 'symbols' or 'mode' column needed).
+      context: the most tokens a chunk may have.
+    """
+
+    model: Any
+    params: Any
+    fingerprint: str
+    encode: Callable[[bytes, int], tuple[np.ndarray, int]]
+    decode: Callable[[np.ndarray, int], bytes]
+    byte_level: bool
+    context: int
+
+
+def _load(spec: str, step: int | None, dtype: str = "float32") -> _Model:
+    """Loads a run's checkpoint (a workdir) or a pretrained model (`hf:PATH`, in `dtype`)."""
+    if spec.startswith(compressors.HF_PREFIX):
+        if step is not None:
+            raise ValueError("--step applies to training runs (--workdir), not to hf: models.")
+        return _load_pretrained(spec[len(compressors.HF_PREFIX) :], dtype)
+    config = runs.load_config(spec)
+    model_cfg, params, step = checkpoints.restore_params(spec, step)
+    tokenizer = runs.load_tokenizer(spec, config)
+    tokenizer_path = pathlib.Path(spec) / runs.TOKENIZER_FILE
     tokenizer_file = tokenizer_path.read_bytes() if tokenizer.name != "bytes" else b""
     description = (
         json.dumps(config.model.to_dict(), sort_keys=True).encode()
@@ -54,7 +94,55 @@ def _load(workdir: str, step: int | None):
         + hashlib.sha256(tokenizer_file).digest()
         + str(step).encode()
     )
-    return model_cfg, params, tokenizer, lm_coder.params_sha256(description, params).hex()
+    return _Model(
+        model_cfg,
+        params,
+        lm_coder.params_sha256(description, params).hex(),
+        lambda data, max_tokens: (tokenizer.encode(data), 0),
+        lambda ids, mode: tokenizer.decode(ids),
+        tokenizer.name == "bytes",
+        model_cfg.context_length,
+    )
+
+
+def _load_pretrained(path: str, dtype: str) -> _Model:
+    """A Hugging Face model directory (models/pretrained.py, data/pretrained_tokenizers.py)."""
+    from compressors import pretrained_model
+    from data import pretrained_tokenizers as tokenizers
+    from models import pretrained
+
+    pretrained_model.check_model_dir(path)
+    tokenizer = tokenizers.load_tokenizer(path)
+    model, params = pretrained.load(path, start_token=tokenizer.bos_token_id, dtype=dtype)
+    tokenizer.check_model_vocab(model.vocab_size)
+    # The checkpoint's files, hashed as stored (no copy of the parameters off the device).
+    digest = hashlib.sha256(pathlib.Path(path, "config.json").read_bytes())
+    digest.update(tokenizer.fingerprint.encode())
+    for file in sorted(set(pretrained.safetensors_files(path).values())):
+        with open(file, "rb") as f:
+            while block := f.read(1 << 24):
+                digest.update(block)
+
+    def encode(data: bytes, max_tokens: int) -> tuple[np.ndarray, int]:
+        ids, mode = tokenizer.encode_chunk(data)
+        if mode != tokenizers.MODE_RAW and len(ids) > max_tokens:  # byte tokens fit (chunk_size)
+            if tokenizer.byte_token_ids is None:
+                return np.zeros(0, np.int32), tokenizers.MODE_RAW
+            ids = tokenizer.byte_token_ids[np.frombuffer(data, np.uint8)]
+            mode = tokenizers.MODE_BYTE_TOKENS
+        if mode == tokenizers.MODE_RAW:
+            return np.zeros(0, np.int32), mode  # stored raw, nothing for the model
+        return ids, mode
+
+    return _Model(
+        model,
+        params,
+        digest.hexdigest(),
+        encode,
+        tokenizer.decode_chunk,
+        False,
+        model.context_length,
+    )
 
 
 def _pieces(src: BinaryIO, size: int, digest, progress) -> Iterator[bytes]:
@@ -90,7 +178,7 @@ def _bar(total: int, desc: str, enabled: bool):
 
 
 def compress_file(
-    workdir: str,
+    model: str,
     input_path: str,
     output_path: str,
     lanes: int = DEFAULT_LANES,
@@ -98,16 +186,22 @@ def compress_file(
     step: int | None = None,
     progress: bool = False,
     force: bool = False,
-    portable: bool = True,
+    portable: bool | None = None,
     kv_dtype: str = "",
+    top_k: int = 0,
+    dtype: str = "float32",
 ) -> dict:
     """Compresses `input_path` into `output_path` ('-': standard input / output).
 
-    With `portable` (the default) the model's tables come from its integer-only version
-    (models/integer.py), so the stream decodes on any machine; without, from its float32
+    With `portable` (the default for our runs) the model's tables come from its integer-only
+    version (models/integer.py), so the stream decodes on any machine; without, from its float32
     probabilities, which decode only where the floats are the same (the stream says which);
     `kv_dtype` ('bfloat16', 'int8') shrinks that path's KV cache. `lanes` 0 picks them from the
-    device's memory.
+    device's memory. Pretrained models (`hf:PATH`) code on the float path, in `dtype`
+    ('float32' or 'bfloat16', recorded in the stream), `top_k` > 0 with the paper's top-k tables.
+
+    Args:
+      model: a training run's workdir, or `hf:PATH`.
 
     Returns:
       Summary: raw and compressed bytes, coded-payload bytes, chunks (and how many stored raw),
@@ -116,38 +210,46 @@ def compress_file(
     Raises:
       ValueError, OSError: bad arguments, run, or an existing output without `force`.
     """
-    model_cfg, params, tokenizer, model_sha = _load(workdir, step)
-    start, ideal_bits, payload_bytes, num_raw = time.perf_counter(), 0.0, 0, 0
+    pretrained = model.startswith(compressors.HF_PREFIX)
+    if not pretrained and dtype != "float32":
+        raise ValueError("--dtype applies to hf: models; our runs keep their own.")
+    m = _load(model, step, dtype)
+    if pretrained and portable:
+        raise ValueError("hf: models code on the float path only: drop --portable.")
+    if not pretrained and top_k:
+        raise ValueError("--top_k applies to hf: models; our runs code the whole vocabulary.")
+    portable = not pretrained if portable is None else portable
+    start = time.perf_counter()
     digest = hashlib.sha256()
     with _opened(input_path, "r") as src, _opened(output_path, "w", force) as out:
         raw_bytes = src.seek(0, os.SEEK_END)
         src.seek(0)
-        chunk = chunk_size or model_cfg.context_length
+        chunk = chunk_size or min(m.context, MAX_PRETRAINED_CHUNK if pretrained else m.context)
+        if pretrained and chunk > m.context:
+            raise ValueError(
+                f"--chunk_size={chunk} exceeds the model's context of {m.context} tokens: a chunk "
+                "must fit as byte tokens"
+            )
         num_chunks = -(-raw_bytes // chunk)
-        lanes = lanes or lm_coder.default_lanes(model_cfg, chunk, portable)
+        # A pretrained tokenizer may add a token (SentencePiece's leading space); more tokens than
+        # this and the chunk is coded as byte tokens, one per byte.
+        max_tokens = min(m.context, chunk + 1) if pretrained else chunk
+        lanes = lanes or lm_coder.default_lanes(m.model, max_tokens, portable)
         shape = lm_coder.CoderShape(
             lanes=max(1, min(lanes, num_chunks)),
-            chunk_tokens=chunk,
+            chunk_tokens=max_tokens,
+            attention_blocks=attention_blocks(max_tokens),
             portable=portable,
             kv_dtype=kv_dtype,
+            top_k=top_k,
         )
-        coder = lm_coder.LMCoder(model_cfg, params, shape)
-        symbols = tokenizer.name != "bytes"  # BPE: a chunk's token count is not its byte count
-        info = _stream_info(model_sha, coder)
-        writer = container.ContainerWriter(
-            out, info.pack(), chunk, raw_bytes, shape.lanes, ("symbols",) if symbols else ()
-        )
+        coder = lm_coder.LMCoder(m.model, m.params, shape)
+        columns = () if m.byte_level else ("symbols", "mode") if pretrained else ("symbols",)
+        info = _stream_info(m.fingerprint, coder, pretrained)
+        writer = container.ContainerWriter(out, info.pack(), chunk, raw_bytes, shape.lanes, columns)
         with _bar(raw_bytes, "compress", progress) as bar:
-            for pieces in lm_coder.batched(_pieces(src, chunk, digest, bar), shape.lanes):
-                coded = list(coder.encode_chunks([tokenizer.encode(p) for p in pieces]))
-                raw = writer.write_group(
-                    [c.payload for c in coded],
-                    b"".join(pieces),
-                    [c.num_tokens for c in coded] if symbols else (),
-                )
-                ideal_bits += sum(c.bits for c in coded)
-                payload_bytes += sum(len(c.payload) for c in coded)
-                num_raw += sum(raw)
+            groups = lm_coder.batched(_pieces(src, chunk, digest, bar), shape.lanes)
+            ideal_bits, payload_bytes, num_raw = _write_groups(groups, m, coder, writer)
         writer.finish(digest.digest())
         compressed_bytes = writer.bytes_written
     seconds = time.perf_counter() - start
@@ -165,9 +267,39 @@ def compress_file(
     }
 
 
-def _stream_info(model_sha: str, coder: lm_coder.LMCoder) -> container.StreamInfo:
+def _write_groups(groups: Iterator[list[bytes]], m: _Model, coder, writer) -> tuple:
+    """Codes each group of chunks and writes it; returns (the model's ideal bits, payload
+    bytes, chunks stored raw)."""
+    ideal_bits, payload_bytes, num_raw = 0.0, 0, 0
+    columns = writer.header.columns
+    for pieces in groups:
+        tokens = [m.encode(p, coder.shape.chunk_tokens) for p in pieces]
+        coded = list(coder.encode_chunks([ids for ids, _ in tokens]))
+        raw = writer.write_group(
+            [
+                p if mode == RAW_MODE else c.payload  # no tokens: stored as it is
+                for p, c, (_, mode) in zip(pieces, coded, tokens, strict=True)
+            ],
+            b"".join(pieces),
+            [c.num_tokens for c in coded] if "symbols" in columns else (),
+            [mode for _, mode in tokens] if "mode" in columns else (),
+        )
+        ideal_bits += sum(c.bits for c in coded)
+        payload_bytes += sum(len(c.payload) for c in coded)
+        num_raw += sum(raw)
+    return ideal_bits, payload_bytes, num_raw
+
+
+def attention_blocks(chunk_tokens: int) -> int:
+    """The coder's attention blocks: one per 256 tokens, at most 8 (each block is a program of
+    its own to compile; shorter blocks save little attention work)."""
+    return max(1, min(lm_coder.MAX_ATTENTION_BLOCKS // 2, chunk_tokens // 256))
+
+
+def _stream_info(model_sha: str, coder: lm_coder.LMCoder, pretrained: bool) -> container.StreamInfo:
     s = coder.shape
     settings = {
+        "model": "hf" if pretrained else "run",
         "lanes": s.lanes,
         "chunk_tokens": s.chunk_tokens,
         "precision_bits": s.precision_bits,
@@ -175,13 +307,16 @@ def _stream_info(model_sha: str, coder: lm_coder.LMCoder) -> container.StreamInf
         "low_bits": s.low_bits,
         "path": "integer" if s.portable else "float",
         "kv_dtype": s.kv_dtype,
+        "top_k": s.top_k,
     }
+    if pretrained:
+        settings["dtype"] = str(coder.cfg.config.dtype)
     if s.portable:  # tables the same everywhere: only their definition's version matters
         return container.StreamInfo(model_sha, settings, {"integer_tables": integer.TABLES_VERSION})
     return container.StreamInfo(model_sha, settings, numerics.environment())
 
 
-def _coder_for(info: container.StreamInfo, header: container.Header, model_cfg, params):
+def _coder_for(info: container.StreamInfo, header: container.Header, m: "_Model"):
     """The coder a stream was made with, after checking its fields against what an encoder
     could have written for this file and against this device's memory.
 
@@ -189,7 +324,10 @@ def _coder_for(info: container.StreamInfo, header: container.Header, model_cfg, 
       container.FormatError: impossible or unaffordable fields (one line each).
     """
     c = info.coder
+    pretrained, model_cfg = isinstance(m.model, pretrained_models.CodingModel), m.model
     try:
+        if c.get("model", "run") != ("hf" if pretrained else "run"):
+            raise ValueError("it was made by a " + ("training run" if pretrained else "hf: model"))
         shape = lm_coder.CoderShape(
             int(c["lanes"]),
             int(c["chunk_tokens"]),
@@ -198,14 +336,21 @@ def _coder_for(info: container.StreamInfo, header: container.Header, model_cfg, 
             int(c["low_bits"]),
             portable=c.get("path") == "integer",
             kv_dtype=str(c.get("kv_dtype", "")),
+            top_k=int(c.get("top_k", 0)),
         )
         if c.get("path") not in ("float", "integer"):
             raise ValueError(f"the {c.get('path')!r} coding path is not supported by this release")
         if shape.lanes > max(1, header.num_chunks):
             raise ValueError(f"{shape.lanes} lanes for {header.num_chunks} chunks")
-        if header.group_chunks != shape.lanes or header.chunk_size_bytes != shape.chunk_tokens:
+        chunk = header.chunk_size_bytes
+        tokens_ok = (
+            shape.chunk_tokens == min(model_cfg.context_length, chunk + 1)
+            if pretrained
+            else shape.chunk_tokens == chunk
+        )
+        if header.group_chunks != shape.lanes or not tokens_ok:
             raise ValueError("the header's group and chunk sizes differ from the coder's")
-        coder = lm_coder.LMCoder(model_cfg, params, shape)
+        coder = lm_coder.LMCoder(m.model, m.params, shape)
     except (KeyError, TypeError, ValueError) as e:
         raise container.FormatError(f"impossible stream settings: {e}") from None
     need, have = coder.memory_bytes(), _device_memory_bytes()
@@ -230,35 +375,39 @@ def _device_memory_bytes() -> int:
 
 
 def decompress_file(
-    workdir: str,
+    model: str,
     input_path: str,
     output_path: str,
     step: int | None = None,
     progress: bool = False,
     force: bool = False,
 ) -> dict:
-    """Decompresses `input_path` (made by `compress_file` with the same run) into `output_path`.
+    """Decompresses `input_path` (made by `compress_file` with the same model: a run's workdir
+    or `hf:PATH`) into `output_path`.
 
     Raises:
       container.FormatError: wrong model or environment, truncated or corrupted stream (one
         line naming the damaged group).
       coding.range_coder.CorruptStreamError: a chunk failed its decoding checks.
     """
-    model_cfg, params, tokenizer, model_sha = _load(workdir, step)
-    start = time.perf_counter()
     with _opened(input_path, "r") as src:
         reader = container.ContainerReader(src)
         info = container.StreamInfo.unpack(reader.header.info)
-        if info.model != model_sha:
+        dtype = str(info.coder.get("dtype", "float32"))  # hf: models load in the stream's dtype
+        if dtype not in ("float32", "bfloat16"):
+            raise container.FormatError(f"impossible stream settings: dtype {dtype!r}")
+        m = _load(model, step, dtype)
+        start = time.perf_counter()
+        if info.model != m.fingerprint:
             raise container.FormatError(
                 "this stream was made by a different model (or checkpoint): decompress with the "
-                "run and --step that compressed it"
+                "run and --step, or the hf: model, that compressed it"
             )
         _check_environment(info)
-        coder = _coder_for(info, reader.header, model_cfg, params)
+        coder = _coder_for(info, reader.header, m)
         reader.max_payload_bytes = coder.capacity_bytes
         with _opened(output_path, "w", force) as out:
-            raw_bytes = _decode_groups(reader, coder, tokenizer, out, progress)
+            raw_bytes = _decode_groups(reader, coder, m, out, progress)
     seconds = time.perf_counter() - start
     return {"raw_bytes": raw_bytes, "seconds": seconds, "mb_per_s": raw_bytes / 1e6 / seconds}
 
@@ -286,24 +435,29 @@ def _check_environment(info: container.StreamInfo) -> None:
         )
 
 
-def _decode_groups(reader, coder, tokenizer, out, progress: bool) -> int:
+def _decode_groups(reader, coder, m: _Model, out, progress: bool) -> int:
     """Decodes every group into `out`, checking each against its crc32 and all against the
     sha256. Returns the bytes written."""
     digest, total = hashlib.sha256(), reader.header.original_length_bytes
+    max_tokens = coder.shape.chunk_tokens
     with _bar(total, "decompress", progress) as bar:
         for group in reader.groups():
-            if tokenizer.name == "bytes":
+            if m.byte_level:
                 for c in group.chunks:
                     if not c.raw and c.symbols != c.length_bytes:
                         raise container.FormatError(f"chunk {c.index}: symbol count != length")
+            # A chunk stored raw is fed to the model as the encoder fed it: its tokens again.
             items = [
                 (c.payload, len(ids), ids) if c.raw else (c.payload, c.symbols, None)
                 for c in group.chunks
-                for ids in [tokenizer.encode(c.payload) if c.raw else None]
+                for ids in [m.encode(c.payload, max_tokens)[0] if c.raw else None]
             ]
             blocks = []
             for c, tokens in zip(group.chunks, coder.decode_chunks(items), strict=True):
-                block = c.payload if c.raw else tokenizer.decode(tokens)
+                try:
+                    block = c.payload if c.raw else m.decode(tokens, c.mode)
+                except ValueError as e:
+                    raise container.FormatError(f"chunk {c.index} is corrupted: {e}") from None
                 if len(block) != c.length_bytes:
                     raise container.FormatError(
                         f"chunk {c.index} decodes to {len(block)} bytes, not {c.length_bytes}"
@@ -334,10 +488,18 @@ def _summary(mode: str, s: dict, input_path: str, output_path: str) -> str:
 def main(argv):
     FLAGS = flags.FLAGS  # noqa: N806
     if len(argv) != 4 or argv[1] not in ("compress", "decompress"):
-        raise app.UsageError("usage: compress.py compress|decompress --workdir=RUN INPUT OUTPUT")
-    if FLAGS.workdir is None:
-        raise app.UsageError("--workdir is required.")
+        raise app.UsageError(
+            "usage: compress.py compress|decompress --workdir=RUN|--model=hf:PATH INPUT OUTPUT"
+        )
+    if (FLAGS.workdir is None) == (FLAGS.model is None):
+        raise app.UsageError("give --workdir=RUN_DIR (a training run) or --model=hf:PATH, one.")
+    if FLAGS.model is not None and not FLAGS.model.startswith(compressors.HF_PREFIX):
+        raise app.UsageError(
+            f"--model takes hf:PATH (a Hugging Face model directory), got {FLAGS.model!r}."
+        )
+    model = FLAGS.workdir or FLAGS.model
     mode, input_path, output_path = argv[1:]
+    numerics.configure_coding()  # before JAX starts its backend
     cli.quiet_logging()
     if input_path != "-" and os.path.abspath(input_path) == os.path.abspath(output_path):
         raise ValueError("INPUT and OUTPUT must differ.")
@@ -352,18 +514,21 @@ def main(argv):
             raise FileExistsError(f"{output_path} exists: pass --force to replace it.")
     common = {"step": FLAGS.step, "progress": FLAGS.progress, "force": FLAGS.force}
     if mode == "compress":
+        portable = FLAGS.portable if FLAGS["portable"].present else None  # None: the model's
         s = compress_file(
-            FLAGS.workdir,
+            model,
             input_path,
             output_path,
             FLAGS.lanes,
             FLAGS.chunk_size,
-            portable=FLAGS.portable,
+            portable=portable,
             kv_dtype=FLAGS.kv_cache,
+            top_k=FLAGS.top_k,
+            dtype=FLAGS.dtype,
             **common,
         )
     else:
-        s = decompress_file(FLAGS.workdir, input_path, output_path, **common)
+        s = decompress_file(model, input_path, output_path, **common)
     print(
         _summary(mode, s, input_path, output_path),
         file=sys.stderr if output_path == "-" else sys.stdout,
@@ -372,6 +537,23 @@ def main(argv):
 
 def _define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Training run directory (its newest checkpoint).")
+    flags.DEFINE_string(
+        "model",
+        None,
+        "hf:PATH, a pretrained model in the Hugging Face layout (instead of --workdir).",
+    )
+    flags.DEFINE_enum(
+        "dtype",
+        "float32",
+        ["float32", "bfloat16"],
+        "hf: models: parameter and compute dtype (recorded; decompress follows the stream).",
+    )
+    flags.DEFINE_integer(
+        "top_k",
+        0,
+        "hf: models: code under the top-k tables with an escape (the paper's k = 100); 0 = the "
+        "whole vocabulary (smaller files).",
+    )
     flags.DEFINE_integer(
         "lanes",
         DEFAULT_LANES,
@@ -386,7 +568,8 @@ def _define_flags() -> None:
         "portable",
         True,
         "Code with the integer-only model: streams decode on any machine (--noportable: the "
-        "float model, which decodes only where its floats are the same).",
+        "float model, which decodes only where its floats are the same). Default: on for "
+        "training runs; hf: models have the float path only.",
     )
     flags.DEFINE_enum(
         "kv_cache",

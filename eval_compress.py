@@ -7,10 +7,11 @@ r"""Compression rates of classical compressors and trained models on one dataset
       --config.compressors=gzip,lzma,png,png_patch,flac,zstd,bzip2,brotli --workdir=results
 
 Datasets are `data.sources` specs, compressors `compressors.COMPRESSORS` names; a trained model is
-`lm:RUN_DIR` (a train.py workdir). Each (compressor, dataset, chunking) gives one record, appended
-to WORKDIR/results.jsonl and results.csv (a record with the same compressor, dataset, chunking,
-chunk size, chunk count and 7-bit mode replaces the older one), and the table of every record in
-WORKDIR is printed, datasets as columns, as in the paper's Table 1.
+`lm:RUN_DIR` (a train.py workdir), a pretrained one on disk `hf:PATH` (its protocol and options:
+compressors/pretrained_model.py and `--config.hf.*`). Each (compressor, dataset, chunking) gives one
+record, appended to WORKDIR/results.jsonl and results.csv (a record with the same compressor,
+dataset, chunking, chunk size, chunk count and 7-bit mode replaces the older one), and the table of
+every record in WORKDIR is printed, datasets as columns, as in the paper's Table 1.
 
 Accounting (Deletang et al., 2024, and its reference code):
 * raw rate = compressed / raw bytes; adjusted rate = (compressed + 2 bytes x parameters) / raw
@@ -35,6 +36,7 @@ import itertools
 import json
 import os
 import pathlib
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,7 +57,7 @@ RESULTS_JSONL = "results.jsonl"
 RESULTS_CSV = "results.csv"
 BYTES_PER_PARAM = 2  # the paper's adjusted rate charges each parameter as 2 bytes
 CHUNKINGS = ("chunked", "unchunked", "both")
-_KEY = ("compressor", "dataset", "chunking", "chunk_size", "num_chunks", "seven_bit")
+_KEY = ("compressor", "dataset", "chunking", "chunk_size", "num_chunks", "seven_bit", "top_k")
 
 
 def rates(compressed_bytes: float, raw_bytes: int, num_params: int = 0) -> dict[str, float]:
@@ -121,7 +123,7 @@ def _record(
 
 
 def _seven_bit(config, source, compressor: str) -> str:
-    if compressor.startswith(compressors.LM_PREFIX) or config.seven_bit_all:
+    if compressors.is_model(compressor) or config.seven_bit_all:
         return compressors.seven_bit_mode(config.seven_bit, source.modality)
     return "none"
 
@@ -196,19 +198,35 @@ def _hosts() -> tuple[int, int]:
     return jax.process_index(), jax.process_count()
 
 
+def _model(config, entry: str):
+    """The compressor of a model entry (`lm:RUN_DIR` or `hf:PATH`)."""
+    path = entry.split(":", 1)[1]
+    lm = config.lm
+    if entry.startswith(compressors.HF_PREFIX):
+        hf = config.hf
+        return compressors.COMPRESSORS["hf"](
+            path, top_k=hf.top_k, dtype=hf.dtype, rows=lm.chunks_per_device, lanes=lm.lanes,
+            max_tokens=hf.max_tokens, attention_blocks=hf.attention_blocks,
+        )  # fmt: skip
+    return compressors.COMPRESSORS["lm"](
+        path, step=None if lm.step < 0 else lm.step, chunks_per_device=lm.chunks_per_device,
+        lanes=lm.lanes, dtype=lm.dtype, attention=lm.attention,
+        attention_blocks=lm.attention_blocks, **({"portable": True} if lm.portable else {}),
+    )  # fmt: skip
+
+
+# Counts a pretrained model's passes report (compressors.pretrained_model), summed over hosts.
+_HF_COUNTS = (
+    "tokens", "pieces", "split_chunks", "escapes", "table_bits",
+    "utf8_chunks", "latin1_chunks", "byte_tokens_chunks", "raw_chunks",
+)  # fmt: skip
+
+
 def _evaluate_lm(config, source: sources.Source, entry: str) -> dict:
-    """Rates one model by its log-loss and/or its coded bytes (see the module docstring)."""
-    workdir = entry[len(compressors.LM_PREFIX) :]
-    lm = compressors.COMPRESSORS["lm"](
-        workdir,
-        step=None if config.lm.step < 0 else config.lm.step,
-        chunks_per_device=config.lm.chunks_per_device,
-        lanes=config.lm.lanes,
-        dtype=config.lm.dtype,
-        attention=config.lm.attention,
-        attention_blocks=config.lm.attention_blocks,
-        **({"portable": True} if config.lm.portable else {}),
-    )
+    """Rates one model (`lm:` or `hf:`) by its log-loss and/or its coded bytes (see the module
+    docstring)."""
+    lm = _model(config, entry)
+    is_hf = entry.startswith(compressors.HF_PREFIX)
     mode = _seven_bit(config, source, entry)
     total = _expected_bytes(config, source)
     num_hosts = _hosts()[1]
@@ -231,8 +249,10 @@ def _evaluate_lm(config, source: sources.Source, entry: str) -> dict:
     )
     last = counted[-1]
     coded_bytes = stats["coded_bytes"] if config.lm.coded else float("nan")
-    num_chunks, raw_bytes, missed_bits, ideal_bits, coded_bytes = _sum_over_hosts(
+    counts = [stats.get(k, 0) for k in _HF_COUNTS] if is_hf else []
+    num_chunks, raw_bytes, missed_bits, ideal_bits, coded_bytes, *counts = _sum_over_hosts(
         [last.num_chunks, last.raw_bytes, last.missed_bits, stats["ideal_bits"], coded_bytes]
+        + counts
     )
     last.num_chunks, last.raw_bytes, last.missed_bits = (
         int(num_chunks),
@@ -254,14 +274,40 @@ def _evaluate_lm(config, source: sources.Source, entry: str) -> dict:
         log_loss_bytes=log_loss_bytes if config.lm.log_loss else None,
         log_loss_rate=log_loss_bytes / last.raw_bytes if config.lm.log_loss else None,
         verified=bool(config.lm.coded and config.lm.verify),
-        coded_path="integer" if config.lm.portable else "float",
-        lm_workdir=workdir,
-        lm_size=lm.size,
-        lm_step=lm.step,
         devices=len(lm.devices) * num_hosts,
         **seconds,
     )
+    if is_hf:
+        record.update(_hf_fields(config, lm, dict(zip(_HF_COUNTS, counts, strict=True))))
+    else:
+        record.update(
+            coded_path="integer" if config.lm.portable else "float",
+            lm_workdir=lm.workdir,
+            lm_size=lm.size,
+            lm_step=lm.step,
+        )
     return record
+
+
+def _hf_fields(config, hf, counts: dict) -> dict:
+    """A pretrained model's own fields of its record; prints a note when chunks were split."""
+    fields = {k: int(v) for k, v in counts.items() if k != "table_bits"}
+    fields.update(
+        coded_path="float",
+        hf_path=hf.model_dir,
+        model_type=hf.model.config.model_type,
+        top_k=hf.top_k,
+        max_tokens=hf.max_tokens,
+        table_bytes=counts["table_bits"] / 8 if config.lm.coded else None,
+    )
+    if fields["split_chunks"]:
+        print(
+            f"Note: hf:{hf.model_dir}: {fields['split_chunks']} chunks had more than "
+            f"{hf.max_tokens} tokens (the model's context) and were coded as consecutive "
+            "pieces, each after its own start token (recorded as split_chunks).",
+            file=sys.stderr,
+        )
+    return fields
 
 
 def _key(record: dict) -> tuple:
@@ -278,8 +324,14 @@ def _save(workdir: pathlib.Path, records: list[dict]) -> None:
 
 
 def _check_models(config, names: list[str]) -> None:
-    """Fails before any work when a trained model cannot rate this config's chunks."""
+    """Fails before any work when a model cannot rate this config's chunks, or a pretrained
+    model's directory lacks what it needs (its config, weights index or tokenizer)."""
     for entry in names:
+        if entry.startswith(compressors.HF_PREFIX):
+            from compressors import pretrained_model
+
+            pretrained_model.check_model_dir(entry[len(compressors.HF_PREFIX) :])
+            continue
         if not entry.startswith(compressors.LM_PREFIX):
             continue
         workdir = entry[len(compressors.LM_PREFIX) :]
@@ -347,13 +399,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> l
             workdir.mkdir(parents=True, exist_ok=True)
             _save(workdir, new)
 
-    classical_names = [n for n in names if not n.startswith(compressors.LM_PREFIX)]
+    classical_names = [n for n in names if not compressors.is_model(n)]
     todo = [n for n in classical_names if not _have(done, config, source, n)]
     records += [r for n in classical_names for r in _have(done, config, source, n)]
     if todo and is_first_host:
         keep(_evaluate_classical(config, source, todo))
     for entry in names:
-        if entry.startswith(compressors.LM_PREFIX):
+        if compressors.is_model(entry):
             have = _have(done, config, source, entry)
             keep([_evaluate_lm(config, source, entry)] if not have else [])
             records += have
@@ -364,7 +416,7 @@ def _have(done: dict, config, source, compressor: str) -> list[dict]:
     """The records of `compressor` for this config already in the results, if all are there."""
     mode = _seven_bit(config, source, compressor)
     chunkings = ["chunked"]
-    if not compressor.startswith(compressors.LM_PREFIX) and config.chunking != "chunked":
+    if not compressors.is_model(compressor) and config.chunking != "chunked":
         chunkings = ["chunked", "unchunked"] if config.chunking == "both" else ["unchunked"]
     found = [
         r
@@ -374,14 +426,15 @@ def _have(done: dict, config, source, compressor: str) -> list[dict]:
         and r["chunking"] in chunkings
         and r["chunk_size"] == config.chunk_size
         and r.get("seven_bit", "none") == mode
+        and r.get("top_k")
+        == (config.hf.top_k if compressor.startswith(compressors.HF_PREFIX) else None)
         and (not config.num_chunks or r["num_chunks"] == config.num_chunks)
     ]
     return found if len({r["chunking"] for r in found}) == len(chunkings) else []
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}.")
+    cli.no_arguments(argv)
     workdir = flags.FLAGS.workdir
     if workdir is None:
         raise app.UsageError("--workdir is required.")

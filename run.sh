@@ -47,6 +47,8 @@ if [[ ${1:-} == test ]]; then
   shift
   .venv/bin/ruff format --check .
   .venv/bin/ruff check .
-  exec .venv/bin/python -m pytest "$@"
+  # Two workers, each taking whole test files (module fixtures are built once per file); most
+  # of a test's time is XLA compiling, one core each. LMC_TEST_WORKERS=0 runs in one process.
+  exec .venv/bin/python -m pytest -n "${LMC_TEST_WORKERS:-2}" --dist loadfile "$@"
 fi
 exec .venv/bin/python train.py --config=configs/demo.py --workdir=runs/demo-pydocs-200K "$@"

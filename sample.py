@@ -19,7 +19,7 @@ WAV of the prompt followed by the continuation. The library is `compressors/gene
 import os
 import wave
 
-from absl import app, flags
+from absl import flags
 
 MODES = ("text", "image", "audio")
 
@@ -243,9 +243,9 @@ def run(
 
 def main(argv):
     FLAGS = flags.FLAGS
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     import cli
+
+    cli.no_arguments(argv)
 
     cli.quiet_logging()
     generated = run(

@@ -39,8 +39,9 @@ import sys
 import time
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 
+import cli
 import runs
 
 REPO = pathlib.Path(__file__).resolve().parent
@@ -295,8 +296,7 @@ def format_status(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}.")
+    cli.no_arguments(argv)
     FLAGS = flags.FLAGS  # noqa: N806
     sweep = load_sweep(FLAGS.sweep)
     root = pathlib.Path(FLAGS.root).resolve()
@@ -374,6 +374,4 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    import cli
-
     cli.run(lambda argv: sys.exit(main(argv)), define_flags=_define_flags)

@@ -140,13 +140,11 @@ def plot(rows: list[dict], path: pathlib.Path) -> None:
 
 
 def main(argv: list[str]) -> None:
-    from absl import app, flags
+    from absl import flags
 
-    if len(argv) > 1:
-        raise app.UsageError(
-            f"unexpected arguments {' '.join(argv[1:])}: give several runs as one comma list, "
-            "--runs=a,b"
-        )
+    import cli
+
+    cli.no_arguments(argv, "give several runs as one comma list, --runs=a,b")
     FLAGS = flags.FLAGS  # noqa: N806
     try:
         lengths = [int(x) for x in FLAGS.lengths]

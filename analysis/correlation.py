@@ -380,11 +380,9 @@ def _plot_panels(panels: list[tuple], out: str) -> None:
 def main(argv: list[str]) -> None:
     from absl import app, flags
 
-    if len(argv) > 1:
-        raise app.UsageError(
-            f"unexpected arguments {' '.join(argv[1:])}: give several runs as one comma list, "
-            "--runs=a,b"
-        )
+    import cli
+
+    cli.no_arguments(argv, "give several runs as one comma list, --runs=a,b")
     FLAGS = flags.FLAGS  # noqa: N806
     if not FLAGS.runs and not FLAGS.huang:
         raise app.UsageError("nothing to do: pass --runs=RUN,RUN,... and/or --huang=CSV")

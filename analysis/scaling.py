@@ -419,10 +419,11 @@ def parse_sizes(values: Sequence[str], flag: str = "--dataset_sizes") -> list[fl
 
 
 def main(argv: list[str]) -> None:
-    from absl import app, flags
+    from absl import flags
 
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {' '.join(argv[1:])}")
+    import cli
+
+    cli.no_arguments(argv)
     FLAGS = flags.FLAGS  # noqa: N806
     fits = analyse(FLAGS.csv, FLAGS.out_dir, parse_sizes(FLAGS.dataset_sizes), FLAGS.prefix)
     print(report(fits))

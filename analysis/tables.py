@@ -14,8 +14,7 @@ def format_table(records: list[dict]) -> str:
     rows: dict[tuple, dict] = {}
     for r in sorted(records, key=lambda r: r["chunking"] == "chunked"):  # unchunked first
         chunk = "inf" if r["chunking"] == "unchunked" else str(r["chunk_size"])
-        mode = r.get("seven_bit", "none")
-        label = _short(r["compressor"]) + ("" if mode == "none" else f" ({mode} 7-bit)")
+        label = _label(r)
         rows.setdefault((chunk, label), {})[r["dataset"]] = r
     width = 7 * len(_CELLS) - 1
     names = [_short(d)[:width] for d in datasets]
@@ -49,15 +48,30 @@ def format_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _label(r: dict) -> str:
+    """The row's name: the compressor, a pretrained model's top-k, the 7-bit mode."""
+    mode = r.get("seven_bit", "none")
+    label = _short(r["compressor"])
+    if r.get("top_k") is not None:
+        label += f" top-{r['top_k']}" if r["top_k"] else " full"
+    return label + ("" if mode == "none" else f" ({mode} 7-bit)")
+
+
 def _model_notes(records: list[dict]) -> list[str]:
     notes = []
     for r in records:
         if r.get("log_loss_rate") is not None:
             coded = r.get("coded_bytes")
+            escapes = (
+                f", {r['escapes']:,} of {r['tokens']:,} tokens escaped the top {r['top_k']}"
+                if coded and r.get("top_k")
+                else ""
+            )
             notes.append(
-                f"{_short(r['compressor'])} on {_short(r['dataset'])}: "
+                f"{_label(r)} on {_short(r['dataset'])}: "
                 + (f"coded {8 * coded / r['raw_bytes']:.4f} bits/byte, " if coded else "")
                 + f"log-loss {8 * r['log_loss_rate']:.4f} bits/byte"
+                + escapes
                 + (", every chunk decoded back and verified" if r.get("verified") else "")
             )
     return notes

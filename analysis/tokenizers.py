@@ -140,10 +140,11 @@ def _axes(ax, vocab: list[int], title: str, ylabel: str, log: bool) -> None:
 
 
 def main(argv: list[str]) -> None:
-    from absl import app, flags
+    from absl import flags
 
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {' '.join(argv[1:])}")
+    import cli
+
+    cli.no_arguments(argv)
     FLAGS = flags.FLAGS  # noqa: N806
     sizes = scaling.parse_sizes(FLAGS.dataset_sizes)
     rows = table(FLAGS.csv, sizes)

@@ -246,19 +246,26 @@ class SlurmOptions:
     def gpus_per_task(self) -> int:
         return self.gpus_per_run // self.num_tasks
 
-    def sbatch_options(self) -> list[str]:
-        """The resource and limit options of one array task (not --array, --output...)."""
+    def _task_options(self) -> list[str]:
+        """Nodes, tasks, CPUs and GPUs per task: what sbatch and srun are both told."""
         nodes, tasks = self.nodes_per_run, self.num_tasks
         options = [
-            f"--job-name={self.job_name}",
             f"--nodes={nodes}",
             f"--ntasks={tasks}",
             f"--ntasks-per-node={tasks // nodes}",
             f"--cpus-per-task={self.cpus_per_task}",
-            f"--time={self.time_limit_minutes}",
         ]
         if self.gpus_per_run:
             options.append(f"--gpus-per-task={self.gpus_per_task}")
+        return options
+
+    def sbatch_options(self) -> list[str]:
+        """The resource and limit options of one array task (not --array, --output...)."""
+        options = [
+            f"--job-name={self.job_name}",
+            *self._task_options(),
+            f"--time={self.time_limit_minutes}",
+        ]
         if self.partition:
             options.append(f"--partition={self.partition}")
         if self.mem_per_node:
@@ -269,21 +276,15 @@ class SlurmOptions:
 
     def srun_options(self) -> list[str]:
         """Options of the srun that starts a run's processes inside its array task."""
-        nodes, tasks = self.nodes_per_run, self.num_tasks
+        # Slurm 22.05 does not pass --cpus-per-task on from sbatch to srun: say it all again.
         options = [
-            f"--nodes={nodes}",
-            f"--ntasks={tasks}",
-            f"--ntasks-per-node={tasks // nodes}",
-            # Slurm 22.05 does not pass --cpus-per-task on from sbatch to srun: say it again.
-            f"--cpus-per-task={self.cpus_per_task}",
+            *self._task_options(),
             # A task's exit must not kill the others at once: on a signal they all checkpoint,
             # then exit, and the first to exit would cut the rest short.
             "--kill-on-bad-exit=0",
             f"--wait={SRUN_WAIT_SECONDS}",
         ]
-        if self.gpus_per_run:
-            options.append(f"--gpus-per-task={self.gpus_per_task}")
-        if tasks > 1:
+        if self.num_tasks > 1:
             options.append("--label")  # prefix each log line with its task number
         return options
 

@@ -1,6 +1,6 @@
 """On-disk container for compressed files (pure Python and NumPy; no JAX).
 
-Layout (version 3), integers little-endian:
+Layout (version 4, the same as 3), integers little-endian:
 
     header   magic (8 bytes) | version u16 | info_bytes u16 | chunk_size_bytes u32 |
              original_length_bytes u64 | group_chunks u32 | columns u8 |
@@ -45,7 +45,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
 MAGIC = b"\x89LMC\r\n\x1a\n"  # Non-ASCII first byte and CR/LF/^Z catch text-mode mangling.
-VERSION = 3  # 3: grouped chunks, bit-packed columns, raw chunks, JSON info (2: rANS-free v1)
+# 4: the coder runs in per-block programs (skipping blocks past every chunk), top-k coding and
+#    pretrained models (coder fields 'top_k', 'model'); the layout is version 3's.
+# 3: grouped chunks, bit-packed columns, raw chunks, JSON info. 2: rANS-free v1.
+VERSION = 4
 MAX_INFO_BYTES = 1024  # the fixed header stays under 1 KB
 MAX_CHUNK_SIZE_BYTES = 1 << 30
 MAX_GROUP_CHUNKS = 1 << 16
@@ -384,7 +387,8 @@ def _version_message(version: int) -> str:
         )
     return (
         f"unsupported container version {version} (this reader reads {VERSION}): streams of "
-        "versions 1 (rANS) and 2 decode only with the release that wrote them"
+        f"versions 1 (rANS) to {VERSION - 1} decode only with the release that wrote them "
+        "(version 3: its coder's floats came from one program per group, 4's from one per block)"
     )
 
 

@@ -2,14 +2,16 @@
 
 `COMPRESSORS` maps each name to its constructor; its keys are the allowed values of
 `--config.compressors` (comma separated). `lm:RUN_DIR` names a trained model (a train.py
-workdir), built by `language_model.LanguageModelCompressor`; several may be given.
+workdir), built by `language_model.LanguageModelCompressor`, and `hf:PATH` a pretrained model on
+disk in the Hugging Face layout (`pretrained_model.PretrainedCompressor`); several may be given.
 
 | name | what |
 |---|---|
 | `gzip`, `lzma`, `zstd`, `bzip2`, `brotli` | general-purpose byte compressors |
 | `png`, `png_patch` | 8-bit grayscale PNG, the reference's 32-wide shape / the patch's own |
 | `flac` | 8-bit mono 16 kHz FLAC |
-| `lm:RUN_DIR` | a byte-level Transformer with the rANS coder (imports JAX when used) |
+| `lm:RUN_DIR` | a byte-level Transformer with the range coder (imports JAX when used) |
+| `hf:PATH` | a pretrained Llama-family or GPT-2 checkpoint and its tokenizer (imports JAX) |
 
 7-bit modes (`SEVEN_BIT`). The paper's models read ASCII only, so its evaluation masked the data
 to 7 bits and rescaled the result; the reference code does:
@@ -36,6 +38,8 @@ import numpy as np
 from compressors import classical
 
 LM_PREFIX = "lm:"
+HF_PREFIX = "hf:"
+MODEL_PREFIXES = (LM_PREFIX, HF_PREFIX)
 COMPRESSORS: dict[str, Callable] = dict(classical.CLASSICAL)
 
 
@@ -45,26 +49,40 @@ def _lm(workdir: str, **kwargs):
     return language_model.LanguageModelCompressor(workdir, **kwargs)
 
 
+def _hf(model_dir: str, **kwargs):
+    from compressors import pretrained_model  # imports JAX
+
+    return pretrained_model.PretrainedCompressor(model_dir, **kwargs)
+
+
 COMPRESSORS["lm"] = _lm
+COMPRESSORS["hf"] = _hf
+
+
+def is_model(name: str) -> bool:
+    """Whether a compressor name is a model (`lm:RUN_DIR` or `hf:PATH`)."""
+    return name.startswith(MODEL_PREFIXES)
 
 
 def parse_names(spec: str) -> list[str]:
-    """Splits a comma-separated list and checks each name (`lm:RUN_DIR` entries included).
+    """Splits a comma-separated list and checks each name (`lm:RUN_DIR`, `hf:PATH` included).
 
     Raises:
-      ValueError: an unknown name, an `lm` entry without its run directory, or an empty list.
+      ValueError: an unknown name, a model entry without its directory, or an empty list.
     """
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if not names:
         raise ValueError("No compressors given: e.g. --config.compressors=gzip,lzma,lm:RUN_DIR.")
     for name in names:
-        if name.startswith(LM_PREFIX):
-            if not name[len(LM_PREFIX) :]:
-                raise ValueError("lm needs a training run: lm:RUN_DIR.")
+        if is_model(name):
+            if not name.split(":", 1)[1]:
+                if name.startswith(LM_PREFIX):
+                    raise ValueError("lm needs a training run: lm:RUN_DIR.")
+                raise ValueError("hf needs a model directory: hf:PATH.")
         elif name not in classical.CLASSICAL:
             raise ValueError(
-                f"Unknown compressor {name!r}: choose from {list(classical.CLASSICAL)} or "
-                "lm:RUN_DIR (a train.py workdir)."
+                f"Unknown compressor {name!r}: choose from {list(classical.CLASSICAL)}, "
+                "lm:RUN_DIR (a train.py workdir) or hf:PATH (a Hugging Face model directory)."
             )
     if len(set(names)) != len(names):
         raise ValueError(f"Compressors listed twice in {spec!r}.")

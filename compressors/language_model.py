@@ -248,25 +248,50 @@ class LanguageModelCompressor:
           ValueError: neither pass asked for, or chunks longer than the context.
           VerificationError: see `code`.
         """
-        if not (log_loss or coded):
-            raise ValueError("Set --config.lm.log_loss or --config.lm.coded (or both).")
-        progress = progress or (lambda label: contextlib.nullcontext(None))
-        out = {"ideal_bits": float("nan"), "coded_bytes": None}
-        if log_loss:
-            start = time.perf_counter()
-            with progress("log_loss") as bar:
-                bits = self.log_loss(chunks(), chunk_size, _updater(bar), prefetch)
-            out.update(ideal_bits=float(bits.sum()), log_loss_seconds=time.perf_counter() - start)
-        if coded:
-            start = time.perf_counter()
-            with progress("coded") as bar:
-                sizes, _ = self.code(chunks(), chunk_size, verify, _updater(bar), prefetch)
-            out.update(coded_bytes=int(sizes.sum()), coded_seconds=time.perf_counter() - start)
-        return out
+
+        def log_loss_pass(update):
+            bits = self.log_loss(chunks(), chunk_size, update, prefetch)
+            return {"ideal_bits": float(bits.sum())}
+
+        def coded_pass(update):
+            sizes, _ = self.code(chunks(), chunk_size, verify, update, prefetch)
+            return {"coded_bytes": int(sizes.sum())}
+
+        return run_passes(
+            log_loss_pass if log_loss else None, coded_pass if coded else None, progress
+        )
 
 
-def _updater(bar) -> Callable[[int], None] | None:
-    return None if bar is None else bar.update
+def run_passes(
+    log_loss_pass: Callable[[Callable[[int], None] | None], dict] | None,
+    coded_pass: Callable[[Callable[[int], None] | None], dict] | None,
+    progress: Callable[[str], contextlib.AbstractContextManager] | None = None,
+) -> dict:
+    """Runs a model's rating passes, each timed and under its own progress bar.
+
+    Args:
+      log_loss_pass, coded_pass: None to skip the pass, else a function of a progress updater
+        (`update(num_bytes)`, or None) returning the pass's results.
+      progress: `progress(label)` returns a context manager with `update`, or None.
+
+    Returns:
+      {'ideal_bits': NaN, 'coded_bytes': None} updated with each pass's results and its
+      seconds ('log_loss_seconds', 'coded_seconds').
+
+    Raises:
+      ValueError: neither pass asked for.
+    """
+    if log_loss_pass is None and coded_pass is None:
+        raise ValueError("Set --config.lm.log_loss or --config.lm.coded (or both).")
+    progress = progress or (lambda label: contextlib.nullcontext(None))
+    out = {"ideal_bits": float("nan"), "coded_bytes": None}
+    for name, run in (("log_loss", log_loss_pass), ("coded", coded_pass)):
+        if run is not None:
+            start = time.perf_counter()
+            with progress(name) as bar:
+                out.update(run(None if bar is None else bar.update))
+            out[f"{name}_seconds"] = time.perf_counter() - start
+    return out
 
 
 def _code(coder: lm_coder.LMCoder, batch: list[bytes], verify: bool, first: int):

@@ -9,7 +9,8 @@ Examples:
 
 The arg string is `key=value,...` over: dataset (a spec of `data.sources.SOURCES`, e.g. `enwik9`,
 `images`, `audio:PATH`, `file:PATH`) and compressors (which holds commas, so it is best given as
-`--config.compressors=...`). Models join as `lm:RUN_DIR` entries (train.py workdirs). Every field
+`--config.compressors=...`). Models join as `lm:RUN_DIR` entries (train.py workdirs) and
+`hf:PATH` entries (pretrained checkpoints in the Hugging Face layout, see README). Every field
 can be overridden by flag; the config is locked, so a misspelt field fails.
 """
 
@@ -60,4 +61,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.lm.verify = False  # decode every coded chunk back and fail on any mismatch.
     c.lm.portable = False  # code with the integer-only model (compress.py's default) instead.
     c.lm.prefetch = 4  # blocks loaded ahead by a background thread.
+
+    # hf:PATH entries (compressors/pretrained_model.py); lm.log_loss, coded, verify, lanes,
+    # chunks_per_device (rows of the log-loss pass) and prefetch apply to them too.
+    c.hf = ml_collections.ConfigDict()
+    c.hf.top_k = 100  # the paper's top-k coding with an escape; 0: the whole vocabulary, exact.
+    c.hf.dtype = "float32"  # or 'bfloat16' (parameters and compute).
+    c.hf.max_tokens = 0  # tokens per piece of a chunk; 0: the model's context (longer: split).
+    c.hf.attention_blocks = 0  # the coder's attention blocks (each compiles once); 0: auto.
     return c.lock()

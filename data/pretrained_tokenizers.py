@@ -250,17 +250,23 @@ def load_tokenizer(model_dir: os.PathLike) -> PretrainedTokenizer:
       FileNotFoundError: neither tokenizer file exists.
     """
     model_dir = pathlib.Path(model_dir)
-    if (model_dir / "tokenizer.json").is_file():
-        path = model_dir / "tokenizer.json"
-        backend = _HFBackend(path)
-    elif (model_dir / "tokenizer.model").is_file():
-        path = model_dir / "tokenizer.model"
-        backend = _SentencePieceBackend(path)
-    else:
-        raise FileNotFoundError(
-            f"{model_dir}: no tokenizer.json or tokenizer.model (SentencePiece) to tokenize with"
-        )
+    path = tokenizer_file(model_dir)
+    backend = _HFBackend(path) if path.name == "tokenizer.json" else _SentencePieceBackend(path)
     return PretrainedTokenizer(backend, _bos_token_id(model_dir, backend), path)
+
+
+def tokenizer_file(model_dir: os.PathLike) -> pathlib.Path:
+    """The tokenizer file of a model directory: tokenizer.json, else tokenizer.model.
+
+    Raises:
+      FileNotFoundError: neither exists.
+    """
+    for name in ("tokenizer.json", "tokenizer.model"):
+        if (pathlib.Path(model_dir) / name).is_file():
+            return pathlib.Path(model_dir) / name
+    raise FileNotFoundError(
+        f"{model_dir}: no tokenizer.json or tokenizer.model (SentencePiece) to tokenize with"
+    )
 
 
 def num_pieces(num_tokens: int, max_tokens: int) -> int:

@@ -3,11 +3,14 @@
 Exactness by construction. The decoder must see the encoder's integer frequency tables bit for
 bit, but XLA's float results depend on the shape and the program they are computed in (the same
 sequence gives different log-probs at batch 1 and 16, or through the parallel pass and the KV
-cache). So both directions run *the same compiled function* (`LMCoder._scan`, one executable per
-coder) on inputs of *the same shape* with *the same values*:
+cache). So both directions run *the same compiled functions* (`_start_jit`, then `_block_jit`
+once per attention block: one executable per coder and block) on inputs of *the same shape* with
+*the same values*:
 
 * chunks are coded in groups of `lanes` rows (a group is padded with empty chunks); the group
   layout is part of the stream format, so decoding never depends on how a caller batches;
+* blocks past the longest chunk of a group are skipped in both directions (both know the
+  lengths); skipping a whole call leaves the other calls' floats as they were;
 * at step t every row is fed token t-1 of its chunk, or 0 past the chunk's end, in both
   directions: the encoder knows the tokens, the decoder has just decoded them;
 * inside the step, the model's float32 probabilities go through `coding.quantize` (exact integer
@@ -15,10 +18,13 @@ coder) on inputs of *the same shape* with *the same values*:
   decoder searches the same table for it. A single `encoding` flag, an argument rather than a
   trace-time constant, selects which symbol is kept, so it cannot change the compiled program.
 
-The range coder's bytes are produced after the scan by `coding.range_coder.encode_jax_core` from
-the recorded intervals; decoding reads them inside the scan, one step per token, on the device,
-without a host round trip. Each chunk's payload is its coded bytes, about 0.3 bytes above the
-model's ideal code length on average (`coding.range_coder`).
+The model is our Transformer (`models.transformer`, or its integer twin on the portable path) or a
+pretrained checkpoint (`models.pretrained.CodingModel`); tokens are coded under one table, two
+factorised steps (`coding.factorized`) or the paper's top-k tables with an escape (`coding.topk`).
+The range coder's bytes are produced after the scan by `coding.range_coder.encode_jax_core` from the
+recorded intervals; decoding reads them inside the scan, one step per token, on the device, without
+a host round trip. Each chunk's payload is its coded bytes, about 0.3 bytes above the model's ideal
+code length on average (`coding.range_coder`).
 """
 
 import dataclasses
@@ -33,8 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coding import factorized, quantize, range_coder
-from models import integer, transformer
+from coding import factorized, quantize, range_coder, topk
+from models import integer, pretrained, transformer
 
 MAX_LANES = 1 << 16
 MAX_ATTENTION_BLOCKS = 16  # each block is a scan of its own: compile time grows with them
@@ -60,7 +66,10 @@ class CoderShape:
         every machine, device and instruction set, and whatever the lanes or blocks.
       kv_dtype: the float path's KV cache: '' (the compute dtype), 'bfloat16' or 'int8' (half
         or a quarter of the memory a decode step reads, which bounds a GPU's speed; what each
-        costs in bits/byte is in BENCHMARKS.md).
+        costs in bits/byte is in BENCHMARKS.md). Our own Transformers only.
+      top_k: 0 codes every token under the whole vocabulary; k > 0 under the paper's top-k
+        tables with an escape (`coding.topk`: a rank step, then the id's digits when escaped;
+        low_bits must then be 0 or -1). Float path only.
     """
 
     lanes: int
@@ -70,6 +79,7 @@ class CoderShape:
     low_bits: int = -1
     portable: bool = False
     kv_dtype: str = ""
+    top_k: int = 0
 
     def check(self, context_length: int, vocab_size: int) -> None:
         """Raises ValueError unless this shape fits a model of this context and vocabulary."""
@@ -94,7 +104,11 @@ class CoderShape:
             )
         if self.kv_dtype not in transformer.KV_DTYPES or (self.portable and self.kv_dtype):
             raise ValueError(f"kv_dtype must be one of {transformer.KV_DTYPES} (float path only).")
-        if self.low_bits:
+        if self.top_k:
+            if self.portable or self.low_bits:
+                raise ValueError("top_k codes on the float path, with low_bits 0.")
+            topk.check_topk(vocab_size, self.top_k, self.precision_bits, topk.DEFAULT_DIGIT_BITS)
+        elif self.low_bits:
             factorized.check_factorization(vocab_size, self.precision_bits, self.low_bits)
         else:
             quantize.check_table_shape(vocab_size, self.precision_bits)
@@ -111,21 +125,37 @@ def default_lanes(model_cfg: transformer.TransformerConfig, chunk_tokens: int, p
     return int(max(1, min(2048, limit // 4 // probe.memory_bytes())))
 
 
+def floor_cost_bits(vocab_size: int, precision_bits: int = 16, low_bits: int = 0) -> float:
+    """Bits per token that the quantiser's `+1` floor costs at most: each table of n symbols
+    keeps n of its 2**precision_bits for the floor, -log2(1 - n / 2**precision_bits)."""
+    total = 1 << precision_bits
+    sizes = [vocab_size] if not low_bits else [factorized.num_groups(vocab_size, low_bits)]
+    sizes += [1 << low_bits] if low_bits else []
+    return float(sum(-math.log2(1 - n / total) for n in sizes))
+
+
 def default_low_bits(vocab_size: int, precision_bits: int = 16) -> int:
-    """The cheapest coding of a vocabulary: bytes as two nibbles; one table for vocabularies
-    up to half the table total; else two steps of about half the bits each."""
-    if vocab_size == 256:
-        return 4
-    if vocab_size <= quantize.max_vocab(precision_bits):
-        return 0
-    return max(factorized.DEFAULT_LOW_BITS, math.ceil(math.log2(vocab_size) / 2))
+    """The cheapest coding of a vocabulary by `floor_cost_bits`: one table (0), or two steps of
+    high and low bits (the low bits' count returned). Bytes: two nibbles (4), 0.0007 bits per
+    token against 0.0057 for one table; 32,000 ids: 8 low bits, 0.008 against 0.97."""
+    options = [0] if vocab_size <= quantize.max_vocab(precision_bits) else []
+    for low_bits in range(1, precision_bits):
+        try:
+            factorized.check_factorization(vocab_size, precision_bits, low_bits)
+        except ValueError:
+            continue
+        options.append(low_bits)
+    if not options:
+        raise ValueError(f"a vocabulary of {vocab_size} does not fit {precision_bits}-bit tables")
+    return min(options, key=lambda k: (floor_cost_bits(vocab_size, precision_bits, k), k))
 
 
 class LMCoder:
     """Encodes and decodes groups of `lanes` token chunks with one model.
 
     Args:
-      cfg: the model's architecture.
+      cfg: the model: our Transformer's architecture, or a `models.pretrained.CodingModel`
+        (a pretrained checkpoint's, which reads its start token first; float path only).
       params: its parameters.
       shape: lanes, chunk length and precision (stored in the stream).
 
@@ -133,23 +163,34 @@ class LMCoder:
       ValueError: a chunk longer than the model's context, or bad lanes / precision.
     """
 
-    def __init__(self, cfg: transformer.TransformerConfig, params: Any, shape: CoderShape):
+    def __init__(
+        self,
+        cfg: transformer.TransformerConfig | pretrained.CodingModel,
+        params: Any,
+        shape: CoderShape,
+    ):
+        if isinstance(cfg, pretrained.CodingModel) and cfg.is_transformer:
+            cfg = cfg.config  # our own Transformer: the same program as when given directly
+        self.pretrained = isinstance(cfg, pretrained.CodingModel)
+        if self.pretrained and (shape.portable or shape.kv_dtype):
+            raise ValueError(
+                "pretrained models code on the float path, their KV cache in their own dtype "
+                "(no portable path, no kv_dtype)."
+            )
         if shape.portable and params is not None and not isinstance(params, integer.IntegerParams):
             params = integer.quantize_params(cfg, params)
         if shape.low_bits < 0:
-            low_bits = (
-                0 if shape.portable else default_low_bits(cfg.vocab_size, shape.precision_bits)
-            )
+            auto = shape.portable or shape.top_k
+            low_bits = 0 if auto else default_low_bits(cfg.vocab_size, shape.precision_bits)
             shape = dataclasses.replace(shape, low_bits=low_bits)
         shape.check(cfg.context_length, cfg.vocab_size)
         self.cfg, self.params, self.shape = cfg, params, shape
         self.factorized = shape.low_bits > 0
-        self.steps_per_token = factorized.STEPS_PER_TOKEN if self.factorized else 1
-        self._model = transformer.Transformer(cfg)
-
-    def _run(self, *args):
-        """The shared program, compiled once per (architecture, coder shape) in this process."""
-        return _scan_jit(*args, cfg=self.cfg, shape=self.shape)
+        if shape.top_k:
+            self.steps_per_token = topk.steps_per_token(cfg.vocab_size)
+        else:
+            self.steps_per_token = factorized.STEPS_PER_TOKEN if self.factorized else 1
+        self._model = None if self.pretrained else transformer.Transformer(cfg)
 
     @property
     def capacity_bytes(self) -> int:
@@ -161,15 +202,22 @@ class LMCoder:
         """About what one group takes on the device: the KV cache, the payloads, the recorded
         intervals (a stream's lanes cost its decoder this much; see README)."""
         c, s = self.cfg, self.shape
-        kv = s.kv_dtype or str(transformer.compute_dtype(c.dtype))
-        itemsize = 2 if s.portable else jnp.dtype(kv).itemsize
-        cache = 2 * c.num_layers * s.chunk_tokens * c.width * itemsize
+        if self.pretrained:
+            p = c.config
+            itemsize = jnp.dtype(p.dtype).itemsize
+            cache = 2 * p.num_layers * s.chunk_tokens * p.num_kv_heads * p.head_dim * itemsize
+        else:
+            kv = s.kv_dtype or str(transformer.compute_dtype(c.dtype))
+            itemsize = 2 if s.portable else jnp.dtype(kv).itemsize
+            cache = 2 * c.num_layers * s.chunk_tokens * c.width * itemsize
         steps = s.chunk_tokens * self.steps_per_token
         return s.lanes * (cache + self.capacity_bytes + 8 * steps + 4 * c.vocab_size * 4)
 
     def _intervals(self, probs, symbols):
         """Coder intervals of `symbols` [lanes] under `probs` [lanes, vocab]."""
         bits = self.shape.precision_bits
+        if self.shape.top_k:
+            return topk.intervals_jax(probs, symbols, self.shape.top_k, bits)  # [lanes, steps]
         if self.factorized:
             starts, freqs = factorized.intervals_jax(
                 probs[:, None], symbols[:, None], bits, self.shape.low_bits
@@ -181,6 +229,8 @@ class LMCoder:
 
     def _decode_symbol(self, state, probs):
         bits = self.shape.precision_bits
+        if self.shape.top_k:
+            return topk.decode_step_jax(state, probs, self.shape.top_k, bits)
         if self.factorized:
             return factorized.decode_step_jax(state, probs, bits, self.shape.low_bits)
         return range_coder.decode_step_jax(state, quantize.quantize_jax(probs, bits), bits)
@@ -190,20 +240,30 @@ class LMCoder:
 
         Returns:
           (decode(state) -> (symbols, state), intervals(symbols) -> (starts, freqs),
-          bits(symbols) -> the model's -log2 p, the new cache).
+          bits(symbols) -> the model's -log2 p, escaped(symbols) -> bool (top-k escapes),
+          the new cache).
         """
-        log_probs, cache = self._model.apply(
-            {"params": params}, prev, t, cache, kv_length, method=transformer.Transformer.decode
-        )
+        if self.pretrained:
+            log_probs, cache = self.cfg.decode(params, prev, t, cache, kv_length)
+        else:
+            log_probs, cache = self._model.apply(
+                {"params": params}, prev, t, cache, kv_length, method=transformer.Transformer.decode
+            )
         probs = jnp.exp(log_probs)
 
         def bits(symbol):
             return -jnp.take_along_axis(log_probs, symbol[:, None], axis=1)[:, 0] / math.log(2)
 
+        def escaped(symbol):
+            if not self.shape.top_k:
+                return jnp.zeros(symbol.shape, bool)
+            return topk.is_escape_jax(probs, symbol, self.shape.top_k)
+
         return (
             lambda state: self._decode_symbol(state, probs),
             lambda symbol: self._intervals(probs, symbol),
             bits,
+            escaped,
             cache,
         )
 
@@ -224,64 +284,99 @@ class LMCoder:
             lambda state: range_coder.decode_step_jax(state, tables, integer.PRECISION_BITS),
             intervals,
             bits,
+            lambda symbol: jnp.zeros(symbol.shape, bool),
             cache,
         )
 
-    def _scan(self, params, tokens, lengths, data, num_bytes, encoding):
-        """The shared program: runs the model over a group, token by token.
+    def blocks(self) -> list[tuple[int, int]]:
+        """The attention blocks: (first, last) steps of each, `attention_blocks` of them."""
+        length = self.shape.chunk_tokens
+        block_len = -(-length // self.shape.attention_blocks)
+        return [(first, min(length, first + block_len)) for first in range(0, length, block_len)]
+
+    def _start(self, params, data, num_bytes, num_steps):
+        """The carry before step 0: an empty cache, previous tokens 0, the decoder's state."""
+        lanes, length = data.shape[0], self.shape.chunk_tokens
+        if self.shape.portable:
+            cache = integer.init_cache(params, lanes, length)
+        elif self.pretrained:
+            cache = self.cfg.init_cache(lanes, length)
+        else:
+            cache = transformer.init_cache(self.cfg, lanes, length, self.shape.kv_dtype)
+        decoder = range_coder.decode_init_jax(data, num_bytes, num_steps)
+        return cache, jnp.zeros(lanes, jnp.int32), decoder
+
+    def _block(self, params, carry, tokens, lengths, encoding, first, last):
+        """Steps first..last - 1 of a group, attending to the first `last` cache entries.
 
         Args:
           params: model parameters.
+          carry: from `_start` or the previous block.
           tokens: int32 [lanes, chunk_tokens], zero past each length (ignored when decoding).
           lengths: int32 [lanes] tokens per chunk.
-          data: uint8 [lanes, capacity] payloads (ignored when encoding).
-          num_bytes: int32 [lanes].
           encoding: bool [lanes]: lanes whose tokens are known (all of them when encoding; when
             decoding, the chunks stored raw), which the model reads instead of decoding them.
+          first, last: the block's steps (static).
 
         Returns:
-          (symbols [lanes, chunk_tokens], starts and freqs [lanes, steps], ideal code length in
-          bits [lanes], decoder error codes [lanes]).
+          (carry, (symbols [t, lanes], starts and freqs [t, lanes, k], the model's bits
+          [t, lanes], top-k escapes [t, lanes])) for the block's t steps and k coder steps a token.
         """
-        lanes, length = tokens.shape
-        if self.shape.portable:
-            cache = integer.init_cache(params, lanes, length)
-        else:
-            cache = transformer.init_cache(self.cfg, lanes, length, self.shape.kv_dtype)
-        num_steps = jnp.where(encoding, 0, lengths * self.steps_per_token)  # known: nothing to read
-        decoder = range_coder.decode_init_jax(data, num_bytes, num_steps)
         model_step = self._integer_step if self.shape.portable else self._float_step
 
-        def step(carry, t, kv_length):
+        def step(carry, t):
             cache, prev, decoder = carry
-            decode, intervals, bits_of, cache = model_step(params, prev, t, cache, kv_length)
+            decode, intervals, bits_of, escaped, cache = model_step(params, prev, t, cache, last)
             decoded, decoder = decode(decoder)
             active = t < lengths
             symbol = jnp.where(active, jnp.where(encoding, tokens[:, t], decoded), 0)
             starts, freqs = intervals(symbol)
             bits = jnp.where(active, bits_of(symbol), 0.0)
-            return (cache, symbol, decoder), (symbol, starts, freqs, bits)
+            return (cache, symbol, decoder), (symbol, starts, freqs, bits, active & escaped(symbol))
 
-        # Attention over the filled prefix only: the chunk runs in blocks, and block b's steps
-        # read the first (b + 1) * block_len cache entries (static sizes, one scan per block).
-        carry = (cache, jnp.zeros(lanes, jnp.int32), decoder)
-        block_len = -(-length // self.shape.attention_blocks)
-        outputs = []
-        for first in range(0, length, block_len):
-            last = min(length, first + block_len)
-            body = functools.partial(step, kv_length=last)
-            carry, out = jax.lax.scan(body, carry, jnp.arange(first, last, dtype=jnp.int32))
+        return jax.lax.scan(step, carry, jnp.arange(first, last, dtype=jnp.int32))
+
+    def _run(self, tokens, lengths, data, num_bytes, encoding):
+        """Runs the model over a group, token by token, in both directions.
+
+        The chunk runs in attention blocks, block b's steps reading the first (b + 1) *
+        block_len cache entries. Each block is one compiled call, the same executable for
+        encoder and decoder (`_block_jit`), and blocks past every lane's length are skipped:
+        they would code nothing, and skipping a whole call cannot change the others' floats.
+
+        Args:
+          tokens, lengths, encoding: as in `_block`.
+          data: uint8 [lanes, capacity] payloads (ignored when encoding).
+          num_bytes: int32 [lanes].
+
+        Returns:
+          (symbols [lanes, chunk_tokens], starts and freqs [lanes, steps], ideal code length in
+          bits [lanes], decoder error codes [lanes], top-k escapes [lanes]).
+        """
+        lanes = tokens.shape[0]
+        num_steps = np.where(encoding, 0, lengths * self.steps_per_token)  # known: nothing to read
+        carry = _start_jit(self.params, data, num_bytes, num_steps, cfg=self.cfg, shape=self.shape)
+        needed, outputs = int(np.max(lengths, initial=0)), []
+        for first, last in self.blocks():
+            if first >= needed and outputs:
+                break
+            carry, out = _block_jit(
+                self.params, carry, tokens, lengths, encoding, first, last,
+                cfg=self.cfg, shape=self.shape,
+            )  # fmt: skip
             outputs.append(out)
-        decoder = carry[2]
-        # Outputs are stacked over steps (t), lanes (l) and the coder steps of a token (k).
-        symbols_tl, starts_tlk, freqs_tlk, bits_tl = (
+        symbols_tl, starts_tlk, freqs_tlk, bits_tl, escaped_tl = (
             jnp.concatenate(x) for x in zip(*outputs, strict=True)
         )
-        # [t, l, k] -> [l, t * k]: each lane's intervals in coding order.
-        starts_ls = jnp.transpose(starts_tlk, (1, 0, 2)).reshape(lanes, -1)
-        freqs_ls = jnp.transpose(freqs_tlk, (1, 0, 2)).reshape(lanes, -1)
-        errors = range_coder.decode_finish_jax(decoder)
-        return symbols_tl.T, starts_ls, freqs_ls, bits_tl.sum(0), errors
+        # [t, l, k] -> [l, t * k]: each lane's intervals in coding order, zero for skipped steps
+        # (kept on the device for the encoder).
+        skipped = self.shape.chunk_tokens - symbols_tl.shape[0]
+        pad = ((0, 0), (0, skipped * self.steps_per_token))
+        starts = jnp.pad(jnp.transpose(starts_tlk, (1, 0, 2)).reshape(lanes, -1), pad)
+        freqs = jnp.pad(jnp.transpose(freqs_tlk, (1, 0, 2)).reshape(lanes, -1), pad)
+        symbols = np.pad(np.asarray(symbols_tl).T, ((0, 0), (0, skipped)))
+        errors = np.asarray(_finish_jit(carry[2]))
+        return symbols, starts, freqs, bits_tl.sum(0), errors, escaped_tl.sum(0)
 
     def _check_group(self, lengths):
         lengths = np.asarray(lengths, np.int32)
@@ -299,9 +394,7 @@ class LMCoder:
           lengths: int [lanes] tokens per chunk (0 for padding rows).
 
         Returns:
-          (payloads: one `bytes` per lane, the coded chunk; ideal bits float64 [lanes], the
-          model's -log2 p of the chunk; table bits float64 [lanes], the -log2 of the quantised
-          tables coded with).
+          `GroupCode`: a payload per lane and its code lengths.
         """
         lengths = self._check_group(lengths)
         tokens = np.asarray(tokens, np.int32)
@@ -314,7 +407,7 @@ class LMCoder:
         no_data = np.zeros((self.shape.lanes, self.capacity_bytes), np.uint8)
         zeros = np.zeros(self.shape.lanes, np.int32)
         known = np.ones(self.shape.lanes, bool)
-        _, starts, freqs, bits, _ = self._run(self.params, tokens, lengths, no_data, zeros, known)
+        _, starts, freqs, bits, _, escapes = self._run(tokens, lengths, no_data, zeros, known)
         data_lb, num_bytes, invalid = range_coder.encode_jax_core(
             starts, freqs, lengths * self.steps_per_token, self.shape.precision_bits
         )
@@ -327,7 +420,7 @@ class LMCoder:
         table_bits = np.where(
             active, self.shape.precision_bits - np.log2(np.maximum(freqs_ls, 1)), 0.0
         ).sum(axis=1)
-        return payloads, np.asarray(bits, np.float64), table_bits
+        return GroupCode(payloads, np.asarray(bits, np.float64), table_bits, np.asarray(escapes))
 
     def decode_group(
         self,
@@ -369,9 +462,7 @@ class LMCoder:
                 )
             data_lb[i, : len(payload)] = np.frombuffer(payload, np.uint8)
             num_bytes[i] = len(payload)
-        symbols, _, _, _, errors = self._run(
-            self.params, tokens, lengths, data_lb, num_bytes, encoding
-        )
+        symbols, _, _, _, errors, _ = self._run(tokens, lengths, data_lb, num_bytes, encoding)
         return np.asarray(symbols), np.asarray(errors)
 
     def encode_chunks(
@@ -393,12 +484,18 @@ class LMCoder:
         """
         first = first_index
         for group in group_chunks(chunks, self.shape.lanes, self.shape.chunk_tokens):
-            payloads, bits, table_bits = self.encode_group(group.tokens, group.lengths)
-            payloads = payloads[: group.count]
+            code = self.encode_group(group.tokens, group.lengths)
+            payloads = code.payloads[: group.count]
             if verify:
                 self._verify(group, payloads, first)
             for i, payload in enumerate(payloads):
-                yield Coded(payload, int(group.lengths[i]), float(bits[i]), float(table_bits[i]))
+                yield Coded(
+                    payload,
+                    int(group.lengths[i]),
+                    float(code.bits[i]),
+                    float(code.table_bits[i]),
+                    int(code.escapes[i]),
+                )
             first += group.count
 
     def _verify(self, group: "Group", payloads: list[bytes], first: int) -> None:
@@ -444,6 +541,22 @@ class LMCoder:
             first += len(batch)
 
 
+class GroupCode(NamedTuple):
+    """One coded group (`LMCoder.encode_group`).
+
+    Attributes:
+      payloads: one `bytes` per lane, the coded chunk.
+      bits: float64 [lanes], the model's -log2 p of each chunk.
+      table_bits: float64 [lanes], the -log2 of the quantised tables coded with.
+      escapes: int32 [lanes], tokens coded through the top-k escape (0 without top-k).
+    """
+
+    payloads: list[bytes]
+    bits: np.ndarray
+    table_bits: np.ndarray
+    escapes: np.ndarray
+
+
 class Coded(NamedTuple):
     """One coded chunk.
 
@@ -455,12 +568,14 @@ class Coded(NamedTuple):
       table_bits: the ideal code length of the frequency tables actually coded with, sum of
         -log2(freq / 2**precision): bits - table_bits is what quantising costs, 8 * len(payload)
         - table_bits what the coder costs.
+      escapes: tokens coded through the top-k escape (outside the model's k most likely).
     """
 
     payload: bytes
     num_tokens: int
     bits: float
     table_bits: float = 0.0
+    escapes: int = 0
 
 
 class VerificationError(RuntimeError):
@@ -515,9 +630,19 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "shape"))
-def _scan_jit(params, tokens, lengths, data, num_bytes, encoding, *, cfg, shape):
-    """`LMCoder._scan`, jitted and shared by every coder of the same cfg and shape."""
-    return LMCoder(cfg, None, shape)._scan(params, tokens, lengths, data, num_bytes, encoding)
+def _start_jit(params, data, num_bytes, num_steps, *, cfg, shape):
+    """`LMCoder._start`, jitted and shared by every coder of the same cfg and shape."""
+    return LMCoder(cfg, None, shape)._start(params, data, num_bytes, num_steps)
+
+
+@functools.partial(jax.jit, static_argnames=("first", "last", "cfg", "shape"))
+def _block_jit(params, carry, tokens, lengths, encoding, first, last, *, cfg, shape):
+    """`LMCoder._block`: one executable per (architecture, coder shape, block) in a process,
+    run by encoder and decoder alike."""
+    return LMCoder(cfg, None, shape)._block(params, carry, tokens, lengths, encoding, first, last)
+
+
+_finish_jit = jax.jit(range_coder.decode_finish_jax)
 
 
 def params_sha256(description: bytes, params: Any) -> bytes:

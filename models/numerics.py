@@ -9,10 +9,16 @@ way out instead of failing after decoding starts.
 """
 
 import os
+import pathlib
 import platform
 import re
 
 import jax
+
+# What the coding path sets on a GPU: kernels that give the same floats in every process
+# (deterministic reductions, no autotuning: a kernel chosen by timing could differ between the
+# compressing and the decompressing process).
+DETERMINISTIC_GPU_FLAGS = ("--xla_gpu_deterministic_ops=true", "--xla_gpu_autotune_level=0")
 
 # XLA CPU instruction-set levels, lowest first, with the cpuinfo flag that enables each.
 _ISA_LEVELS = [
@@ -61,28 +67,77 @@ def cpu_isa() -> str:
     return best
 
 
-def numeric_xla_flags() -> str:
-    """The numerics-relevant XLA flags in effect, sorted (e.g. '--xla_cpu_max_isa=AVX2')."""
-    return " ".join(sorted(m[0] for m in _NUMERIC_FLAG.finditer(os.environ.get("XLA_FLAGS", ""))))
+def numeric_xla_flags(backend: str = "") -> str:
+    """The numerics-relevant XLA flags in effect, sorted (e.g. '--xla_cpu_max_isa=AVX2'); on
+    `backend` 'cpu' the GPU-only ones, which cannot change a CPU's floats, are left out."""
+    found = (m[0] for m in _NUMERIC_FLAG.finditer(os.environ.get("XLA_FLAGS", "")))
+    return " ".join(
+        sorted(f for f in found if not (backend == "cpu" and f.startswith("--xla_gpu")))
+    )
+
+
+def configure_coding(cache_dir: str | os.PathLike | None = None) -> None:
+    """Sets up a process that codes on the float path; call it before JAX starts its backend.
+
+    Adds `DETERMINISTIC_GPU_FLAGS` to XLA_FLAGS (unless the flag is already given: an explicit
+    choice is kept and recorded) and turns on JAX's persistent compilation cache, so a
+    decompressing process on the same machine loads the executables the compressing one
+    compiled rather than compiling (and, on a GPU, choosing kernels) again.
+
+    Args:
+      cache_dir: the cache's folder (default: $LMC_COMPILE_CACHE, else
+        ~/.cache/lmcompress/jax-cache); '' leaves the cache off.
+    """
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    for flag in DETERMINISTIC_GPU_FLAGS:
+        if not any(f.split("=")[0] == flag.split("=")[0] for f in flags):
+            flags.append(flag)
+    os.environ["XLA_FLAGS"] = " ".join(flags)
+    if cache_dir is None:
+        default = pathlib.Path.home() / ".cache" / "lmcompress" / "jax-cache"
+        cache_dir = os.environ.get("LMC_COMPILE_CACHE", str(default))
+    if cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def environment() -> dict[str, str]:
     """What fixes the floats of a computation here: jax version, backend, device kind, the CPU's
-    instruction-set level (CPU only) and the numerics-relevant XLA flags."""
+    instruction-set level (CPU only), a GPU's compute capability and CUDA / cuDNN versions, and
+    the numerics-relevant XLA flags."""
     device = jax.devices()[0]
+    backend = jax.default_backend()
     env = {
         "jax": jax.__version__,
-        "backend": jax.default_backend(),
+        "backend": backend,
         "device": device.device_kind,
-        "xla_flags": numeric_xla_flags(),
+        "xla_flags": numeric_xla_flags(backend),
     }
-    if env["backend"] == "cpu":
+    if backend == "cpu":
         env["isa"] = cpu_isa()
     else:
         capability = getattr(device, "compute_capability", None)
         if capability:
             env["compute_capability"] = str(capability)
+        env.update(_cuda_versions())
     return env
+
+
+def _cuda_versions() -> dict[str, str]:
+    """CUDA runtime and cuDNN versions jaxlib reports ({} where it reports none)."""
+    try:
+        from jax._src.lib import cuda_versions  # not public API: read defensively
+    except ImportError:
+        return {}
+    versions = {}
+    for key, name in (("cuda", "cuda_runtime_get_version"), ("cudnn", "cudnn_get_version")):
+        get = getattr(cuda_versions, name, None)
+        try:
+            if get is not None:
+                versions[key] = str(get())
+        except Exception:  # noqa: BLE001 (a driver problem must not stop compression)
+            pass
+    return versions
 
 
 def differences(recorded: dict[str, str], here: dict[str, str] | None = None) -> list[str]:

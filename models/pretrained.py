@@ -708,17 +708,18 @@ class CodingModel:
         return self.config.context_length
 
     @property
-    def _own(self) -> bool:
+    def is_transformer(self) -> bool:
+        """Whether this wraps our own Transformer (`from_transformer`)."""
         return isinstance(self.config, transformer.TransformerConfig)
 
     def _module(self):
-        if self._own:
+        if self.is_transformer:
             return transformer.Transformer(self.config)
         return _MODULES[self.config.family](self.config)
 
     def init_cache(self, batch_size: int, length: int | None = None) -> Cache:
         """Empty KV cache: per layer k{i} and v{i} of [batch, length, kv_heads, head_dim]."""
-        if self._own:
+        if self.is_transformer:
             return transformer.init_cache(self.config, batch_size, length)
         cfg = self.config
         shape = (batch_size, length or cfg.context_length, cfg.num_kv_heads, cfg.head_dim)
@@ -740,7 +741,7 @@ class CodingModel:
         Returns:
           float32 [batch, length, vocab].
         """
-        if self._own:
+        if self.is_transformer:
             return self._module().apply({"params": params}, tokens)
         if self.start_token is None:
             log_probs = self._module().apply({"params": params}, tokens)[:, :-1]
@@ -772,7 +773,7 @@ class CodingModel:
         """
         module = self._module()
         method = type(module).decode
-        if self._own:
+        if self.is_transformer:
             return module.apply(
                 {"params": params}, prev_tokens, index, cache, kv_length, method=method
             )

@@ -319,7 +319,12 @@ class Transformer(nn.Module):
 
 def token_nll(log_probs: jax.Array, tokens: jax.Array) -> jax.Array:
     """Negative log-likelihood in nats of each token: [batch, length] from log-probs
-    [batch, length, vocab] and tokens [batch, length]."""
+    [batch, length, vocab] and tokens [batch, length].
+
+    A gather, as optax's `softmax_cross_entropy_with_integer_labels` is (0.2.x computes it with
+    the same `take_along_axis`): its gradient scatters one value into each row, so no two updates
+    meet and the result is deterministic on a GPU, unlike the embedding's many-to-one scatter
+    that the one-hot lookup of small vocabularies avoids."""
     return -jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
 
 

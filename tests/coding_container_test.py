@@ -78,8 +78,8 @@ def test_round_trip_groups_columns_and_raw_chunks():
 
 def test_golden_layout():
     """Freezes the on-disk format: regenerate only on purpose, with a version bump."""
-    assert SAMPLE[:8] == b"\x89LMC\r\n\x1a\n" and container.VERSION == 3
-    expected = "b89e9fdabd5f9b75439715dee4eca1c07ee53e92461f9d309e26e78d459ec3f2"
+    assert SAMPLE[:8] == b"\x89LMC\r\n\x1a\n" and container.VERSION == 4
+    expected = "b4a41a4f534d4ea506e57c7f989aa467a11b2bb8b64cd3cb059379a93e6ef7cb"
     assert hashlib.sha256(SAMPLE).hexdigest() == expected
 
 
@@ -185,8 +185,9 @@ def _flip(offset: int, xor: int = 0x40) -> bytes:
     "data, message",
     [
         (b"PK\x03\x04" + SAMPLE[4:], r"not a compressed container: bad magic bytes"),
-        (_reseal_header(SAMPLE, version=4), r"version 4 \(this reader reads 3\): made by a newer"),
-        (_reseal_header(SAMPLE, version=1), r"version 1 \(this reader reads 3\): .*rANS"),
+        (_reseal_header(SAMPLE, version=5), r"version 5 \(this reader reads 4\): made by a newer"),
+        (_reseal_header(SAMPLE, version=1), r"version 1 \(this reader reads 4\): .*rANS"),
+        (_reseal_header(SAMPLE, version=3), r"version 3 \(this reader reads 4\): .*per block"),
         (b"", r"truncated header: expected 29 bytes, got 0"),
         (SAMPLE[:20], r"truncated header"),
         (SAMPLE[: _HEADER - 1], r"truncated header"),

@@ -111,7 +111,7 @@ def test_round_trip_modalities_within_ideal(run, tmp_path, name, data):
     # thinks nearly impossible more than their float probability.)
 
 
-@pytest.mark.parametrize("length", [0, 1, 2, CHUNK - 1, CHUNK, CHUNK + 1])
+@pytest.mark.parametrize("length", [0, 1, CHUNK, CHUNK + 1])
 def test_round_trip_lengths_full_context(run, tmp_path, length):
     data = corpus.pydocs_bytes()[:length]
     s = _round_trip(run, tmp_path, data, lanes=2, chunk_size=CHUNK)

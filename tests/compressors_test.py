@@ -117,9 +117,11 @@ def test_compress_chunks_totals():
 
 def test_parse_names():
     assert compressors.parse_names("gzip, lzma,lm:runs/x") == ["gzip", "lzma", "lm:runs/x"]
+    assert compressors.parse_names("hf:/m/llama,gzip") == ["hf:/m/llama", "gzip"]
     for spec, match in (
-        ("gzip,zip", "Unknown compressor 'zip'"),
+        ("gzip,zip", "Unknown compressor 'zip'.*hf:PATH"),
         ("lm:", "lm needs a training run"),
+        ("hf:", "hf needs a model directory"),
         ("gzip,gzip", "twice"),
         ("", "No compressors"),
     ):

@@ -29,7 +29,8 @@ def test_round_trip(vocab_size, model):
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, vocab_size, (3, 24))
     lengths = np.array([24, 7, 0])
-    payloads, bits, table_bits = coder.encode_group(tokens, lengths)
+    payloads, bits, table_bits, escapes = coder.encode_group(tokens, lengths)
+    np.testing.assert_array_equal(escapes, 0)  # no top-k: nothing escapes
     decoded, errors = coder.decode_group(payloads[:2], lengths)
     np.testing.assert_array_equal(errors[:2], 0)
     for i, n in enumerate(lengths):
@@ -44,18 +45,31 @@ def test_same_executable_both_ways():
     coder = _coder(256)
     tokens = np.random.default_rng(1).integers(0, 256, (3, 24))
     lengths = np.array([24, 24, 3])
-    payloads, _, _ = coder.encode_group(tokens, lengths)
-    compiled = lm_coder._scan_jit._cache_size()
+    payloads = coder.encode_group(tokens, lengths).payloads
+    programs = (lm_coder._start_jit, lm_coder._block_jit)
+    compiled = [f._cache_size() for f in programs]
     coder.decode_group(payloads, lengths)
-    # The decoder ran the encoder's compiled program: nothing new was compiled.
-    assert lm_coder._scan_jit._cache_size() == compiled
+    # The decoder ran the encoder's compiled programs: nothing new was compiled.
+    assert [f._cache_size() for f in programs] == compiled
+
+
+def test_blocks_past_every_chunk_are_skipped_exactly():
+    coder = _coder(256)  # 24 tokens in 3 blocks of 8
+    assert coder.blocks() == [(0, 8), (8, 16), (16, 24)]
+    tokens = np.random.default_rng(5).integers(0, 256, (3, 24))
+    short = coder.encode_group(tokens, np.array([5, 3, 0]))  # runs the first block only
+    full = coder.encode_group(tokens, np.array([5, 3, 24]))
+    assert short.payloads[:2] == full.payloads[:2]
+    decoded, errors = coder.decode_group(short.payloads[:2], np.array([5, 3, 0]))
+    np.testing.assert_array_equal(errors, 0)
+    np.testing.assert_array_equal(decoded[0, :5], tokens[0, :5])
 
 
 def test_corrupted_payloads_never_decode_to_the_input():
     coder = _coder(256)
     tokens = np.random.default_rng(2).integers(0, 256, (3, 24))
     lengths = np.array([24, 24, 24])
-    payloads, _, _ = coder.encode_group(tokens, lengths)
+    payloads = coder.encode_group(tokens, lengths).payloads
     flipped = bytearray(payloads[1])
     flipped[7] ^= 0x01
     damaged = [payloads[0], bytes(flipped), payloads[2][:-2]]
@@ -131,12 +145,12 @@ def test_portable_path_round_trips_and_ignores_the_group_layout():
     rng = np.random.default_rng(6)
     chunks = [rng.integers(0, 256, n) for n in (24, 9, 24)]
     payloads = {}
-    for lanes, blocks in ((3, 3), (1, 1), (2, 2)):
+    for lanes, blocks in ((3, 3), (1, 1)):
         shape = lm_coder.CoderShape(lanes, 24, attention_blocks=blocks, portable=True)
         coder = lm_coder.LMCoder(model_cfg, params, shape)
         coded = list(coder.encode_chunks(chunks, verify=True))
         payloads[lanes] = [c.payload for c in coded]
     # Integer tables do not depend on the batch or the program: the same bytes every way.
-    assert payloads[1] == payloads[2] == payloads[3]
+    assert payloads[1] == payloads[3]
     with pytest.raises(ValueError, match="portable path codes one table"):
         lm_coder.LMCoder(model_cfg, params, lm_coder.CoderShape(1, 24, low_bits=4, portable=True))

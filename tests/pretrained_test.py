@@ -19,13 +19,11 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from coding import topk
 from compressors import mask_ascii
 from data import pretrained_tokenizers as tokenizers
 from models import pretrained, transformer
 from tests import hf_fixtures as fixtures
 
-coder = topk._coder  # the coder topk is wired to (the range coder)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ----------------------------------------------------------------------------------------------
@@ -545,71 +543,3 @@ def test_split_tokens():
     assert [len(p) for p in tokenizers.split_tokens([], 4)] == [0]
     with pytest.raises(ValueError, match="max_tokens must be >= 1"):
         tokenizers.split_tokens(ids, 0)
-
-
-# ----------------------------------------------------------------------------------------------
-# Bytes -> tokens -> model -> top-k -> coder -> back, as a compressor would run it
-
-
-@functools.partial(jax.jit, static_argnames=("model", "k"))
-def _code(model, params, tokens, lengths, words, num_words, encoding, *, k):
-    """The shared encode/decode program (like models.lm_coder): one KV-cache step per token."""
-    lanes, length = tokens.shape
-    steps = topk.steps_per_token(model.vocab_size)
-    decoder = coder.decode_init_jax(words, num_words, lengths * steps)
-
-    def step(carry, t):
-        cache, prev, decoder = carry
-        log_probs, cache = model.decode(params, prev, t, cache)
-        probs = jnp.exp(log_probs)
-        decoded, decoder = topk.decode_step_jax(decoder, probs, k)
-        symbol = jnp.where(t < lengths, jnp.where(encoding, tokens[:, t], decoded), 0)
-        starts, freqs = topk.intervals_jax(probs, symbol, k)
-        return (cache, symbol, decoder), (
-            symbol,
-            starts,
-            freqs,
-            topk.is_escape_jax(probs, symbol, k),
-        )
-
-    carry = (model.init_cache(lanes, length), jnp.zeros(lanes, jnp.int32), decoder)
-    carry, (symbols, starts, freqs, escapes) = jax.lax.scan(step, carry, jnp.arange(length))
-    flat = lambda x: jnp.transpose(x, (1, 0, 2)).reshape(lanes, -1)  # noqa: E731
-    valid = jnp.arange(length)[:, None] < lengths
-    return (
-        symbols.T,
-        flat(starts),
-        flat(freqs),
-        (escapes & valid).sum(0),
-        coder.decode_finish_jax(carry[2]),
-    )
-
-
-def test_bytes_round_trip_through_model_topk_and_coder(bpe_dir, tmp_path):
-    config = fixtures.gpt2_config(n_positions=16)
-    fixtures.write_model(tmp_path, config, fixtures.random_weights(config, seed=10))
-    (tmp_path / "tokenizer.json").write_bytes((bpe_dir / "tokenizer.json").read_bytes())
-    tok = tokenizers.load_tokenizer(tmp_path)
-    model, params = pretrained.load(tmp_path, start_token=tok.bos_token_id)
-    tok.check_model_vocab(model.vocab_size)
-    data = "Language modelling is compression: é, 漢字, and € too.".encode()
-    ids, mode = tok.encode_chunk(data)
-    pieces = tokenizers.split_tokens(ids, model.context_length)
-    assert len(pieces) == tokenizers.num_pieces(len(ids), 16) >= 2
-    lanes, steps, k = len(pieces), topk.steps_per_token(320), 8
-    tokens = np.zeros((lanes, 16), np.int32)
-    for row, piece in zip(tokens, pieces, strict=True):
-        row[: len(piece)] = piece
-    lengths = np.array([len(p) for p in pieces], np.int32)
-    # The stream buffer's shape, learnt from the coder itself: both passes run one program.
-    capacity = coder.encode_np(np.zeros((1, 16 * steps)), np.full((1, 16 * steps), 1 << 16))[0]
-    empty = np.zeros((lanes, capacity.shape[1]), capacity.dtype)
-    run = functools.partial(_code, model, params, tokens, lengths, k=k)
-    _, starts, freqs, escapes, _ = run(empty, np.zeros(lanes, np.int32), True)
-    assert int(escapes.sum()) > 0  # a random model: both paths are used
-    words, num_words = coder.encode_jax(starts, freqs, lengths * steps)
-    assert words.shape == empty.shape
-    decoded, _, _, _, errors = run(np.asarray(words), np.asarray(num_words), False)
-    np.testing.assert_array_equal(np.asarray(errors), 0)
-    joined = np.concatenate([np.asarray(decoded)[i, :n] for i, n in enumerate(lengths)])
-    assert tok.decode_chunk(joined, mode) == data
