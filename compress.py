@@ -238,7 +238,7 @@ def compress_file(
         shape = lm_coder.CoderShape(
             lanes=max(1, min(lanes, num_chunks)),
             chunk_tokens=max_tokens,
-            attention_blocks=attention_blocks(max_tokens),
+            attention_blocks=lm_coder.auto_attention_blocks(max_tokens, pretrained),
             portable=portable,
             kv_dtype=kv_dtype,
             top_k=top_k,
@@ -288,12 +288,6 @@ def _write_groups(groups: Iterator[list[bytes]], m: _Model, coder, writer) -> tu
         payload_bytes += sum(len(c.payload) for c in coded)
         num_raw += sum(raw)
     return ideal_bits, payload_bytes, num_raw
-
-
-def attention_blocks(chunk_tokens: int) -> int:
-    """The coder's attention blocks: one per 256 tokens, at most 8 (each block is a program of
-    its own to compile; shorter blocks save little attention work)."""
-    return max(1, min(lm_coder.MAX_ATTENTION_BLOCKS // 2, chunk_tokens // 256))
 
 
 def _stream_info(model_sha: str, coder: lm_coder.LMCoder, pretrained: bool) -> container.StreamInfo:

@@ -105,8 +105,8 @@ class PretrainedCompressor:
       rows: pieces per forward pass of `log_loss`.
       lanes: pieces per coder group of `code`.
       max_tokens: tokens per piece; 0: the model's context.
-      attention_blocks: the coder's (`models.lm_coder.CoderShape`); 0: one per 256 tokens of
-        the context, 1 to 8.
+      attention_blocks: the coder's (`models.lm_coder.CoderShape`); 0: by its length
+        (`lm_coder.auto_attention_blocks`).
       shard: split the parameters over the local devices (None: only when they do not fit one).
 
     Raises:
@@ -146,8 +146,7 @@ class PretrainedCompressor:
         if top_k > self.model.vocab_size:
             raise ValueError(f"top_k={top_k} exceeds the vocabulary of {self.model.vocab_size}.")
         self.top_k, self.rows, self.lanes = top_k, rows, lanes
-        blocks = attention_blocks or self.max_tokens // 256
-        self.attention_blocks = max(1, min(blocks, 8, self.max_tokens))
+        self.attention_blocks = attention_blocks
         self.num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(self.params))
         self.devices = list(jax.local_devices())
         self._coders: dict[int, lm_coder.LMCoder] = {}
@@ -198,7 +197,10 @@ class PretrainedCompressor:
             shape = lm_coder.CoderShape(
                 lanes=self.lanes,
                 chunk_tokens=chunk_tokens,
-                attention_blocks=min(self.attention_blocks, chunk_tokens),
+                attention_blocks=min(
+                    self.attention_blocks or lm_coder.auto_attention_blocks(chunk_tokens, True),
+                    chunk_tokens,
+                ),
                 top_k=self.top_k,
             )
             self._coders[chunk_tokens] = lm_coder.LMCoder(self.model, self.params, shape)

@@ -134,6 +134,15 @@ def floor_cost_bits(vocab_size: int, precision_bits: int = 16, low_bits: int = 0
     return float(sum(-math.log2(1 - n / total) for n in sizes))
 
 
+def auto_attention_blocks(chunk_tokens: int, pretrained: bool = False) -> int:
+    """Attention blocks for a chunk length: each block is one more program to compile, and
+    saves attention work and, for chunks shorter than the coder's length, whole steps. Byte
+    chunks fill their coder: one block per 256 tokens, at most 8. Pretrained tokens vary (about
+    600 for 2048 bytes of text): one per 128, at most `MAX_ATTENTION_BLOCKS`."""
+    per, most = (128, MAX_ATTENTION_BLOCKS) if pretrained else (256, MAX_ATTENTION_BLOCKS // 2)
+    return max(1, min(most, chunk_tokens // per))
+
+
 def default_low_bits(vocab_size: int, precision_bits: int = 16) -> int:
     """The cheapest coding of a vocabulary by `floor_cost_bits`: one table (0), or two steps of
     high and low bits (the low bits' count returned). Bytes: two nibbles (4), 0.0007 bits per

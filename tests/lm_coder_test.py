@@ -154,3 +154,10 @@ def test_portable_path_round_trips_and_ignores_the_group_layout():
     assert payloads[1] == payloads[3]
     with pytest.raises(ValueError, match="portable path codes one table"):
         lm_coder.LMCoder(model_cfg, params, lm_coder.CoderShape(1, 24, low_bits=4, portable=True))
+
+
+def test_auto_attention_blocks():
+    # Byte chunks fill the coder: a block per 256 tokens; pretrained pieces vary: one per 128.
+    auto = lm_coder.auto_attention_blocks
+    assert [auto(24), auto(256), auto(2048), auto(8192)] == [1, 1, 8, 8]
+    assert [auto(48, True), auto(257, True), auto(2049, True), auto(4097, True)] == [1, 2, 16, 16]
