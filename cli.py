@@ -73,6 +73,21 @@ def no_arguments(argv: list[str], hint: str = "") -> None:
         )
 
 
+def numbers(values: list[str], flag: str, kind: type = float, example: str = "") -> list:
+    """A list flag's values as numbers of `kind`.
+
+    Raises:
+      ValueError: one line naming the flag, what it takes and an example.
+    """
+    try:
+        return [kind(v) for v in values]
+    except ValueError:
+        what = "integers" if kind is int else "numbers"
+        raise ValueError(
+            f"--{flag}={','.join(values)}: give {what}" + (f", e.g. {example}." if example else ".")
+        ) from None
+
+
 def repo_path(relative: str) -> str:
     """A path inside the repository, whatever the current directory (e.g. a default config)."""
     return os.path.join(REPO, relative)

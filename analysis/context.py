@@ -146,12 +146,7 @@ def main(argv: list[str]) -> None:
 
     cli.no_arguments(argv, "give several runs as one comma list, --runs=a,b")
     FLAGS = flags.FLAGS  # noqa: N806
-    try:
-        lengths = [int(x) for x in FLAGS.lengths]
-    except ValueError:
-        raise ValueError(
-            f"--lengths={','.join(FLAGS.lengths)}: give chunk lengths in bytes, e.g. 64,256,2048."
-        ) from None
+    lengths = cli.numbers(FLAGS.lengths, "lengths", int, "64,256,2048 (bytes)")
     rows = study(FLAGS.runs, FLAGS.datasets, lengths, FLAGS.bytes, FLAGS.workdir, FLAGS.coded)
     out = pathlib.Path(FLAGS.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -386,12 +386,7 @@ def main(argv: list[str]) -> None:
     FLAGS = flags.FLAGS  # noqa: N806
     if not FLAGS.runs and not FLAGS.huang:
         raise app.UsageError("nothing to do: pass --runs=RUN,RUN,... and/or --huang=CSV")
-    try:
-        thresholds = [float(v) for v in FLAGS.min_accuracy]
-    except ValueError:
-        raise ValueError(
-            f"--min_accuracy={','.join(FLAGS.min_accuracy)}: give accuracies, e.g. 0,0.5."
-        ) from None
+    thresholds = cli.numbers(FLAGS.min_accuracy, "min_accuracy", float, "0,0.5")
     _, lines = analyse(FLAGS.runs, FLAGS.huang, FLAGS.out, FLAGS.min_step, thresholds, FLAGS.json)
     print("\n".join(lines))
 

@@ -7,12 +7,14 @@ token, log scale) against step with the target (1 percent of the floor), the ans
 exact-match accuracy, and a heat map of the excess per position over training.
 """
 
-import json
 import pathlib
 
 import numpy as np
 
+import runs
 from analysis import plots
+
+_CURVES = ("step", "excess_nats", "answer_accuracy", "excess_per_position")  # per eval line
 
 
 def load_evals(workdir: str | pathlib.Path) -> dict[str, np.ndarray]:
@@ -29,20 +31,14 @@ def load_evals(workdir: str | pathlib.Path) -> dict[str, np.ndarray]:
             f"{path} not found: give a train_addition.py run directory"
             + ("." if pathlib.Path(workdir).is_dir() else f" ({workdir} does not exist).")
         )
-    records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    evals = [r for r in records if "excess_per_position" in r]
+    evals = [r for r in runs.read_jsonl(path) if "excess_per_position" in r]
     if not evals:
         raise ValueError(
             f"{workdir} has no eval lines in metrics.jsonl (lines with excess_per_position): "
             "is it a train_addition.py run, trained past its first eval (train.eval_every)?"
         )
-    return {
-        "step": np.array([r["step"] for r in evals]),
-        "excess_nats": np.array([r["excess_nats"] for r in evals]),
-        "answer_accuracy": np.array([r["answer_accuracy"] for r in evals]),
-        "excess_per_position": np.array([r["excess_per_position"] for r in evals]),
-        "floor_nats": float(evals[-1]["eval_loss"] - evals[-1]["excess_nats"]),
-    }
+    curves = {k: np.array([r[k] for r in evals]) for k in _CURVES}
+    return {**curves, "floor_nats": float(evals[-1]["eval_loss"] - evals[-1]["excess_nats"])}
 
 
 def plot_run(workdir: str | pathlib.Path, out: str | pathlib.Path, title: str = "") -> None:

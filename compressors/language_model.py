@@ -48,7 +48,53 @@ from training import checkpoints
 VerificationError = lm_coder.VerificationError
 
 
-class LanguageModelCompressor:
+class RatedModel:
+    """A model compressor's `rate`: its subclasses give the two passes (`_passes`)."""
+
+    def _passes(self, chunks, chunk_size: int, verify: bool, prefetch: int):
+        """(log-loss pass, coded pass): functions of a progress updater returning results."""
+        raise NotImplementedError
+
+    def rate(
+        self,
+        chunks: Callable[[], Iterable[bytes]],
+        chunk_size: int,
+        *,
+        log_loss: bool = True,
+        coded: bool = True,
+        verify: bool = False,
+        progress: Callable[[str], contextlib.AbstractContextManager] | None = None,
+        prefetch: int = 4,
+    ) -> dict:
+        """Rates a dataset by the model's log-loss and/or the bytes the coder writes.
+
+        Args:
+          chunks: returns a fresh iterator over the chunks for each pass.
+          chunk_size: bytes per chunk (our models: at most the context; pretrained ones: the
+            chunks' usual size, which sizes the coder).
+          log_loss: run the parallel log-loss pass.
+          coded: run the coder over every chunk.
+          verify: decode every coded chunk back and compare.
+          progress: `progress(label)` returns a context manager with `update(num_bytes)` (e.g.
+            a tqdm bar) for each pass.
+          prefetch: chunk blocks loaded ahead.
+
+        Returns:
+          ideal_bits (sum of -log2 p, NaN without the log-loss pass), coded_bytes (None without
+          the coded pass), each pass's wall-clock seconds (`log_loss_seconds`,
+          `coded_seconds`), and what else a pass reports (pretrained models: token counts).
+
+        Raises:
+          ValueError: neither pass asked for, or chunks longer than the context.
+          VerificationError: with `verify`, a chunk did not decode to its input.
+        """
+        log_loss_pass, coded_pass = self._passes(chunks, chunk_size, verify, prefetch)
+        return run_passes(
+            log_loss_pass if log_loss else None, coded_pass if coded else None, progress
+        )
+
+
+class LanguageModelCompressor(RatedModel):
     """Rates chunks with the newest (or given) checkpoint of a training run.
 
     Args:
@@ -216,38 +262,8 @@ class LanguageModelCompressor:
         sizes = np.array([len(c.payload) for c in coded], np.int64)
         return sizes, np.array([c.bits for c in coded], np.float64)
 
-    def rate(
-        self,
-        chunks: Callable[[], Iterable[bytes]],
-        chunk_size: int,
-        *,
-        log_loss: bool = True,
-        coded: bool = True,
-        verify: bool = False,
-        progress: Callable[[str], contextlib.AbstractContextManager] | None = None,
-        prefetch: int = 4,
-    ) -> dict:
-        """Rates a dataset by the model's log-loss and/or the bytes the coder writes.
-
-        Args:
-          chunks: returns a fresh iterator over the chunks for each pass.
-          chunk_size: bytes per chunk (at most the model's context).
-          log_loss: run the parallel log-loss pass.
-          coded: run the coder over every chunk.
-          verify: decode every coded chunk back and compare.
-          progress: `progress(label)` returns a context manager with `update(num_bytes)` (e.g.
-            a tqdm bar) for each pass.
-          prefetch: chunk blocks loaded ahead.
-
-        Returns:
-          ideal_bits (sum of -log2 p, NaN without the log-loss pass), coded_bytes (None without
-          the coded pass), and each pass's wall-clock seconds (`log_loss_seconds`,
-          `coded_seconds`).
-
-        Raises:
-          ValueError: neither pass asked for, or chunks longer than the context.
-          VerificationError: see `code`.
-        """
+    def _passes(self, chunks, chunk_size: int, verify: bool, prefetch: int):
+        """The two rating passes, as `RatedModel.rate` runs them."""
 
         def log_loss_pass(update):
             bits = self.log_loss(chunks(), chunk_size, update, prefetch)
@@ -257,9 +273,7 @@ class LanguageModelCompressor:
             sizes, _ = self.code(chunks(), chunk_size, verify, update, prefetch)
             return {"coded_bytes": int(sizes.sum())}
 
-        return run_passes(
-            log_loss_pass if log_loss else None, coded_pass if coded else None, progress
-        )
+        return log_loss_pass, coded_pass
 
 
 def run_passes(

@@ -35,7 +35,6 @@ at a time over all of them.
 """
 
 import collections
-import contextlib
 import functools
 import math
 import os
@@ -95,7 +94,7 @@ def check_model_dir(model_dir: str | os.PathLike) -> None:
     tokenizers.tokenizer_file(model_dir)
 
 
-class PretrainedCompressor:
+class PretrainedCompressor(language_model.RatedModel):
     """Rates chunks with a Hugging Face model directory (see the module docstring).
 
     Args:
@@ -240,29 +239,14 @@ class PretrainedCompressor:
         coded = payload_bytes + stats["raw_bytes"]
         return {"coded_bytes": coded, "table_bits": table_bits, "escapes": escapes, **stats}
 
-    def rate(
-        self,
-        chunks: Callable[[], Iterable[bytes]],
-        chunk_size: int = 0,
-        *,
-        log_loss: bool = True,
-        coded: bool = True,
-        verify: bool = False,
-        progress: Callable[[str], contextlib.AbstractContextManager] | None = None,
-        prefetch: int = 4,
-    ) -> dict:
-        """As `LanguageModelCompressor.rate` (`chunk_size`: the chunks' usual bytes, which size
-        the coder, see `code`; 0: unknown), with each pass's counts in the result too: tokens,
-        pieces, split_chunks, chunks per mode ('utf8_chunks', ...), escapes and table_bits."""
+    def _passes(self, chunks, chunk_size: int, verify: bool, prefetch: int):
+        """The two rating passes (`RatedModel.rate`), each reporting its counts too: tokens,
+        pieces, split_chunks, chunks per mode ('utf8_chunks', ...); escapes and table_bits."""
 
         def passes(run: Callable, *args):
             return lambda update: run(sources.prefetch(chunks(), prefetch), *args, update)
 
-        return language_model.run_passes(
-            passes(self.log_loss) if log_loss else None,
-            passes(self.code, verify, chunk_size) if coded else None,
-            progress,
-        )
+        return passes(self.log_loss), passes(self.code, verify, chunk_size)
 
 
 @functools.partial(jax.jit, static_argnames=("model",))

@@ -86,7 +86,7 @@ def test_rate_passes_against_an_independent_reference(llama_dir):
     hf = pretrained_model.PretrainedCompressor(llama_dir, top_k=10, rows=4, lanes=4, max_tokens=24)
     assert hf.tokenizer.bos_token_id == 1 and hf.coder(24).shape.attention_blocks == 1
     chunks = _chunks(TEXT[:400], 100) + [FULL_WIDTH, RANDOM[:60]]
-    stats = hf.rate(lambda: iter(chunks), verify=True)
+    stats = hf.rate(lambda: iter(chunks), 100, verify=True)
     # Log-loss: every piece after its own BOS, by the NumPy float64 Llama of pretrained_test.
     config = json.loads((llama_dir / "config.json").read_text())
     weights = {k: v.astype(np.float64) for k, v in fixtures.random_weights(config, 2).items()}
