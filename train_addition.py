@@ -60,8 +60,9 @@ def evaluate(eval_fn, params, tokens: np.ndarray, batch_size: int, num_digits: i
       excess_fraction (excess / floor), loss_stderr (standard error of loss and excess over the
       rows, nats), excess_per_position (list over the predicted positions 1..L-1, nats; a
       finite sample can put a position slightly below its floor), answer_accuracy (exact-match
-      fraction of c) and bits_per_byte (code length of whole sequences, 's' included, per
-      character).
+      fraction of c) and bits_per_byte (code length of whole sequences per character, the
+      leading 's' at 0 bits: it is certain by the format, and the loss leaves it out, so the
+      model's own prediction of it is untrained and would add about 18 nats a sequence).
 
     Raises:
       ValueError: the row count is not a multiple of batch_size.
@@ -87,7 +88,7 @@ def evaluate(eval_fn, params, tokens: np.ndarray, batch_size: int, num_digits: i
         "loss_stderr": math.sqrt(variance / num),
         "excess_per_position": [float(x) for x in (per_position - floor_per_position)[1:]],
         "answer_accuracy": exact / num,
-        "bits_per_byte": float(per_position.sum() / LN2 / tokens.shape[1]),
+        "bits_per_byte": float(per_position[1:].sum() / LN2 / tokens.shape[1]),
     }
 
 
