@@ -257,9 +257,21 @@ def load_run_points(workdirs: Iterable[str | pathlib.Path], min_step: int = 1) -
 
 
 def plot(
-    ax, x, y, fit: Correlation, groups=None, xlabel="", ylabel="", title="", y_limits=None
+    ax,
+    x,
+    y,
+    fit: Correlation,
+    groups=None,
+    xlabel="",
+    ylabel="",
+    title="",
+    y_limits=None,
+    colors: dict | None = None,
 ) -> bool:
     """Scatter of (x, y) coloured by `groups` if given, with the fitted line and r in the legend.
+
+    `colors` maps a group to its colour, so that a run keeps one colour across panels that show
+    different subsets of the runs (default: matplotlib's cycle in first-seen order).
 
     The line is drawn only over the data's x range, and within `y_limits` (e.g. (0, 1) for an
     accuracy). Where the relation is curved (`is_curved`) no line is drawn and the legend says so,
@@ -272,7 +284,8 @@ def plot(
     groups = np.asarray(groups) if groups is not None else np.full(len(x), "")
     for g in dict.fromkeys(groups):  # keeps first-seen order
         mask = groups == g
-        ax.scatter(x[mask], y[mask], s=18, label=g or None, alpha=0.8)
+        color = (colors or {}).get(g)
+        ax.scatter(x[mask], y[mask], s=18, label=g or None, alpha=0.8, color=color)
     stats = f"r = {fit.r:.3f} [{fit.ci_low:.3f}, {fit.ci_high:.3f}], n = {fit.n}"
     segment = None if is_curved(x, y) else line_segment(fit, (x.min(), x.max()), y_limits)
     if segment is not None:
@@ -368,12 +381,14 @@ def analyse(
 def _plot_panels(panels: list[tuple], out: str) -> None:
     plt = plots.pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    names = dict.fromkeys(g for panel in panels for g in (panel[3] or []))
+    colors = {name: f"C{i}" for i, name in enumerate(names)}  # one colour per run everywhere
     for ax, (x, y, fit, groups, title, y_limits) in zip(axes[0], panels, strict=True):
         if y_limits is None:  # Huang et al.'s table
             xlabel, ylabel = "average bits per character", "average benchmark score"
         else:
             xlabel, ylabel = "held-out bits per byte", "answer exact match"
-        plot(ax, x, y, fit, groups, xlabel, ylabel, title, y_limits)
+        plot(ax, x, y, fit, groups, xlabel, ylabel, title, y_limits, colors)
     plots.save(fig, out)
 
 
