@@ -46,13 +46,13 @@ import cli
 import compressors
 import runs
 from coding import container
+from data import pretrained_tokenizers as tokenizers
 from models import integer, lm_coder, numerics
 from models import pretrained as pretrained_models
 from training import checkpoints
 
 DEFAULT_LANES = 0  # 0: chosen from the device's memory (lm_coder.default_lanes)
 MAX_PRETRAINED_CHUNK = 2048  # bytes per chunk by default for hf: models (the paper's chunks)
-RAW_MODE = 3  # data.pretrained_tokenizers.MODE_RAW: a chunk the model cannot read, stored raw
 
 
 class _Model(NamedTuple):
@@ -233,7 +233,7 @@ def compress_file(
         num_chunks = -(-raw_bytes // chunk)
         # A pretrained tokenizer may add a token (SentencePiece's leading space); more tokens than
         # this and the chunk is coded as byte tokens, one per byte.
-        max_tokens = min(m.context, chunk + 1) if pretrained else chunk
+        max_tokens = _chunk_tokens(m, chunk)
         lanes = lanes or lm_coder.default_lanes(m.model, max_tokens, portable)
         shape = lm_coder.CoderShape(
             lanes=max(1, min(lanes, num_chunks)),
@@ -267,6 +267,14 @@ def compress_file(
     }
 
 
+def _chunk_tokens(m: _Model, chunk: int) -> int:
+    """The coder's tokens per chunk: the chunk's bytes for our runs; for a pretrained model one
+    more (SentencePiece's leading space), at most its context."""
+    if isinstance(m.model, pretrained_models.CodingModel):
+        return min(m.context, chunk + 1)
+    return chunk
+
+
 def _write_groups(groups: Iterator[list[bytes]], m: _Model, coder, writer) -> tuple:
     """Codes each group of chunks and writes it; returns (the model's ideal bits, payload
     bytes, chunks stored raw)."""
@@ -277,7 +285,7 @@ def _write_groups(groups: Iterator[list[bytes]], m: _Model, coder, writer) -> tu
         coded = list(coder.encode_chunks([ids for ids, _ in tokens]))
         raw = writer.write_group(
             [
-                p if mode == RAW_MODE else c.payload  # no tokens: stored as it is
+                p if mode == tokenizers.MODE_RAW else c.payload  # no tokens: stored as it is
                 for p, c, (_, mode) in zip(pieces, coded, tokens, strict=True)
             ],
             b"".join(pieces),
@@ -318,7 +326,7 @@ def _coder_for(info: container.StreamInfo, header: container.Header, m: "_Model"
       container.FormatError: impossible or unaffordable fields (one line each).
     """
     c = info.coder
-    pretrained, model_cfg = isinstance(m.model, pretrained_models.CodingModel), m.model
+    pretrained = isinstance(m.model, pretrained_models.CodingModel)
     try:
         if c.get("model", "run") != ("hf" if pretrained else "run"):
             raise ValueError("it was made by a " + ("training run" if pretrained else "hf: model"))
@@ -337,12 +345,7 @@ def _coder_for(info: container.StreamInfo, header: container.Header, m: "_Model"
         if shape.lanes > max(1, header.num_chunks):
             raise ValueError(f"{shape.lanes} lanes for {header.num_chunks} chunks")
         chunk = header.chunk_size_bytes
-        tokens_ok = (
-            shape.chunk_tokens == min(model_cfg.context_length, chunk + 1)
-            if pretrained
-            else shape.chunk_tokens == chunk
-        )
-        if header.group_chunks != shape.lanes or not tokens_ok:
+        if header.group_chunks != shape.lanes or shape.chunk_tokens != _chunk_tokens(m, chunk):
             raise ValueError("the header's group and chunk sizes differ from the coder's")
         coder = lm_coder.LMCoder(m.model, m.params, shape)
     except (KeyError, TypeError, ValueError) as e:
