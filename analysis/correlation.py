@@ -11,6 +11,11 @@ Pure functions over arrays, plus loaders for the two sources of points:
   python -m analysis.correlation --huang=data/huang2024_compression_intelligence.csv \
       --out=docs/huang2024_correlation.png
 
+`--points_csv=FILE` writes the addition points it fitted (one row per checkpoint); `--points=FILE`
+reads such a file instead of run directories, so a published fit can be recomputed without the
+runs:
+  python -m analysis.correlation --points=docs/addition_points.csv --min_accuracy=0,0.5
+
 The interval is the usual Fisher transform: z = atanh(r) is close to normal with standard error
 1 / sqrt(n - 3), so the interval is tanh(z -+ q / sqrt(n - 3)) with q the normal quantile. It
 assumes independent points; checkpoints along one run are not, so read it as a rough guide there.
@@ -33,6 +38,13 @@ import numpy as np
 from analysis import plots
 
 HUANG_COLUMNS = ("model", "average_benchmark_score", "average_bpc")
+# One addition checkpoint per row (`load_run_points`, `write_points_csv`, `load_points_csv`).
+POINT_COLUMNS = (
+    "run", "size", "num_layers", "width", "step", "bits_per_byte", "answer_accuracy",
+    "excess_nats",
+)  # fmt: skip
+_POINT_TYPES = {"num_layers": int, "width": int, "step": int, "bits_per_byte": float,
+                "answer_accuracy": float, "excess_nats": float}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,6 +268,38 @@ def load_run_points(workdirs: Iterable[str | pathlib.Path], min_step: int = 1) -
     return points
 
 
+def write_points_csv(points: Sequence[dict], path: str | pathlib.Path) -> None:
+    """Writes addition points (`load_run_points`) as a CSV with `POINT_COLUMNS`, floats at full
+    precision so that a fit of the file equals the fit of the runs."""
+    import runs
+
+    runs.write_csv(path, points, POINT_COLUMNS)
+
+
+def load_points_csv(path: str | pathlib.Path) -> list[dict]:
+    """Reads a CSV written by `write_points_csv`.
+
+    Raises:
+      FileNotFoundError: no such file; ValueError: missing columns or a value that does not parse
+        (naming the row).
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no points file {path}.")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in POINT_COLUMNS if c not in (reader.fieldnames or ())]
+        if missing:
+            raise ValueError(f"{path} lacks the columns {', '.join(missing)}.")
+        points = []
+        for i, row in enumerate(reader, start=2):
+            try:
+                points.append({c: _POINT_TYPES.get(c, str)(row[c]) for c in POINT_COLUMNS})
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{path}, line {i}: {e}") from None
+    return points
+
+
 def plot(
     ax,
     x,
@@ -314,6 +358,8 @@ def analyse(
     min_step: int = 1,
     min_accuracies: Sequence[float] = (),
     json_path: str | None = None,
+    points_in: str | None = None,
+    points_out: str | None = None,
 ) -> tuple[dict[str, Correlation], list[str]]:
     """Fits addition runs and/or Huang et al.'s rows; writes the plot and JSON if asked.
 
@@ -324,6 +370,8 @@ def analyse(
       min_step: eval lines before this step are left out.
       min_accuracies: one more fit (and panel) each, of the points above that accuracy.
       json_path: where to write the fits as JSON.
+      points_in: a CSV of addition points (`write_points_csv`) to fit instead of `run_dirs`.
+      points_out: where to write the addition points fitted, as CSV.
 
     Returns:
       The fits by name, and lines of text describing them.
@@ -331,16 +379,26 @@ def analyse(
     Raises:
       ValueError: nothing to fit, or too few points; FileNotFoundError: a missing run or CSV.
     """
-    if not run_dirs and not huang_csv:
-        raise ValueError("nothing to do: pass --runs=RUN,RUN,... and/or --huang=CSV.")
+    if run_dirs and points_in:
+        raise ValueError("give addition runs or a points file, not both.")
+    if not run_dirs and not points_in and not huang_csv:
+        raise ValueError("nothing to do: pass --runs=RUN,RUN,..., --points=CSV and/or --huang=CSV.")
     panels, results, lines = [], {}, []
-    if run_dirs:
-        points = load_run_points(run_dirs, min_step)
+    if run_dirs or points_in:
+        if points_in:
+            source = str(points_in)
+            points = [p for p in load_points_csv(points_in) if p["step"] >= min_step]
+        else:
+            source = ", ".join(map(str, run_dirs))
+            points = load_run_points(run_dirs, min_step)
         if len(points) < 4:
             raise ValueError(
                 f"{len(points)} eval lines at step >= {min_step} in "
-                f"{', '.join(map(str, run_dirs))}: a fit needs 4; train longer or lower --min_step."
+                f"{source}: a fit needs 4; train longer or lower --min_step."
             )
+        if points_out:
+            write_points_csv(points, points_out)
+            lines.append(f"Wrote {points_out} ({len(points)} points)")
         x = [p["bits_per_byte"] for p in points]
         y = [p["answer_accuracy"] for p in points]
         groups = [p["run"] for p in points]
@@ -399,10 +457,21 @@ def main(argv: list[str]) -> None:
 
     cli.no_arguments(argv, "give several runs as one comma list, --runs=a,b")
     FLAGS = flags.FLAGS  # noqa: N806
-    if not FLAGS.runs and not FLAGS.huang:
-        raise app.UsageError("nothing to do: pass --runs=RUN,RUN,... and/or --huang=CSV")
+    if not FLAGS.runs and not FLAGS.points and not FLAGS.huang:
+        raise app.UsageError(
+            "nothing to do: pass --runs=RUN,RUN,..., --points=CSV and/or --huang=CSV"
+        )
     thresholds = cli.numbers(FLAGS.min_accuracy, "min_accuracy", float, "0,0.5")
-    _, lines = analyse(FLAGS.runs, FLAGS.huang, FLAGS.out, FLAGS.min_step, thresholds, FLAGS.json)
+    _, lines = analyse(
+        FLAGS.runs,
+        FLAGS.huang,
+        FLAGS.out,
+        FLAGS.min_step,
+        thresholds,
+        FLAGS.json,
+        points_in=FLAGS.points,
+        points_out=FLAGS.points_csv,
+    )
     print("\n".join(lines))
 
 
@@ -421,6 +490,10 @@ def _define_flags() -> None:
         "emerged), e.g. 0,0.5; one extra panel each.",
     )
     flags.DEFINE_string("json", None, "Write the fits as JSON here.")
+    flags.DEFINE_string(
+        "points", None, "CSV of addition points (as --points_csv writes) to fit instead of --runs."
+    )
+    flags.DEFINE_string("points_csv", None, "Write the addition points fitted as CSV here.")
 
 
 if __name__ == "__main__":

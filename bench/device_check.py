@@ -149,7 +149,7 @@ SMALL = Settings(
     time_limit_s=300,
 )
 
-GOALS = {  # the issue's targets on one H100
+GOALS = {  # the goals on one H100 (BENCHMARKS.md)
     "train_tokens_per_second": {"200K": 15e6, "3.2M": 8e6},
     "eval_log_loss_mb_per_s": 40.0,
     "compress_mb_per_s": 2.0,
@@ -879,7 +879,7 @@ def _roofline_mb_per_s(values: dict, bandwidth: float | None, itemsize: float | 
 
 
 def assemble(states: dict, settings: Settings, args, started: float) -> dict:
-    """The report: the issue's keys, then rooflines, goals, settings and each part's state."""
+    """The report: the documented keys (BENCHMARKS.md), rooflines, goals, settings, parts."""
     values = {name: state.get("values", {}) for name, state in states.items()}
 
     def get(part, key):

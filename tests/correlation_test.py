@@ -141,6 +141,32 @@ def test_run_points_fits_plot_and_json(tmp_path):
         correlation.analyse([str(tmp_path / "missing")])
 
 
+def test_points_csv_reproduces_the_runs_fit(tmp_path):
+    _fake_run(tmp_path / "a", [0.0, 0.2, 0.5], [2.5, 2.2, 2.0])
+    _fake_run(tmp_path / "b", [0.1, 0.7, 0.9], [2.4, 1.95, 1.9])
+    runs = [str(tmp_path / "a"), str(tmp_path / "b")]
+    csv_path = tmp_path / "points.csv"
+    fits, lines = correlation.analyse(runs, min_accuracies=[0.05], points_out=csv_path)
+    assert f"Wrote {csv_path} (6 points)" in lines
+    points = correlation.load_points_csv(csv_path)
+    assert points == correlation.load_run_points(runs)
+    again, _ = correlation.analyse(points_in=csv_path, min_accuracies=[0.05])
+    assert again == fits  # every figure, to the last bit
+    late, _ = correlation.analyse(points_in=csv_path, min_step=20)
+    assert late["addition_all"].n == 4
+    with pytest.raises(ValueError, match="not both"):
+        correlation.analyse(runs, points_in=csv_path)
+    csv_path.write_text("run,step\na,1\n")
+    with pytest.raises(ValueError, match="lacks the columns size, num_layers"):
+        correlation.load_points_csv(csv_path)
+    correlation.write_points_csv(points, csv_path)
+    csv_path.write_text(csv_path.read_text().replace("2.5", "two and a half"))
+    with pytest.raises(ValueError, match="line 2"):
+        correlation.load_points_csv(csv_path)
+    with pytest.raises(FileNotFoundError, match="no points file"):
+        correlation.load_points_csv(tmp_path / "missing.csv")
+
+
 def test_training_curve_plot_reads_eval_lines(tmp_path):
     # analysis/curves.py shares this file: both read train_addition's metrics.jsonl.
     run = tmp_path / "r"

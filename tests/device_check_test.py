@@ -48,7 +48,7 @@ def small_run(tmp_path_factory):
     return out, json.loads((out / "device_check.json").read_text())
 
 
-def test_report_has_the_issue_keys_and_a_table(small_run):
+def test_report_has_every_documented_key_and_a_table(small_run):
     out, report = small_run
     assert KEYS <= set(report)
     assert report["mode"].startswith("small")
