@@ -6,6 +6,7 @@ what they all do the same way lives here.
 
 import os
 import re
+import stat
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -27,8 +28,10 @@ def train_main(
 ) -> None:
     """The `main` of a trainer: --config and --workdir in, the report of `train` printed.
 
-    An exception with an `exit_status` attribute (training.runtime.Preempted: checkpointed on
-    a signal, run again to resume) ends the program with that status and its message.
+    An exception with an `exit_status` attribute (training.runtime.Preempted: stopped on a
+    signal, run again to resume) ends the program with that status and its message; one with
+    `alone` set (stopped without a checkpoint agreed by the run's processes) stops the run's
+    other processes with the same status.
 
     Raises:
       app.UsageError: stray arguments, no --workdir, or a config `check_config` refuses.
@@ -42,12 +45,16 @@ def train_main(
 
     try:
         metrics = train(flags.FLAGS.config, flags.FLAGS.workdir)
-    except Exception as e:
+    except BaseException as e:  # Preempted is a BaseException, like KeyboardInterrupt
         status = getattr(e, "exit_status", None)
         if status is None:
             raise  # without goodbye: the run's other processes stop too
-        rendezvous.leave()
-        print(f"{_program_name()}: {e}", file=sys.stderr)
+        alone = getattr(e, "alone", False)
+        rendezvous.leave(status if alone else None)
+        print(f"{_program_name()}: {e}", file=sys.stderr, flush=True)
+        if alone and rendezvous.joined():  # JAX's shutdown at exit would wait for the others
+            sys.stdout.flush()
+            os._exit(status)
         sys.exit(status)
     rendezvous.leave()
     if _is_first_process():
@@ -55,6 +62,7 @@ def train_main(
 
 
 VERBOSE_ENV = "LMC_VERBOSE"  # LMC_VERBOSE=1 shows tracebacks, like --verbose
+INTERRUPTED_EXIT_CODE = 130  # what a shell reports for a Ctrl-C
 _HELP = ("--help", "-help", "--helpshort", "-helpshort", "-h", "-?")
 
 
@@ -91,6 +99,86 @@ def numbers(values: list[str], flag: str, kind: type = float, example: str = "")
 def repo_path(relative: str) -> str:
     """A path inside the repository, whatever the current directory (e.g. a default config)."""
     return os.path.join(REPO, relative)
+
+
+def check_input(path: str | os.PathLike) -> None:
+    """Refuses, before any work, an input that is not there or is a directory ('-': standard
+    input).
+
+    Raises:
+      FileNotFoundError, IsADirectoryError: naming the path.
+    """
+    path = os.fspath(path)
+    if path == "-":
+        return
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory: give a file as INPUT.")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no input file {path}.")
+
+
+def writes_in_place(path: str | os.PathLike) -> bool:
+    """Whether `path` is a FIFO or a character device (e.g. /dev/null): written into as into
+    standard output, never replaced by a file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
+
+def check_output(
+    output_path: str | os.PathLike, input_path: str | os.PathLike = "-", force: bool = False
+) -> None:
+    """Refuses, before any work, an output that must not or cannot be written.
+
+    An existing regular file is replaced only with `force`; a FIFO or character device is
+    written into (`writes_in_place`); nothing else that exists is ever replaced. '-' is standard
+    output.
+
+    Args:
+      output_path: the file to write, or '-'.
+      input_path: the file the output is made from ('-': standard input), which the output must
+        not be, whatever the paths say (a symlink or hard link to it included).
+      force: replace an existing regular file.
+
+    Raises:
+      ValueError: the output is the input, or an existing file of another kind (a block device,
+        a socket).
+      IsADirectoryError: the output is a directory.
+      FileExistsError: an existing regular file without `force`.
+      FileNotFoundError: no directory to write it in.
+    """
+    output, source = os.fspath(output_path), os.fspath(input_path)
+    if source != "-" and _same_file(source, output):
+        raise ValueError(f"OUTPUT {output} is the input file {source}: write elsewhere.")
+    if output == "-":
+        return
+    if os.path.isdir(output) or output.endswith(os.sep):
+        raise IsADirectoryError(f"{output} is a directory: name a file to write.")
+    if writes_in_place(output):
+        return
+    if os.path.lexists(output):
+        if os.path.exists(output) and not stat.S_ISREG(os.stat(output).st_mode):
+            raise ValueError(f"{output} is not a regular file, a FIFO or a character device.")
+        if not force:
+            raise FileExistsError(f"{output} exists: pass --force to replace it.")
+    directory = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no directory {os.path.dirname(output) or '.'} for {output}.")
+
+
+def _same_file(path: str, other: str) -> bool:
+    """Whether `other` ('-': standard output) is the file at `path`; False where either is
+    missing. Standard output counts only when it is a regular file (redirected to the input)."""
+    try:
+        a = os.stat(path)
+        b = os.fstat(sys.stdout.fileno()) if other == "-" else os.stat(other)
+    except (OSError, ValueError, AttributeError):  # pytest's captured stdout has no descriptor
+        return False
+    if other == "-" and not stat.S_ISREG(b.st_mode):
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def define_verbose_flag() -> None:
@@ -188,7 +276,7 @@ def run(
         except KeyboardInterrupt:
             if _verbose():
                 raise
-            fail("interrupted", 130)
+            fail("interrupted", INTERRUPTED_EXIT_CODE)
 
     app.run(guarded, flags_parser=parse)
 
@@ -248,3 +336,24 @@ def _program_name() -> str:
     """`analysis.scaling` for `python -m analysis.scaling`, `train.py` for `python train.py`."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     return spec.name if spec is not None and spec.name else os.path.basename(sys.argv[0])
+
+
+def _interrupted_while_importing(kind, value, traceback) -> None:
+    """`sys.excepthook` of an entry point: a Ctrl-C before `run` catches it (while the entry
+    point imports JAX, which takes seconds) ends in one line, exit 130, like one after."""
+    if not issubclass(kind, KeyboardInterrupt) or _verbose_in_argv():
+        sys.__excepthook__(kind, value, traceback)
+        return
+    print(f"{_program_name()}: interrupted", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(INTERRUPTED_EXIT_CODE)
+
+
+def _run_as_entry_point() -> bool:
+    """Whether the program is one of this repository's scripts (not pytest or a notebook)."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return bool(main_file) and os.path.abspath(main_file).startswith(REPO + os.sep)
+
+
+if _run_as_entry_point():  # entry points import cli first (see train.py)
+    sys.excepthook = _interrupted_while_importing

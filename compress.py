@@ -16,7 +16,8 @@ bytes by default (the paper's), at most the context.
 Any bytes work: text, images, audio, binary, empty files. Input is read and output written one group
 of `--lanes` chunks at a time, so files larger than memory stream through. A chunk the model would
 not make shorter is stored as it is, so no file grows by more than a few bytes per chunk. Output
-files appear only when complete (`--force` to replace one that exists); on any error, Ctrl-C or
+files appear only when complete (`--force` to replace one that exists, never the input; a FIFO or
+a device such as /dev/null is written into, as standard output is); on any error, Ctrl-C or
 SIGTERM the command prints one line, exits non-zero and leaves no output file behind. With `-` the
 input is read from standard input (spooled to a temporary file) and the output written to standard
 output, the summary then going to standard error; decompressing to standard output writes data
@@ -31,9 +32,7 @@ decoder share their tables."""
 
 import contextlib
 import hashlib
-import json
 import os
-import pathlib
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -79,6 +78,8 @@ class _Model(NamedTuple):
 
 def _load(spec: str, step: int | None, dtype: str = "float32") -> _Model:
     """Loads a run's checkpoint (a workdir) or a pretrained model (`hf:PATH`, in `dtype`)."""
+    from compressors import fingerprints
+
     if spec.startswith(compressors.HF_PREFIX):
         if step is not None:
             raise ValueError("--step applies to training runs (--workdir), not to hf: models.")
@@ -86,18 +87,11 @@ def _load(spec: str, step: int | None, dtype: str = "float32") -> _Model:
     config = runs.load_config(spec)
     model_cfg, params, step = checkpoints.restore_params(spec, step)
     tokenizer = runs.load_tokenizer(spec, config)
-    tokenizer_path = pathlib.Path(spec) / runs.TOKENIZER_FILE
-    tokenizer_file = tokenizer_path.read_bytes() if tokenizer.name != "bytes" else b""
-    description = (
-        json.dumps(config.model.to_dict(), sort_keys=True).encode()
-        + config.tokenizer.encode()
-        + hashlib.sha256(tokenizer_file).digest()
-        + str(step).encode()
-    )
+    _, fingerprint = fingerprints.run_fingerprint(spec, step, params=params)
     return _Model(
         model_cfg,
         params,
-        lm_coder.params_sha256(description, params).hex(),
+        fingerprint,
         lambda data, max_tokens: (tokenizer.encode(data), 0),
         lambda ids, mode: tokenizer.decode(ids),
         tokenizer.name == "bytes",
@@ -107,7 +101,7 @@ def _load(spec: str, step: int | None, dtype: str = "float32") -> _Model:
 
 def _load_pretrained(path: str, dtype: str) -> _Model:
     """A Hugging Face model directory (models/pretrained.py, data/pretrained_tokenizers.py)."""
-    from compressors import pretrained_model
+    from compressors import fingerprints, pretrained_model
     from data import pretrained_tokenizers as tokenizers
     from models import pretrained
 
@@ -116,12 +110,7 @@ def _load_pretrained(path: str, dtype: str) -> _Model:
     model, params = pretrained.load(path, start_token=tokenizer.bos_token_id, dtype=dtype)
     tokenizer.check_model_vocab(model.vocab_size)
     # The checkpoint's files, hashed as stored (no copy of the parameters off the device).
-    digest = hashlib.sha256(pathlib.Path(path, "config.json").read_bytes())
-    digest.update(tokenizer.fingerprint.encode())
-    for file in sorted(set(pretrained.safetensors_files(path).values())):
-        with open(file, "rb") as f:
-            while block := f.read(1 << 24):
-                digest.update(block)
+    fingerprint = fingerprints.hf_fingerprint(path)
 
     def encode(data: bytes, max_tokens: int) -> tuple[np.ndarray, int]:
         ids, mode = tokenizer.encode_chunk(data)
@@ -137,7 +126,7 @@ def _load_pretrained(path: str, dtype: str) -> _Model:
     return _Model(
         model,
         params,
-        digest.hexdigest(),
+        fingerprint,
         encode,
         tokenizer.decode_chunk,
         False,
@@ -156,19 +145,31 @@ def _pieces(src: BinaryIO, size: int, digest, progress) -> Iterator[bytes]:
 @contextlib.contextmanager
 def _opened(path: str, mode: str, force: bool = False):
     """A file to read or write; '-' is standard input (spooled) or output. Files written appear
-    only complete (`container.atomic_output`); an existing one is replaced only with `force`."""
+    only complete (`container.atomic_output`); an existing one is replaced only with `force`,
+    and a FIFO or character device (/dev/null) is written into as standard output is. An
+    input that cannot seek (a FIFO) is spooled like standard input."""
+    path = os.fspath(path)
     if path == "-":
         yield container.spool(sys.stdin.buffer) if mode == "r" else sys.stdout.buffer
     elif mode == "r":
-        with open(path, "rb") as f:
-            yield f
+        with open(path, "rb") as f, contextlib.closing(container.spool(f)) as seekable:
+            yield seekable
     else:
-        if os.path.exists(path) and not force:
-            raise FileExistsError(f"{path} exists: pass --force to replace it.")
-        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise FileNotFoundError(f"no directory {os.path.dirname(path) or '.'} for {path}.")
-        with container.atomic_output(path) as f:
-            yield f
+        cli.check_output(path, force=force)  # again: it may have appeared since the first check
+        if cli.writes_in_place(path):
+            with open(path, "wb") as f:
+                yield f
+        else:
+            with container.atomic_output(path) as f:
+                yield f
+
+
+def _check_paths(input_path: str, output_path: str, force: bool) -> None:
+    """Refuses, before any work, a missing input or a directory, and an output that is the
+    input (a symlink or hard link to it too), a directory, an existing file without `force` or
+    anything but a regular file, FIFO or character device (cli.check_output)."""
+    cli.check_input(input_path)
+    cli.check_output(output_path, input_path, force)
 
 
 def _bar(total: int, desc: str, enabled: bool):
@@ -205,11 +206,17 @@ def compress_file(
 
     Returns:
       Summary: raw and compressed bytes, coded-payload bytes, chunks (and how many stored raw),
-      ratio, bits per byte, ideal bits (the model's sum of -log2 p), seconds and MB/s.
+      ratio, bits per byte, ideal bits (the model's sum of -log2 p: on the portable path, its
+      integer tables'), the coding `path` ('integer' or 'float'), seconds and MB/s.
 
     Raises:
-      ValueError, OSError: bad arguments, run, or an existing output without `force`.
+      ValueError, OSError: bad arguments, run, or an existing output without `force`
+        (`_check_paths`: before any work).
     """
+    _check_paths(input_path, output_path, force)
+    for flag, value in (("lanes", lanes), ("chunk_size", chunk_size), ("top_k", top_k)):
+        if value < 0:
+            raise ValueError(f"--{flag}={value}: give 0 (the default) or more.")
     pretrained = model.startswith(compressors.HF_PREFIX)
     if not pretrained and dtype != "float32":
         raise ValueError("--dtype applies to hf: models; our runs keep their own.")
@@ -254,6 +261,7 @@ def compress_file(
         compressed_bytes = writer.bytes_written
     seconds = time.perf_counter() - start
     return {
+        "path": "integer" if portable else "float",
         "raw_bytes": raw_bytes,
         "compressed_bytes": compressed_bytes,
         "payload_bytes": payload_bytes,
@@ -348,6 +356,13 @@ def _coder_for(info: container.StreamInfo, header: container.Header, m: "_Model"
         if header.group_chunks != shape.lanes or shape.chunk_tokens != _chunk_tokens(m, chunk):
             raise ValueError("the header's group and chunk sizes differ from the coder's")
         coder = lm_coder.LMCoder(m.model, m.params, shape)
+        # compress writes the blocks its chunk length calls for; others cost more compiles.
+        blocks = lm_coder.auto_attention_blocks(shape.chunk_tokens, pretrained)
+        if shape.attention_blocks != blocks:
+            raise ValueError(
+                f"attention_blocks={shape.attention_blocks}, where compress writes {blocks} for "
+                f"chunks of {shape.chunk_tokens} tokens"
+            )
     except (KeyError, TypeError, ValueError) as e:
         raise container.FormatError(f"impossible stream settings: {e}") from None
     need, have = coder.memory_bytes(), _device_memory_bytes()
@@ -386,7 +401,9 @@ def decompress_file(
       container.FormatError: wrong model or environment, truncated or corrupted stream (one
         line naming the damaged group).
       coding.range_coder.CorruptStreamError: a chunk failed its decoding checks.
+      ValueError, OSError: bad paths (`_check_paths`: before any work).
     """
+    _check_paths(input_path, output_path, force)
     with _opened(input_path, "r") as src:
         reader = container.ContainerReader(src)
         info = container.StreamInfo.unpack(reader.header.info)
@@ -475,9 +492,12 @@ def _summary(mode: str, s: dict, input_path: str, output_path: str) -> str:
     if not s["raw_bytes"]:
         return f"{input_path}: empty, {s['compressed_bytes']:,} bytes of container"
     raw = f", {s['raw_chunks']} of {s['num_chunks']} chunks stored raw" if s["raw_chunks"] else ""
+    # The ideal code length is the float model's log-loss only on the float path; on the
+    # portable one it is that of the integer model's tables.
+    ideal = "integer tables' ideal" if s.get("path") == "integer" else "model's log-loss"
     return (
         f"{input_path}: {s['raw_bytes']:,} -> {s['compressed_bytes']:,} bytes, ratio "
-        f"{s['ratio']:.4f}, {s['bits_per_byte']:.4f} bits/byte (model's log-loss "
+        f"{s['ratio']:.4f}, {s['bits_per_byte']:.4f} bits/byte ({ideal} "
         f"{s['ideal_bits'] / s['raw_bytes']:.4f}){raw}, {s['mb_per_s']:.3f} MB/s"
     )
 
@@ -498,17 +518,6 @@ def main(argv):
     mode, input_path, output_path = argv[1:]
     numerics.configure_coding()  # before JAX starts its backend
     cli.quiet_logging()
-    if input_path != "-" and os.path.abspath(input_path) == os.path.abspath(output_path):
-        raise ValueError("INPUT and OUTPUT must differ.")
-    if input_path != "-" and not os.path.isfile(input_path):
-        raise FileNotFoundError(f"no input file {input_path}.")
-    if output_path != "-":  # before the model loads: fail before any work
-        if not os.path.isdir(os.path.dirname(os.path.abspath(output_path))):
-            raise FileNotFoundError(
-                f"no directory {os.path.dirname(output_path)} for {output_path}."
-            )
-        if os.path.exists(output_path) and not FLAGS.force:
-            raise FileExistsError(f"{output_path} exists: pass --force to replace it.")
     common = {"step": FLAGS.step, "progress": FLAGS.progress, "force": FLAGS.force}
     if mode == "compress":
         portable = FLAGS.portable if FLAGS["portable"].present else None  # None: the model's
@@ -550,17 +559,26 @@ def _define_flags() -> None:
         0,
         "hf: models: code under the top-k tables with an escape (the paper's k = 100); 0 = the "
         "whole vocabulary (smaller files).",
+        lower_bound=0,
     )
     flags.DEFINE_integer(
         "lanes",
         DEFAULT_LANES,
         "Chunks coded together (stored in the stream; its decoder needs their memory); "
         "0 chooses from the device's memory (64 on a CPU).",
+        lower_bound=0,
     )
-    flags.DEFINE_integer("chunk_size", 0, "Bytes per chunk; 0 = the model's context.")
+    flags.DEFINE_integer(
+        "chunk_size", 0, "Bytes per chunk; 0 = the model's context.", lower_bound=0
+    )
     flags.DEFINE_integer("step", None, "Checkpoint step to use (default: newest).")
     flags.DEFINE_bool("progress", True, "Show a progress bar.")
-    flags.DEFINE_bool("force", False, "Replace OUTPUT if it exists.")
+    flags.DEFINE_bool(
+        "force",
+        False,
+        "Replace OUTPUT if it is an existing file (never INPUT; a FIFO or a device such as "
+        "/dev/null is written into, like standard output).",
+    )
     flags.DEFINE_bool(
         "portable",
         True,

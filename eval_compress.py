@@ -11,7 +11,13 @@ Datasets are `data.sources` specs, compressors `compressors.COMPRESSORS` names; 
 compressors/pretrained_model.py and `--config.hf.*`). Each (compressor, dataset, chunking) gives one
 record, appended to WORKDIR/results.jsonl and results.csv (a record with the same compressor,
 dataset, chunking, chunk size, chunk count and 7-bit mode replaces the older one), and the table of
-every record in WORKDIR is printed, datasets as columns, as in the paper's Table 1.
+every record in WORKDIR is printed, datasets as columns, as in the paper's Table 1. A record is
+reused instead of rated again only while it is of the same data (a `file:` source's sha256, in
+`dataset_sha256`), the same model (`model_sha256`: for `lm:` the checkpoint `lm_step` and its
+parameters, the fingerprint compress.py writes into its streams; for `hf:` the checkpoint's
+files) and the same settings (`passes`, `dtype`, `top_k`, ...; on the float path the coder's
+`lanes` and `attention_blocks`); the run says how many it reused and when they were made
+(`created`), and `--config.overwrite=True` rates everything again.
 
 Accounting (Deletang et al., 2024, and its reference code):
 * raw rate = compressed / raw bytes; adjusted rate = (compressed + 2 bytes x parameters) / raw
@@ -32,6 +38,8 @@ each takes every process_count-th chunk for the models and totals are summed acr
 (classical compressors run on host 0).
 """
 
+import datetime
+import hashlib
 import itertools
 import json
 import os
@@ -119,6 +127,7 @@ def _record(
         "modality": source.modality,
         "seven_bit": mode,
         "missed_bits": counted.missed_bits,
+        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
 
 
@@ -222,10 +231,10 @@ _HF_COUNTS = (
 )  # fmt: skip
 
 
-def _evaluate_lm(config, source: sources.Source, entry: str) -> dict:
+def _evaluate_lm(config, source: sources.Source, entry: str, lm=None) -> dict:
     """Rates one model (`lm:` or `hf:`) by its log-loss and/or its coded bytes (see the module
-    docstring)."""
-    lm = _model(config, entry)
+    docstring); `lm` is its compressor when already built (`_model`)."""
+    lm = _model(config, entry) if lm is None else lm
     is_hf = entry.startswith(compressors.HF_PREFIX)
     mode = _seven_bit(config, source, entry)
     total = _expected_bytes(config, source)
@@ -314,6 +323,73 @@ def _key(record: dict) -> tuple:
     return tuple(record.get(k) for k in _KEY)
 
 
+def _dataset_fields(config) -> dict:
+    """What names the data beyond the source's name: a `file:` source's content and the
+    `random` source's seed."""
+    name, _, arg = config.dataset.partition(":")
+    fields = {}
+    if name == "file":
+        digest = hashlib.sha256()
+        with open(pathlib.Path(arg).expanduser(), "rb") as f:
+            while block := f.read(1 << 24):
+                digest.update(block)
+        fields["dataset_sha256"] = digest.hexdigest()
+    elif name == "random":
+        fields["seed"] = int(arg) if arg else config.seed
+    return fields
+
+
+def _identity(config, source: sources.Source, compressor: str, dataset: dict, lm=None) -> dict:
+    """The fields that say what a record of `compressor` rates: the data (`dataset`, from
+    `_dataset_fields`), and for a model its checkpoint's fingerprint (`compressors.fingerprints`,
+    as compress.py's streams name it) and every setting that changes its figures. A record is
+    reused only when all of these equal this run's (`_have`).
+
+    Args:
+      lm: the built compressor of an `lm:` entry, whose parameters are fingerprinted (an `hf:`
+        checkpoint is fingerprinted from its files, without loading it).
+    """
+    fields = {
+        "compressor": compressor,
+        "dataset": source.name,
+        "chunk_size": config.chunk_size,
+        "seven_bit": _seven_bit(config, source, compressor),
+        "modality": source.modality,
+        **dataset,
+    }
+    if not compressors.is_model(compressor):
+        return fields
+    from compressors import fingerprints  # imports JAX
+
+    c, is_hf = config.lm, compressor.startswith(compressors.HF_PREFIX)
+    float_coded = c.coded and (is_hf or not c.portable)  # its bytes depend on the coder's shape
+    fields.update(
+        passes="+".join(p for p, on in (("log_loss", c.log_loss), ("coded", c.coded)) if on),
+        lanes=c.lanes if float_coded else None,
+        attention_blocks=(config.hf if is_hf else c).attention_blocks if float_coded else None,
+    )
+    if is_hf:
+        from models import pretrained
+
+        path = compressor[len(compressors.HF_PREFIX) :]
+        context = pretrained.read_config(path).context_length
+        fields.update(
+            model_sha256=fingerprints.hf_fingerprint(path),
+            dtype=config.hf.dtype,
+            top_k=config.hf.top_k,
+            max_tokens=config.hf.max_tokens or context,
+        )
+    else:
+        fields.update(
+            model_sha256=fingerprints.run_fingerprint(lm.workdir, lm.step, lm.params)[1],
+            lm_step=lm.step,
+            dtype=lm.model_cfg.dtype,
+            attention=lm.model_cfg.attention,
+            coded_path="integer" if c.portable else "float",
+        )
+    return fields
+
+
 def _save(workdir: pathlib.Path, records: list[dict]) -> None:
     """Merges `records` into workdir's results (same key: replaced), atomically."""
     new_keys = {_key(r) for r in records}
@@ -348,8 +424,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> l
     """Rates every compressor of `config` on its dataset and records the results in `workdir`.
 
     Each compressor's records are saved as soon as they are done, so a later failure or Ctrl-C
-    keeps them, and a compressor whose record for this dataset and chunking is already in
-    `workdir` is skipped unless `config.overwrite`.
+    keeps them. A compressor whose records in `workdir` are of the same data, model and
+    settings (`_identity`) is not rated again unless `config.overwrite`; standard error says how
+    many records were reused and when they were made, and what changed for a record rated again.
 
     With more than one worker, classical compressors run in worker processes that import the
     main module again: a script calling this needs the usual `if __name__ == "__main__":` guard.
@@ -388,49 +465,106 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> l
     compressors.seven_bit_mode(config.seven_bit, source.modality)  # fail early on a bad mode
     workdir = pathlib.Path(workdir)
     is_first_host = _hosts()[0] == 0
-    done = (
-        {} if config.overwrite else {_key(r): r for r in runs.read_jsonl(workdir / RESULTS_JSONL)}
-    )
-    records = []
+    done = [] if config.overwrite else runs.read_jsonl(workdir / RESULTS_JSONL)
+    dataset = _dataset_fields(config)
+    records, reused = [], []
 
-    def keep(new: list[dict]) -> None:
+    def keep(new: list[dict], identities: dict[str, dict]) -> None:
+        for record in new:
+            identity = identities[record["compressor"]]
+            record.update({k: v for k, v in identity.items() if v is not None})
         records.extend(new)
         if is_first_host and new:
             workdir.mkdir(parents=True, exist_ok=True)
             _save(workdir, new)
 
-    classical_names = [n for n in names if not compressors.is_model(n)]
-    todo = [n for n in classical_names if not _have(done, config, source, n)]
-    records += [r for n in classical_names for r in _have(done, config, source, n)]
+    classical = {
+        n: _identity(config, source, n, dataset) for n in names if not compressors.is_model(n)
+    }
+    have = {n: _have(done, config, identity) for n, identity in classical.items()}
+    todo = [n for n in classical if not have[n]]
+    reused += [r for n in classical for r in have[n]]
+    records += reused
     if todo and is_first_host:
-        keep(_evaluate_classical(config, source, todo))
+        _note_stale(done, config, [classical[n] for n in todo])
+        keep(_evaluate_classical(config, source, todo), classical)
     for entry in names:
-        if compressors.is_model(entry):
-            have = _have(done, config, source, entry)
-            keep([_evaluate_lm(config, source, entry)] if not have else [])
+        if not compressors.is_model(entry):
+            continue
+        # A run's parameters are loaded once, for its fingerprint and its rating; a pretrained
+        # checkpoint is fingerprinted from its files and loaded only to be rated.
+        lm = None if entry.startswith(compressors.HF_PREFIX) else _model(config, entry)
+        identity = _identity(config, source, entry, dataset, lm)
+        have = _have(done, config, identity)
+        if have:
+            reused += have
             records += have
+            continue
+        if is_first_host:
+            _note_stale(done, config, [identity])
+        keep([_evaluate_lm(config, source, entry, lm)], {entry: identity})
+    if reused and is_first_host:
+        print(_reused_note(reused, workdir / RESULTS_JSONL), file=sys.stderr)
     return records
 
 
-def _have(done: dict, config, source, compressor: str) -> list[dict]:
-    """The records of `compressor` for this config already in the results, if all are there."""
-    mode = _seven_bit(config, source, compressor)
+def _have(done: list[dict], config, identity: dict) -> list[dict]:
+    """The records of `identity`'s compressor for this config already in the results, if every
+    chunking asked for is there, each of the same data, model and settings (`_identity`), and
+    verified where verification is asked for."""
+    compressor = identity["compressor"]
     chunkings = ["chunked"]
     if not compressors.is_model(compressor) and config.chunking != "chunked":
         chunkings = ["chunked", "unchunked"] if config.chunking == "both" else ["unchunked"]
+    verify = compressors.is_model(compressor) and config.lm.coded and config.lm.verify
     found = [
         r
-        for r in done.values()
-        if r["compressor"] == compressor
-        and r["dataset"] == source.name
-        and r["chunking"] in chunkings
-        and r["chunk_size"] == config.chunk_size
-        and r.get("seven_bit", "none") == mode
-        and r.get("top_k")
-        == (config.hf.top_k if compressor.startswith(compressors.HF_PREFIX) else None)
+        for r in done
+        if r["chunking"] in chunkings
+        and all(r.get(k) == v for k, v in identity.items())
         and (not config.num_chunks or r["num_chunks"] == config.num_chunks)
+        and (r.get("verified") or not verify)
     ]
     return found if len({r["chunking"] for r in found}) == len(chunkings) else []
+
+
+def _note_stale(done: list[dict], config, identities: list[dict]) -> None:
+    """Says which records are rated again because what they rated changed (another checkpoint,
+    other data, other settings), naming the fields that differ."""
+    row = ("compressor", "dataset", "chunk_size", "seven_bit", "top_k")
+    for identity in identities:
+        for r in done:
+            if any(r.get(k) != identity.get(k) for k in row) or (
+                config.num_chunks and r["num_chunks"] != config.num_chunks
+            ):
+                continue
+            short = lambda v: v[:12] if isinstance(v, str) and len(v) == 64 else v  # noqa: E731
+            changed = [
+                f"{k} ({short(r.get(k))} -> {short(v)})"
+                for k, v in identity.items()
+                if r.get(k) != v
+            ]
+            if changed:
+                print(
+                    f"{identity['compressor']} on {identity['dataset']}: rating again, the record "
+                    f"made {r.get('created', 'before records were dated')} differs in "
+                    f"{', '.join(changed)}.",
+                    file=sys.stderr,
+                )
+                break
+
+
+def _reused_note(reused: list[dict], path: pathlib.Path) -> str:
+    """One line: how many records were reused and when they were made."""
+    times = sorted({r["created"] for r in reused if r.get("created")})
+    undated = sum(not r.get("created") for r in reused)
+    when = [f"made {times[0]}" + (f" to {times[-1]}" if len(times) > 1 else "")] if times else []
+    when += [f"{undated} made before records were dated"] if undated else []
+    return (
+        f"Reused {len(reused)} record{'s' if len(reused) > 1 else ''} of {path} "
+        f"({'; '.join(when)}): same data, models and settings. "
+        "--config.overwrite=True rates them again."
+    )
 
 
 def main(argv):

@@ -156,7 +156,7 @@ def summary(workdir: pathlib.Path) -> dict[str, Any]:
     evals = [r["eval_bits_per_byte"] for r in lines if "eval_bits_per_byte" in r]
     return {
         "run": str(workdir),
-        "size": config.get("size", ""),
+        "size": architecture(config),
         "step": max((r["step"] for r in lines), default=0),
         "steps": config.get("train", {}).get("steps"),
         "complete": bool(results),
@@ -166,18 +166,56 @@ def summary(workdir: pathlib.Path) -> dict[str, Any]:
     }
 
 
+_SHAPE = ("num_layers", "width", "num_heads", "mlp_ratio", "context_length")
+
+
+def architecture(config: dict[str, Any]) -> str:
+    """A run's model as its size preset's name ('200K') where the model is exactly that preset's,
+    else its shape: layers x width, heads, context ('2x48 h2 ctx64', with ' mlp2' when the MLP
+    ratio is not 4).
+
+    Args:
+      config: the run's config.json, as a dict.
+    """
+    model, size = config.get("model", {}), str(config.get("size", ""))
+    shape = [model.get(k) for k in _SHAPE]
+    if None in shape:
+        return size or "-"
+    if size and shape == _preset_shape(config, size):
+        return size
+    layers, width, heads, mlp_ratio, context = shape
+    mlp = f" mlp{mlp_ratio:g}" if mlp_ratio != 4 else ""
+    return f"{layers}x{width} h{heads} ctx{context}{mlp}"
+
+
+def _preset_shape(config: dict[str, Any], size: str) -> list | None:
+    """The model shape the run's config family gives preset `size` (None: no such preset)."""
+    from configs import addition, default  # the presets; imported only to name a run's size
+
+    data = config.get("data", {})
+    try:
+        if "num_digits" in data:  # train_addition.py's runs
+            made = addition.get_config(f"size={size},digits={data['num_digits']}")
+        else:
+            made = default.get_config(f"size={size}")
+    except (ValueError, KeyError):
+        return None
+    return [made.model.get(k) for k in _SHAPE]
+
+
 def format_summary(rows: list[dict[str, Any]]) -> str:
     width = max([3, *(len(r["run"]) for r in rows)])
+    size = max([4, *(len(r["size"]) for r in rows)])
     lines = [
-        f"{'run':<{width}}  {'size':>5}  {'step':>13}  {'test bpb':>8}  {'eval bpb':>8}  ckpts"
+        f"{'run':<{width}}  {'size':>{size}}  {'step':>13}  {'test bpb':>8}  {'eval bpb':>8}  ckpts"
     ]
     for r in rows:
         step = f"{r['step']}/{r['steps']}" + (" done" if r["complete"] else "")
         fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else "-"  # noqa: E731
         ckpts = ",".join(map(str, r["checkpoints"])) or "-"
         lines.append(
-            f"{r['run']:<{width}}  {r['size']:>5}  {step:>13}  {fmt(r['test_bits_per_byte']):>8}  "
-            f"{fmt(r['eval_bits_per_byte']):>8}  {ckpts}"
+            f"{r['run']:<{width}}  {r['size']:>{size}}  {step:>13}  "
+            f"{fmt(r['test_bits_per_byte']):>8}  {fmt(r['eval_bits_per_byte']):>8}  {ckpts}"
         )
     return "\n".join(lines)
 

@@ -14,8 +14,12 @@ the first half of each row and samples the rest, and writes a PNG of the origina
 completed image, enlarged x4 and labelled (original | prompt, sample); `audio` reads a WAV (first
 channel, reduced to unsigned 8 bit), samples --num_bytes samples after it and writes an 8-bit mono
 WAV of the prompt followed by the continuation. The library is `compressors/generative.py`.
+
+An existing --output is replaced only with --force, and never when it is the prompt file; a FIFO
+or a device such as /dev/null is written into. The output appears only once complete.
 """
 
+import io
 import os
 import wave
 
@@ -32,6 +36,7 @@ def _define_flags() -> None:
     flags.DEFINE_integer("num_bytes", 200, "Bytes (audio: samples) to sample.")
     flags.DEFINE_integer("seed", 0, "Random seed; equal seeds give equal output.")
     flags.DEFINE_string("output", None, "Where to write the sample.")
+    flags.DEFINE_bool("force", False, "Replace --output if it is an existing file.")
     flags.DEFINE_enum("mode", "text", MODES, "What the prompt is.")
     flags.DEFINE_float("temperature", 1.0, "T > 0: probabilities ^ (1/T).")
     flags.DEFINE_integer("lookahead", 1, "K >= 1 (classical only); 1 = paper's rule.")
@@ -85,9 +90,11 @@ def make_sampler(
 
 
 def read_prompt(path: str) -> bytes:
-    """Returns the file's bytes. Raises FileNotFoundError naming the path."""
+    """Returns the file's bytes. Raises FileNotFoundError or IsADirectoryError naming the path."""
     import pathlib
 
+    if path and pathlib.Path(path).is_dir():
+        raise IsADirectoryError(f"Prompt file {path!r} is a directory (--prompt_file).")
     if not path or not pathlib.Path(path).is_file():
         raise FileNotFoundError(f"Prompt file {path!r} not found (--prompt_file).")
     return pathlib.Path(path).read_bytes()
@@ -112,16 +119,21 @@ LABEL_BAND_PIXELS = 26  # the white band above the images holding their labels
 def save_side_by_side(
     original,
     sampled,
-    path: str,
+    path,
     scale: int = 4,
     known_columns: int | None = None,
     sampler: str = "",
+    image_format: str | None = None,
 ) -> None:
     """Writes a labelled PNG: original | gap | prompt and sample, enlarged `scale` times.
 
     A white band above says what each part is: the original, and in the completed image its
     first `known_columns` pixels of each row (the prompt) and the rest (`sampler`'s sample),
     each half under its own bracket.
+
+    Args:
+      path: a file name or a binary file (then give `image_format`).
+      image_format: PIL's format name ('PNG'); default from the file name's extension.
     """
     import numpy as np
     from PIL import Image, ImageDraw, ImageFont
@@ -151,7 +163,15 @@ def save_side_by_side(
         draw.line(
             [(x0 + 2, band - 6), (x0 + 2, band - 3), (x1 - 3, band - 3), (x1 - 3, band - 6)], fill=0
         )
-    image.save(path)
+    image.save(path, format=image_format)
+
+
+def image_format(path: str) -> str:
+    """PIL's format for an output's extension; PNG for none or one PIL does not write."""
+    from PIL import Image
+
+    found = Image.registered_extensions().get(os.path.splitext(path)[1].lower())
+    return found if found in Image.SAVE else "PNG"
 
 
 def read_wav_u8(path: str) -> tuple[bytes, int]:
@@ -178,8 +198,8 @@ def read_wav_u8(path: str) -> tuple[bytes, int]:
     return samples[::channels].tobytes(), rate
 
 
-def write_wav_u8(path: str, samples: bytes, rate: int) -> None:
-    """Writes unsigned 8-bit mono PCM."""
+def write_wav_u8(path, samples: bytes, rate: int) -> None:
+    """Writes unsigned 8-bit mono PCM to `path` (a file name or a binary file)."""
     with wave.open(path, "wb") as f:
         f.setnchannels(1)
         f.setsampwidth(1)
@@ -195,13 +215,19 @@ def run(
     mode: str = "text",
     image_width: int = 64,
     image_height: int = 32,
+    force: bool = False,
     **sampler_kwargs,
 ) -> bytes:
     """Samples one output file; returns the sampled bytes (image: the sampled pixels).
 
+    The output is checked before any work (cli.check_output: an existing file is replaced only
+    with `force`, never the prompt file) and appears only complete; a FIFO or character device
+    is written into.
+
     Raises:
-      ValueError / FileNotFoundError: bad arguments or a missing prompt file.
+      ValueError / OSError: bad arguments, a missing prompt file, or an output not to write.
     """
+    import cli
     from compressors import generative
 
     if compressor != "lm" and compressor not in generative.GENERATIVE_COMPRESSORS:
@@ -215,8 +241,7 @@ def run(
         raise ValueError(f"num_bytes must be >= 0, got {num_bytes}.")
     if not output:
         raise ValueError("--output is required.")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(output))):
-        raise FileNotFoundError(f"no directory {os.path.dirname(output)} for --output={output}.")
+    cli.check_output(output, prompt_file or "-", force)
     if mode == "image":
         original = load_image(prompt_file, image_width, image_height)
     elif mode == "audio":
@@ -224,21 +249,41 @@ def run(
     else:
         prompt = read_prompt(prompt_file)
     sample_fn, close = make_sampler(compressor, **sampler_kwargs)
+    encoded = io.BytesIO()  # the output file's bytes, written once complete
     try:
         if mode == "image":
             known = image_width // 2
             sampled = generative.complete_rows(sample_fn, original, known)
-            save_side_by_side(original, sampled, output, known_columns=known, sampler=compressor)
-            return sampled[:, known:].tobytes()
-        generated = sample_fn(prompt, num_bytes)
+            save_side_by_side(
+                original, sampled, encoded, known_columns=known, sampler=compressor,
+                image_format=image_format(output),
+            )  # fmt: skip
+            generated = sampled[:, known:].tobytes()
+        else:
+            generated = sample_fn(prompt, num_bytes)
     finally:
         close()
     if mode == "audio":
-        write_wav_u8(output, prompt + generated, rate)
-    else:
-        with open(output, "wb") as f:
-            f.write(generated)
+        write_wav_u8(encoded, prompt + generated, rate)
+    elif mode == "text":
+        encoded.write(generated)
+    _write_output(output, encoded.getvalue(), force)
     return generated
+
+
+def _write_output(path: str, data: bytes, force: bool) -> None:
+    """Writes `data` into a FIFO or device as it is, and to a file so that it appears only
+    complete."""
+    import cli
+    from coding import container
+
+    cli.check_output(path, force=force)  # again: it may have appeared while sampling
+    if cli.writes_in_place(path):
+        with open(path, "wb") as f:
+            f.write(data)
+    else:
+        with container.atomic_output(path) as f:
+            f.write(data)
 
 
 def main(argv):
@@ -263,6 +308,7 @@ def main(argv):
         num_continuations=FLAGS.num_continuations,
         context_bytes=FLAGS.context_bytes,
         workers=FLAGS.workers,
+        force=FLAGS.force,
     )
     print(f"Sampled {len(generated)} bytes with {FLAGS.compressor}; wrote {FLAGS.output}.")
     if FLAGS.mode == "text":

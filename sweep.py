@@ -17,6 +17,12 @@ A sweep file defines `get_sweep()` returning a dict:
   slurm:    optional {option: value} the sweep asks of Slurm (e.g. {'gpus_per_run': 1}); the
             --slurm.* flags override them, but not down to no GPUs where the sweep asks for them.
 
+Before anything runs or is submitted, in every mode, each run's config is built from its command
+line as train.py builds it and checked as train.py checks it (misspelt fields, values that do
+not parse, numbers out of range), and a run that has trained already must keep its recipe
+(training.recipe; `"train.extend": True` in `fixed` continues finished runs with more steps):
+the first problem ends the sweep in one line naming the run and the field.
+
 A run is complete when its workdir holds train.py's results.json for the configured number of
 steps; complete runs are skipped, interrupted ones resume from their newest checkpoint (train.py
 does that by itself). After `local` (and in `gather`) the runs' results are collected into
@@ -30,9 +36,12 @@ repository's directory, so this works from anywhere.
 """
 
 import dataclasses
+import difflib
 import importlib.util
 import itertools
+import os
 import pathlib
+import re
 import shlex
 import subprocess
 import sys
@@ -43,6 +52,7 @@ from absl import flags
 
 import cli
 import runs
+from training import checks, recipe
 
 REPO = pathlib.Path(__file__).resolve().parent
 
@@ -147,6 +157,84 @@ def expand(sweep: dict[str, Any]) -> list[Run]:
             )
         )
     return result
+
+
+def run_config(sweep: dict[str, Any], run: Run):
+    """The config train.py builds from `run`'s command line, as it records it in config.json.
+
+    The same parser as train.py's flags reads the config file and the overrides, so a field or
+    value that train.py would refuse is refused here, and `training.checks.check` applies the
+    same numeric ranges.
+
+    Raises:
+      ValueError: one line naming the run and what is wrong (a misspelt field with its closest
+        name, a value that does not parse, a number out of range).
+    """
+    path, _, arg = run.config_arg.partition(":")
+    path = os.path.join(REPO, path)  # train.py runs in the repository's directory
+    argv = ["train.py", f"--config={path}:{arg}" if arg else f"--config={path}"]
+    base = _parse(run, argv)
+    for key in run.overrides:
+        _check_field(base, key, f"sweep run {run.name}")
+    config = _parse(run, argv + [f"--config.{k}={v}" for k, v in run.overrides.items()])
+    try:
+        checks.check(config)
+    except ValueError as e:
+        raise ValueError(f"sweep run {run.name}: {e}") from None
+    if config.get("data", {}).get("path"):  # train.py records the file it trained on so
+        config.data.name = f"file:{os.path.abspath(os.path.join(REPO, config.data.path))}"
+        config.data.path = ""
+    return config
+
+
+def _parse(run: Run, argv: list[str]):
+    """The config absl's --config flag (config_flags, as in train.py) makes of `argv`."""
+    from absl import flags as absl_flags
+    from ml_collections import config_flags
+
+    values = absl_flags.FlagValues()
+    try:
+        config_flags.DEFINE_config_file("config", None, flag_values=values, sys_argv=argv)
+        values(argv)
+    except (absl_flags.Error, ValueError) as e:
+        raise ValueError(f"sweep run {run.name}: {_config_error(str(e))}") from None
+    return values.config
+
+
+def _check_field(config, key: str, where: str) -> None:
+    """Raises ValueError if `key` ('train.steps') names no field of `config`."""
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        fields = list(config.keys()) if hasattr(config, "keys") else []
+        if part not in fields:
+            close = difflib.get_close_matches(part, fields, n=1)
+            hint = f": did you mean {'.'.join([*parts[:depth], close[0]])!r}?" if close else "."
+            raise ValueError(f"{where}: no such config field {key!r}{hint}")
+        config = config[part]
+
+
+def _config_error(message: str) -> str:
+    """config_flags wraps a config file's error in a traceback: keep the error's own line."""
+    if "Error whilst parsing config file" in message:
+        errors = re.findall(r"^\w*(?:Error|Exception): (.+)$", message, re.M)
+        if errors:
+            return errors[-1]
+    return " ".join(message.split())
+
+
+def check_runs(sweep: dict[str, Any], root: pathlib.Path) -> None:
+    """Checks every run of the sweep before any runs: its config, and its recipe if it trained.
+
+    Raises:
+      ValueError: one line naming the first run with a problem and the field (`run_config`),
+        or a run that has trained under another recipe than the sweep's (`recipe.check_resume`).
+    """
+    for run in expand(sweep):
+        config = run_config(sweep, run)
+        try:
+            recipe.check_resume(root / sweep["name"] / run.name, config)
+        except ValueError as e:
+            raise ValueError(f"sweep run {run.name}: {e}") from None
 
 
 def run_status(workdir: pathlib.Path, run: Run) -> str:
@@ -306,6 +394,7 @@ def main(argv: list[str]) -> int:
         if name.startswith("slurm.") and FLAGS[name].present
     }
     options = slurm_options(sweep, _none_for_empty(given))
+    check_runs(sweep, root)  # every mode: nothing is run or submitted that train.py refuses
     if FLAGS.mode == "print":
         for run in expand(sweep):
             workdir = root / sweep["name"] / run.name

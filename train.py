@@ -10,6 +10,9 @@ modelling task (corpus, tokenizer, held-out bits per byte, the final test next t
 LZMA2) and the command line.
 """
 
+import cli  # first: a Ctrl-C while the modules below import then ends in one line
+
+# isort: split
 import copy
 import gzip
 import lzma
@@ -23,7 +26,6 @@ from absl import flags
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-import cli
 import runs
 from data import batches, corpus, tokenizers
 from models import transformer
@@ -68,7 +70,6 @@ class LanguageModelTask:
       ValueError: bad data settings (corpus.CorpusError is a ValueError).
     """
 
-    resume_keys = ("model", "data.name", "data.train_bytes", "tokenizer")
     postfix_keys = ("eval_bits_per_byte",)
     loss_mask = None
 

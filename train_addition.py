@@ -13,6 +13,9 @@ positions only (not the leading 's', which the evaluation does not count either)
 same command resumes from the newest checkpoint; a complete run is left alone.
 """
 
+import cli  # first: a Ctrl-C while the modules below import then ends in one line
+
+# isort: split
 import math
 import os
 from typing import Any
@@ -22,7 +25,6 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-import cli
 from data import addition
 from models import transformer
 from training import loop
@@ -103,7 +105,6 @@ class AdditionTask:
       ValueError: the vocabulary or context does not fit the task.
     """
 
-    resume_keys = ("model", "data")
     postfix_keys = ("excess_nats", "answer_accuracy")
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike = ""):

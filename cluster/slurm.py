@@ -15,7 +15,10 @@ How an array task runs (the generated script, SCRIPT_DIR/SUBMISSION/job.sbatch):
   and starts the command unchanged through `srun`: one process per task, one task per GPU by
   default, each task seeing only its own GPUs (CUDA_VISIBLE_DEVICES, set by Slurm). The run's
   processes form a job step, so Slurm signals them directly: SIGUSR1 `signal_lead_seconds` before
-  the time limit (`--signal=USR1@N`), SIGTERM on preemption, and `scancel --signal=...`.
+  the time limit (`--signal=USR1@N`), SIGTERM on preemption, and `scancel --signal=...`. The
+  script passes a SIGUSR1 or SIGTERM sent to it alone (`scancel --batch`) on to the job step
+  with scancel; not to srun, which would turn SIGTERM into SIGKILL for the run's processes (so
+  `scancel --full --signal=TERM` kills a run without a checkpoint).
 * A run that checkpointed on such a signal exits with PREEMPTED_EXIT_CODE (75, EX_TEMPFAIL). The
   script then requeues its array task (`scontrol requeue`): the same command starts again later
   with a fresh time limit, and train.py resumes from its newest checkpoint by itself. Any other
@@ -59,6 +62,9 @@ _INT_FIELDS = {"gpus_per_run", "nodes_per_run", "tasks_per_run", "cpus_per_task"
 _INT_FIELDS |= {"time_limit_minutes", "array_parallelism", "signal_lead_seconds"}
 _OPTIONAL_FIELDS = {"partition", "tasks_per_run", "mem_per_node", "array_parallelism"}
 _ERROR_LINE = re.compile(r"error|exception|traceback|cancelled|killed|out of memory|oom", re.I)
+# The one line the project's programs end a user's error with, 'train.py: No such file: x'
+# (cli.run), after srun's task label in a run of several processes ('0: train.py: ...').
+_PROGRAM_ERROR = re.compile(r"^(\d+: )?[\w.-]+\.py: \S")
 # sbatch options that submit_array sets itself, and the SlurmOptions field that controls each.
 _OWN_SBATCH_OPTIONS = {
     "--array": "array_parallelism",
@@ -389,18 +395,17 @@ def submit_array(
     if "%" in str(script_dir.resolve()):
         raise ValueError(f"script_dir {script_dir} has a '%', which sbatch would expand.")
     check_available()
-    script_dir.mkdir(parents=True, exist_ok=True)
+    made_dirs = _make_dirs(script_dir)  # removed again, with the runs' log dirs, on a failure
     directory = pathlib.Path(
         tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=script_dir)
     ).resolve()
-    made_dirs = []  # deepest first, to remove if nothing is submitted
     try:
         command = _write_submission(directory, checked, options, cwd, made_dirs)
         job_id = _sbatch(command, cwd)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
-        for made in made_dirs:
-            with contextlib.suppress(OSError):
+        for made in sorted(made_dirs, key=lambda d: len(d.absolute().parts), reverse=True):
+            with contextlib.suppress(OSError):  # only what is empty: what we made, deepest first
                 made.rmdir()
         raise
     state = {
@@ -528,9 +533,16 @@ shift
 job=${{SLURM_ARRAY_JOB_ID}}_$task
 attempt=$((${{SLURM_RESTART_COUNT:-0}} + 1))
 echo "lmc: $job attempt $attempt on $(hostname) at $(date '+%F %T'): ${{*@Q}}"
-# Slurm signals the run's processes (the job step) itself; this shell only waits for them.
-trap 'echo "lmc: $job: the batch script got SIGTERM; waiting for the run" >&2' TERM
-trap 'echo "lmc: $job: the batch script got SIGUSR1; waiting for the run" >&2' USR1
+# Slurm signals the run's processes (the job step) itself: the time limit's --signal=USR1@N,
+# preemption's SIGTERM, `scancel --signal=SIG JOB`. A signal sent to this script alone
+# (`scancel --batch`) is passed on to the job step the same way. Not to srun: srun turns a
+# SIGTERM into SIGKILL for the run's processes, which would stop them without a checkpoint.
+forward() {{
+  echo "lmc: $job: the batch script got SIG$1; passing it on to the run" >&2
+  scancel --signal="$1" "$SLURM_JOB_ID" || echo "lmc: $job: scancel --signal=$1 failed" >&2
+}}
+trap 'forward TERM' TERM
+trap 'forward USR1' USR1
 {srun} "$@" &
 step=$!
 while true; do
@@ -664,7 +676,12 @@ def _attempts(path: pathlib.Path, job: str) -> list[dict[str, Any]]:
 
 
 def _last_error_line(log: pathlib.Path, max_chars: int = 200) -> str:
-    """The log's last line that looks like an error, else its last line; '' without a log."""
+    """The log's last line that looks like an error, else its last line; '' without a log.
+
+    The run's own lines come first: srun's 'srun: error: ... Exited with exit code 1' only
+    repeats the exit status, and the program's own error line (a traceback's last line, or
+    train.py's one-line message) says why.
+    """
     try:
         with open(log, "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
@@ -673,10 +690,10 @@ def _last_error_line(log: pathlib.Path, max_chars: int = 200) -> str:
         return f"no log at {log}"
     lines = [line.strip() for line in lines if line.strip()]
     lines = [line for line in lines if not line.startswith("lmc: ")] or lines
+    own = [line for line in lines if not line.startswith("srun: ")]
+    own_errors = [line for line in own if _ERROR_LINE.search(line) or _PROGRAM_ERROR.match(line)]
     errors = [line for line in lines if _ERROR_LINE.search(line)]
-    # srun's 'task 0: Exited with exit code 1' only repeats the status: prefer the run's own.
-    own = [line for line in errors if not line.startswith("srun: ")]
-    line = (own or errors or lines or [""])[-1]
+    line = (own_errors or errors or own or lines or [""])[-1]
     return line[:max_chars]
 
 

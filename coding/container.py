@@ -28,7 +28,8 @@ floats); the trailer holds the sha256 of the whole original. Every problem with 
 
 Bounded work: `ContainerReader` checks the header's counts against the file's size before
 anything is read further (each group takes at least `MIN_GROUP_BYTES`), and every length
-against the caller's maximum before its bytes are read. The writer never seeks (its output can
+against the caller's maximum before its bytes are read; columns are packed and unpacked with
+NumPy, so reading takes time linear in the file's size. The writer never seeks (its output can
 be a pipe); the reader wants a seekable file for the size check (a pipe is spooled first).
 """
 
@@ -43,6 +44,8 @@ import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
+
+import numpy as np
 
 MAGIC = b"\x89LMC\r\n\x1a\n"  # Non-ASCII first byte and CR/LF/^Z catch text-mode mangling.
 # 4: the coder runs in per-block programs (skipping blocks past every chunk), top-k coding and
@@ -163,13 +166,12 @@ def _varint(value: int) -> bytes:
 
 def pack_column(values: Sequence[int]) -> bytes:
     """`varint(min) | u8 width | (value - min) in `width` bits each`, for non-negative ints."""
-    values = [int(v) for v in values]
-    base = min(values, default=0)
-    width = (max(values, default=0) - base).bit_length()
-    acc = 0
-    for i, value in enumerate(values):
-        acc |= (value - base) << (i * width)
-    return _varint(base) + bytes([width]) + acc.to_bytes(-(-len(values) * width // 8), "little")
+    values = np.asarray(values, np.int64).reshape(-1)
+    base = int(values.min()) if values.size else 0
+    width = (int(values.max()) - base).bit_length() if values.size else 0
+    bits = ((values[:, None] - base) >> np.arange(width)) & 1  # [count, width], lsb first
+    packed = np.packbits(bits.astype(np.uint8).reshape(-1), bitorder="little")
+    return _varint(base) + bytes([width]) + packed.tobytes()
 
 
 class _Source:
@@ -195,17 +197,38 @@ class _Source:
         raise FormatError(f"corrupted {what}: a varint longer than 64 bits")
 
 
-def _read_column(source: _Source, count: int, what: str, max_value: int) -> list[int]:
+def _read_block(source: _Source, count: int, what: str, max_value: int) -> tuple[int, int, bytes]:
+    """A column's block as (base, width, packed values), its base and width checked."""
     base = source.varint(what)
     (width,) = source.read(1, what)
     if width > 32 or base > max_value:
         raise FormatError(f"corrupted {what}: base {base}, width {width}")
-    acc = int.from_bytes(source.read(-(-count * width // 8), what), "little")
-    mask = (1 << width) - 1
-    values = [base + ((acc >> (i * width)) & mask) for i in range(count)]
-    if values and max(values) > max_value:
-        raise FormatError(f"corrupted {what}: a value of {max(values)} (at most {max_value})")
+    return base, width, source.read(-(-count * width // 8), what)
+
+
+def _unpack(base: int, width: int, packed: bytes, count: int, what: str, max_value: int):
+    """int64 [count] values of a block (linear time: NumPy, no big-integer shifts)."""
+    if not width:
+        return np.full(count, base, np.int64)
+    bits = np.unpackbits(np.frombuffer(packed, np.uint8), bitorder="little")[: count * width]
+    values = base + bits.reshape(count, width).astype(np.int64) @ (1 << np.arange(width))
+    if values.size and values.max() > max_value:
+        raise FormatError(f"corrupted {what}: a value of {values.max()} (at most {max_value})")
     return values
+
+
+def _read_column(source: _Source, count: int, what: str, max_value: int) -> list[int]:
+    base, width, packed = _read_block(source, count, what, max_value)
+    return _unpack(base, width, packed, count, what, max_value).tolist()
+
+
+def _column_sum(source: _Source, count: int, what: str, max_value: int) -> int:
+    """The sum of a column's values, in time linear in its block's bytes (a block of width 0
+    stands for `count` values in two bytes)."""
+    base, width, packed = _read_block(source, count, what, max_value)
+    if not width:
+        return base * count
+    return int(_unpack(base, width, packed, count, what, max_value).sum())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,10 +453,10 @@ class ContainerReader:
             count = min(h.group_chunks, h.num_chunks - first)
             where = f"group {g} (chunks {first}-{first + count - 1})"
             source = _Source(self._file)
-            lengths = _read_column(source, count, f"lengths of {where}", h.chunk_size_bytes)
+            skip = _column_sum(source, count, f"lengths of {where}", h.chunk_size_bytes)
             for name in h.columns[1:]:
-                _read_column(source, count, f"{name}s of {where}", MAX_CHUNK_SIZE_BYTES)
-            skip = sum(lengths) + 2 * _U32.size
+                _column_sum(source, count, f"{name}s of {where}", MAX_CHUNK_SIZE_BYTES)
+            skip += 2 * _U32.size
             if self._file.tell() + skip > end:
                 raise FormatError(f"truncated {where}: the file ends inside it")
             self._file.seek(skip, os.SEEK_CUR)

@@ -72,6 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 10 if is_test else 500
     c.train.keep_checkpoints = 2
     c.train.progress = not is_test
+    c.train.extend = False  # True: a resume may raise train.steps or change optim settings.
 
     c.optim = default.optim_config(
         peak_lr=3e-3, warmup_steps=5 if is_test else 200, final_lr_fraction=0.01

@@ -64,6 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 100 if is_test else 2_000
     c.train.keep_checkpoints = 2
     c.train.progress = True
+    c.train.extend = False  # True: a resume may raise train.steps or change optim settings.
 
     c.optim = optim_config(peak_lr=1e-2 if is_test else 1e-3, warmup_steps=20 if is_test else 1_000)
     c.distributed = False  # call jax.distributed.initialize() (multi-host).

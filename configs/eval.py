@@ -39,7 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.block_chunks = 256  # chunks per worker task.
     c.progress = True
     c.distributed = False  # call jax.distributed.initialize() (multi-host).
-    c.overwrite = False  # rate again what WORKDIR already holds records of
+    c.overwrite = False  # rate again even records WORKDIR holds of the same data, model, settings
 
     c.data = ml_collections.ConfigDict()
     c.data.path = ""  # a local enwik8/enwik9 file for the enwik datasets.

@@ -10,7 +10,8 @@ once per attention block: one executable per coder and block) on inputs of *the 
 * chunks are coded in groups of `lanes` rows (a group is padded with empty chunks); the group
   layout is part of the stream format, so decoding never depends on how a caller batches;
 * blocks past the longest chunk of a group are skipped in both directions (both know the
-  lengths); skipping a whole call leaves the other calls' floats as they were;
+  lengths), and in the decoder blocks past the longest chunk it still has to decode; skipping
+  a whole call leaves the other calls' floats as they were;
 * at step t every row is fed token t-1 of its chunk, or 0 past the chunk's end, in both
   directions: the encoder knows the tokens, the decoder has just decoded them;
 * inside the step, the model's float32 probabilities go through `coding.quantize` (exact integer
@@ -208,19 +209,33 @@ class LMCoder:
         return range_coder.capacity_bytes(steps, self.shape.precision_bits)
 
     def memory_bytes(self) -> int:
-        """About what one group takes on the device: the KV cache, the payloads, the recorded
-        intervals (a stream's lanes cost its decoder this much; see README)."""
+        """About the most one group takes on the device (a stream's lanes cost its decoder this
+        much; see README). Per lane, measured against XLA's own accounting of the block program
+        (`tests/lm_coder_test.py`): the carry twice (a block's call returns a new one while its
+        argument lives: the KV cache and the coder's stream), every layer's keys and values
+        widened to 32 bits at the query heads' width as attention reads them, the recorded
+        intervals twice (as scanned, then in coding order), a layer's attention weights, and a
+        step's vectors over the vocabulary and the model's widths."""
         c, s = self.cfg, self.shape
         if self.pretrained:
             p = c.config
+            layers, heads, vocab = p.num_layers, p.num_heads, p.vocab_size
             itemsize = jnp.dtype(p.dtype).itemsize
-            cache = 2 * p.num_layers * s.chunk_tokens * p.num_kv_heads * p.head_dim * itemsize
+            position = p.num_kv_heads * p.head_dim * itemsize
+            query_width, hidden = p.num_heads * p.head_dim, max(p.hidden_size, p.intermediate_size)
         else:
-            kv = s.kv_dtype or str(transformer.compute_dtype(c.dtype))
-            itemsize = 2 if s.portable else jnp.dtype(kv).itemsize
-            cache = 2 * c.num_layers * s.chunk_tokens * c.width * itemsize
-        steps = s.chunk_tokens * self.steps_per_token
-        return s.lanes * (cache + self.capacity_bytes + 8 * steps + 4 * c.vocab_size * 4)
+            layers, heads, vocab = c.num_layers, c.num_heads, c.vocab_size
+            kv = "int16" if s.portable else s.kv_dtype or str(transformer.compute_dtype(c.dtype))
+            position = c.width * (1 if kv == "int8" else jnp.dtype(kv).itemsize)
+            if s.portable or kv == "int8":
+                position += heads * 4  # an int32 exponent or float32 scale per head
+            query_width, hidden = c.width, c.width * c.mlp_ratio
+        length, steps = s.chunk_tokens, s.chunk_tokens * self.steps_per_token
+        carry = 2 * layers * length * position + self.capacity_bytes + 64
+        widened = 2 * layers * length * query_width * 4
+        recorded = 2 * (length * 9 + steps * 8)  # symbol, bits, escape; start and freq per step
+        step = 8 * length * heads + (28 if s.portable else 20) * vocab + 4 * hidden
+        return s.lanes * (2 * carry + widened + recorded + step)
 
     def _intervals(self, probs, symbols):
         """Coder intervals of `symbols` [lanes] under `probs` [lanes, vocab]."""
@@ -350,8 +365,9 @@ class LMCoder:
 
         The chunk runs in attention blocks, block b's steps reading the first (b + 1) *
         block_len cache entries. Each block is one compiled call, the same executable for
-        encoder and decoder (`_block_jit`), and blocks past every lane's length are skipped:
-        they would code nothing, and skipping a whole call cannot change the others' floats.
+        encoder and decoder (`_block_jit`), and blocks past every lane's length are skipped
+        (when decoding, past every lane still to decode): they would code nothing, and
+        skipping a whole call cannot change the others' floats.
 
         Args:
           tokens, lengths, encoding: as in `_block`.
@@ -365,7 +381,9 @@ class LMCoder:
         lanes = tokens.shape[0]
         num_steps = np.where(encoding, 0, lengths * self.steps_per_token)  # known: nothing to read
         carry = _start_jit(self.params, data, num_bytes, num_steps, cfg=self.cfg, shape=self.shape)
-        needed, outputs = int(np.max(lengths, initial=0)), []
+        decoding = ~encoding if not encoding.all() else encoding  # the encoder: every lane
+        needed = int(np.max(lengths, initial=0, where=decoding))
+        outputs = []
         for first, last in self.blocks():
             if first >= needed and outputs:
                 break
@@ -471,8 +489,17 @@ class LMCoder:
                 )
             data_lb[i, : len(payload)] = np.frombuffer(payload, np.uint8)
             num_bytes[i] = len(payload)
+        # An empty stream is the value 0, which every table maps to its first symbol (start 0,
+        # frequency >= 1) with nothing left to read: such a lane decodes to token 0 at every
+        # step whatever the model says (under top-k, rank 0 is the model's choice), so it is
+        # fed as known zeros, as the encoder fed it. Padding lanes have no tokens.
+        if not self.shape.top_k:
+            encoding |= num_bytes == 0
+        if encoding.all() or not lengths[~encoding].any():
+            return tokens, np.zeros(self.shape.lanes, np.int32)  # nothing for the model to do
         symbols, _, _, _, errors, _ = self._run(tokens, lengths, data_lb, num_bytes, encoding)
-        return np.asarray(symbols), np.asarray(errors)
+        # Known lanes keep their tokens (blocks past the lanes still decoding were skipped).
+        return np.where(encoding[:, None], tokens, np.asarray(symbols)), np.asarray(errors)
 
     def encode_chunks(
         self, chunks: Iterable[np.ndarray | bytes], verify: bool = False, first_index: int = 0

@@ -50,9 +50,14 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def cpu_isa() -> str:
+_ISA_NAMES = [level for level, _ in _ISA_LEVELS]
+_ISA_CAP = re.compile(r"--xla_cpu_max_isa=(\w*)")
+
+
+def cpu_isa(capped: bool = True) -> str:
     """The instruction-set level XLA compiles for on this CPU: the best the CPU has, capped by
-    `--xla_cpu_max_isa` (e.g. 'AVX512'), or the machine's architecture off x86."""
+    `--xla_cpu_max_isa` in XLA_FLAGS unless `capped` is False (e.g. 'AVX512'), or the machine's
+    architecture off x86."""
     flags = _cpu_flags()
     if not flags:
         return platform.machine()
@@ -60,19 +65,34 @@ def cpu_isa() -> str:
     for level, flag in _ISA_LEVELS:
         if flag in flags:
             best = level
-    cap = re.search(r"--xla_cpu_max_isa=(\w+)", os.environ.get("XLA_FLAGS", ""))
-    names = [level for level, _ in _ISA_LEVELS]
-    if cap and cap[1].upper() in names:
-        best = names[min(names.index(best), names.index(cap[1].upper()))]
+    cap = isa_cap()
+    if capped and cap:
+        best = _ISA_NAMES[min(_ISA_NAMES.index(best), _ISA_NAMES.index(cap))]
     return best
 
 
-def numeric_xla_flags(backend: str = "") -> str:
-    """The numerics-relevant XLA flags in effect, sorted (e.g. '--xla_cpu_max_isa=AVX2'); on
-    `backend` 'cpu' the GPU-only ones, which cannot change a CPU's floats, are left out."""
-    found = (m[0] for m in _NUMERIC_FLAG.finditer(os.environ.get("XLA_FLAGS", "")))
+def isa_cap() -> str:
+    """The level `--xla_cpu_max_isa` in XLA_FLAGS caps the CPU at ('AVX2'), or '' (none, or a
+    name XLA does not know)."""
+    caps = _ISA_CAP.findall(os.environ.get("XLA_FLAGS", ""))
+    cap = caps[-1].upper() if caps else ""
+    return cap if cap in _ISA_NAMES else ""
+
+
+def numeric_xla_flags(backend: str = "", xla_flags: str | None = None) -> str:
+    """The numerics-relevant XLA flags in `xla_flags` (default: XLA_FLAGS), sorted (e.g.
+    '--xla_cpu_enable_fast_math=false'); on `backend` 'cpu' the GPU-only ones, which cannot
+    change a CPU's floats, are left out. `--xla_cpu_max_isa` is left out too: what it means,
+    the instruction set compiled for, is recorded as `isa` (`cpu_isa`), so that a cap at the
+    CPU's own level is no difference."""
+    flags = os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags
+    found = (m[0] for m in _NUMERIC_FLAG.finditer(flags))
     return " ".join(
-        sorted(f for f in found if not (backend == "cpu" and f.startswith("--xla_gpu")))
+        sorted(
+            f
+            for f in found
+            if not (backend == "cpu" and f.startswith("--xla_gpu") or _ISA_CAP.match(f))
+        )
     )
 
 
@@ -146,6 +166,8 @@ def differences(recorded: dict[str, str], here: dict[str, str] | None = None) ->
     out = []
     for key in sorted(set(recorded) | set(here)):
         a, b = recorded.get(key, ""), here.get(key, "")
+        if key == "xla_flags":  # streams made before the cap was left out (it is in `isa`)
+            a, b = numeric_xla_flags(xla_flags=a), numeric_xla_flags(xla_flags=b)
         if a == b:
             continue
         if key == "isa" and a and b:
@@ -156,11 +178,17 @@ def differences(recorded: dict[str, str], here: dict[str, str] | None = None) ->
 
 
 def _isa_difference(made: str, here: str) -> str:
-    names = [level for level, _ in _ISA_LEVELS]
+    names = _ISA_NAMES
     if made in names and here in names and names.index(here) > names.index(made):
         return (
             f"the stream was made for {made} code and this CPU runs {here} code: decode with "
             f"XLA_FLAGS=--xla_cpu_max_isa={made}"
+        )
+    best, cap = cpu_isa(capped=False), isa_cap()
+    if made in names and best in names and cap and names.index(best) >= names.index(made):
+        return (
+            f"the stream was made for {made} code and XLA_FLAGS caps this CPU at {cap} "
+            f"(--xla_cpu_max_isa={cap}): decode with XLA_FLAGS=--xla_cpu_max_isa={made}"
         )
     return (
         f"the stream was made for {made} code and this CPU lacks it (runs {here}): decode on a "

@@ -72,6 +72,25 @@ def test_train_errors_are_one_line(tmp_path):
     assert not workdir.exists()  # a failed start leaves nothing behind
 
 
+@pytest.mark.parametrize(
+    "override, status, fragment",
+    [
+        ("--config.optim.peak_lr=inf", 1, "optim.peak_lr=inf: must be a number in (0, inf)"),
+        ("--config.train.batch_size=1000000000", 1, "train.batch_size=1000000000: training"),
+        ("--config.model.num_layers=100000000", 1, "model.num_layers=100000000: training"),
+        ("--config.optim.peak_lr=1e30", 1, "Loss is"),  # NaN or inf after a step or two
+    ],
+)
+def test_configs_that_cannot_train_end_in_one_line_and_leave_no_directory(
+    tmp_path, override, status, fragment
+):
+    workdir = tmp_path / "run"
+    args = [REPO / "train.py", "--config=configs/default.py:size=test", f"--workdir={workdir}"]
+    args += ["--config.train.log_every=1", "--config.train.progress=False", override]
+    _one_line(_run(*args, cwd=tmp_path), status, fragment)
+    assert not workdir.exists()
+
+
 def test_compress_errors_are_one_line(tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     src.write_bytes(b"hello")

@@ -265,6 +265,23 @@ def test_array_parallelism_keeps_the_other_runs_queued(cluster, jobs, tmp_path):
     assert [s.state for s in states.values()] == ["complete", "complete"]
 
 
+def test_status_prefers_the_programs_own_error_line_to_sruns(tmp_path):
+    log = tmp_path / "1_0.out"
+    log.write_text(
+        "lmc: 1_0 attempt 1 on vm at 2025-01-01 00:00:00: 'python' 'train.py'\n"
+        "train.py: No such file: /data/x.txt\n"
+        "srun: error: vm: task 0: Exited with exit code 1\n"
+        "lmc: 1_0 attempt 1 exited with status 1 at 2025-01-01 00:00:01\n"
+    )
+    assert slurm._last_error_line(log) == "train.py: No such file: /data/x.txt"
+    log.write_text(
+        "0: train.py: stopped\n1: Traceback (most recent call last):\n1: ValueError: x\n"
+    )
+    assert slurm._last_error_line(log) == "1: ValueError: x"
+    log.write_text("step 5\nsrun: error: vm: task 0: Exited with exit code 2\n")
+    assert slurm._last_error_line(log) == "srun: error: vm: task 0: Exited with exit code 2"
+
+
 def test_failed_run_reports_its_exit_status_and_error(cluster, jobs, tmp_path):
     submission = _submit(jobs, tmp_path, ["fail"])
     state = _wait_final(submission)["run0"]
@@ -291,17 +308,26 @@ def test_one_process_per_gpu_sees_only_its_own(cluster, jobs, tmp_path):
     assert all(d and "," not in d for d in devices) and devices[0] != devices[1], devices
 
 
-def test_preempted_run_is_requeued_and_resumes(cluster, jobs, tmp_path):
+@pytest.mark.parametrize(
+    "scancel, signal_number",
+    [
+        (["--signal=USR1"], "10"),  # the job's steps: what the time limit's --signal=USR1@N does
+        (["--signal=USR1", "--batch"], "10"),  # the batch script only: it passes the signal on
+        (["--signal=TERM", "--batch"], "15"),
+        (["--signal=USR1", "--full"], "10"),  # both: the run stops once
+    ],
+    ids=["job", "batch-usr1", "batch-term", "full-usr1"],
+)
+def test_preempted_run_is_requeued_and_resumes(cluster, jobs, tmp_path, scancel, signal_number):
     submission = _submit(jobs, tmp_path, ["preemptible"])
     workdir = tmp_path / "run0"
     _wait_until(lambda: (workdir / "ready.0").exists(), "the run to start")
-    # What the time limit's --signal=USR1@N does, without waiting for a time limit.
-    subprocess.run(["scancel", "--signal=USR1", f"{submission.job_id}_0"], check=True, timeout=60)
+    subprocess.run(["scancel", *scancel, f"{submission.job_id}_0"], check=True, timeout=60)
     seen = set()
     state = _wait_final(submission, seen=seen)["run0"]
-    assert (state.state, state.attempts) == ("complete", 2)
+    assert (state.state, state.attempts) == ("complete", 2), state
     assert _exit_codes(workdir) == [slurm.PREEMPTED_EXIT_CODE, 0]
-    assert (workdir / "checkpoint.0").read_text() == "10"  # SIGUSR1
+    assert (workdir / "checkpoint.0").read_text() == signal_number
     assert (workdir / "resumed.0").read_text() == "1"  # SLURM_RESTART_COUNT
     requeued = [reason for _, s, reason in seen if s == "queued" and "requeued" in reason]
     assert requeued and requeued[0].startswith("requeued after attempt 1 was preempted")
@@ -351,7 +377,12 @@ def test_sbatch_rejection_is_one_line_and_leaves_nothing(cluster, tmp_path):
     ) as info:
         slurm.submit_array(runs, options, tmp_path / "subs")
     assert "\n" not in str(info.value)
-    assert list((tmp_path / "subs").iterdir()) == [] and not (tmp_path / "a").exists()
+    assert not (tmp_path / "subs").exists() and not (tmp_path / "a").exists()
+    # Folders that were there stay, and nothing is left inside them.
+    (tmp_path / "kept" / "subs").mkdir(parents=True)
+    with pytest.raises(slurm.SlurmError, match="Invalid partition"):
+        slurm.submit_array(runs, options, tmp_path / "kept" / "subs" / "new" / "deeper")
+    assert list((tmp_path / "kept" / "subs").iterdir()) == [] and not (tmp_path / "a").exists()
 
 
 def test_unreachable_controller_says_how_to_start_one(cluster, tmp_path, monkeypatch):

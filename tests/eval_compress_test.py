@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import gzip
+import hashlib
 import json
 import lzma
 import os
@@ -10,6 +11,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -17,7 +19,7 @@ import compressors
 import eval_compress
 import train
 from analysis import tables
-from compressors import language_model
+from compressors import fingerprints, language_model
 from configs import default
 from configs import eval as eval_config
 from data import corpus, sources
@@ -25,7 +27,7 @@ from models import lm_coder, transformer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CHUNK = 1024  # the test model's context; long enough that the 4-byte flush is < 1% of a chunk
-TIMING = ("seconds", "mb_per_s", "log_loss_seconds", "coded_seconds")
+TIMING = ("seconds", "mb_per_s", "log_loss_seconds", "coded_seconds", "created")
 LM_OPTIONS = {"lm.lanes": 2, "lm.chunks_per_device": 2, "chunk_size": CHUNK}
 if "attention_blocks" in {f.name for f in dataclasses.fields(lm_coder.CoderShape)}:
     LM_OPTIONS["lm.attention_blocks"] = 1  # one scan per group: the shortest compile
@@ -37,6 +39,7 @@ def run(tmp_path_factory):
     config.model.context_length = CHUNK
     config.train.batch_size = 2
     config.train.steps = 20
+    config.train.checkpoint_every = 10  # steps 10 and 20: an older checkpoint to rate
     config.train.eval_every = 1000
     config.train.eval_max_bytes = CHUNK
     config.train.progress = False
@@ -388,3 +391,103 @@ def test_the_integer_path_can_be_rated_too(run, text_file, tmp_path):
     assert record["coded_path"] == "integer" and record["verified"]
     # The log-loss is the float model's; the integer tables code within a few percent of it.
     assert abs(record["coded_bytes"] - record["log_loss_bytes"]) <= 0.03 * record["log_loss_bytes"]
+
+
+def _log_loss_config(run, text_file, **overrides):
+    config = _config(dataset=f"file:{text_file}", compressors=f"gzip,lm:{run}", **LM_OPTIONS)
+    config.update_from_flattened_dict({"chunking": "chunked", "lm.coded": False, **overrides})
+    return config
+
+
+def _stream_fingerprint(run, step):
+    """The model fingerprint compress.py writes into its streams."""
+    import compress  # a script: imported where needed
+
+    return compress._load(run, step).fingerprint
+
+
+def test_a_newer_checkpoint_is_rated_again(run, text_file, tmp_path, capsys):
+    old = _by_key(
+        eval_compress.evaluate(_log_loss_config(run, text_file, **{"lm.step": 10}), tmp_path)
+    )
+    new = _by_key(eval_compress.evaluate(_log_loss_config(run, text_file), tmp_path))
+    old, new = old[f"lm:{run}", "chunked"], new[f"lm:{run}", "chunked"]
+    assert (old["lm_step"], new["lm_step"]) == (10, 20)
+    assert new["model_sha256"] == _stream_fingerprint(run, None)  # as streams name it
+    assert old["model_sha256"] == _stream_fingerprint(run, 10) != new["model_sha256"]
+    assert new["log_loss_bytes"] != old["log_loss_bytes"]
+    err = capsys.readouterr().err
+    assert "differs in model_sha256" in err and "lm_step (10 -> 20)" in err
+    assert "Reused 1 record of" in err  # gzip
+    with open(tmp_path / "results.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["compressor"].startswith("lm:")]
+    assert [r["lm_step"] for r in rows] == ["20"]  # the step-10 record was replaced
+
+
+def test_an_identical_run_reuses_and_says_when_made(run, text_file, tmp_path, capsys, monkeypatch):
+    first = eval_compress.evaluate(_log_loss_config(run, text_file), tmp_path)
+    capsys.readouterr()
+    for name in ("_evaluate_lm", "_evaluate_classical"):
+        monkeypatch.setattr(eval_compress, name, lambda *a: pytest.fail("rated again"))
+    again = eval_compress.evaluate(_log_loss_config(run, text_file), tmp_path)
+    assert again == first
+    made = sorted(r["created"] for r in first)
+    when = made[0] + (f" to {made[-1]}" if made[-1] != made[0] else "")
+    assert f"Reused 2 records of {tmp_path / 'results.jsonl'} (made {when})" in (
+        capsys.readouterr().err
+    )
+
+
+def _spy(monkeypatch) -> list[str]:
+    """Records the rating functions eval_compress calls, in order."""
+    rated = []
+    for name in ("_evaluate_classical", "_evaluate_lm"):
+        real = getattr(eval_compress, name)
+        spy = lambda *a, real=real, name=name: rated.append(name) or real(*a)  # noqa: E731
+        monkeypatch.setattr(eval_compress, name, spy)
+    return rated
+
+
+def test_a_changed_setting_or_file_is_rated_again(run, text_file, tmp_path, capsys, monkeypatch):
+    data = tmp_path / "data.txt"
+    data.write_bytes(text_file.read_bytes())
+    config = _log_loss_config(run, data)
+    rated = _spy(monkeypatch)
+    first = _by_key(eval_compress.evaluate(config, tmp_path))
+    assert rated == ["_evaluate_classical", "_evaluate_lm"]
+    config.lm.coded = True  # the coded figure too: a record of the log-loss alone is not enough
+    coded = _by_key(eval_compress.evaluate(config, tmp_path))[f"lm:{run}", "chunked"]
+    assert rated[2:] == ["_evaluate_lm"]  # gzip was reused
+    assert coded["passes"] == "log_loss+coded" and coded["coded_bytes"] > 0
+    assert "differs in passes (log_loss -> log_loss+code" in capsys.readouterr().err
+    other = corpus.pydocs_bytes()[300_000:]
+    data.write_bytes(other[: len(text_file.read_bytes())])  # same size, other content
+    changed = _by_key(eval_compress.evaluate(config, tmp_path))
+    assert rated[3:] == ["_evaluate_classical", "_evaluate_lm"]
+    for key in first:
+        assert changed[key]["dataset_sha256"] != first[key]["dataset_sha256"], key
+    err = capsys.readouterr().err
+    assert "Reused" not in err and "differs in dataset_sha256" in err
+
+
+def test_run_fingerprint_is_the_streams(run):
+    """Computed independently: compress.py's streams must keep the fingerprints they have."""
+    from training import checkpoints
+
+    config = json.loads((pathlib.Path(run) / "config.json").read_text())
+    _, params, step = checkpoints.restore_params(run)
+    description = json.dumps(config["model"], sort_keys=True).encode() + b"bytes"
+    digest = hashlib.sha256(description + hashlib.sha256(b"").digest() + b"20")
+    for path, leaf in sorted(
+        jax.tree_util.tree_flatten_with_path(params)[0],
+        key=lambda kv: jax.tree_util.keystr(kv[0]),
+    ):
+        array = np.asarray(leaf)
+        digest.update(f"{jax.tree_util.keystr(path)}{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+    assert step == 20
+    assert fingerprints.run_fingerprint(run) == (20, digest.hexdigest())
+    assert fingerprints.run_fingerprint(run, 20, params=params) == (20, digest.hexdigest())
+    assert _stream_fingerprint(run, None) == digest.hexdigest()
+    with pytest.raises(ValueError, match="give the step"):
+        fingerprints.run_fingerprint(run, params=params)

@@ -1,4 +1,5 @@
 import dataclasses
+import functools
 
 import jax
 import numpy as np
@@ -161,3 +162,96 @@ def test_auto_attention_blocks():
     auto = lm_coder.auto_attention_blocks
     assert [auto(24), auto(256), auto(2048), auto(8192)] == [1, 1, 8, 8]
     assert [auto(48, True), auto(257, True), auto(2049, True), auto(4097, True)] == [1, 2, 16, 16]
+
+
+def _count_calls(monkeypatch, name):
+    """Counts calls of one of lm_coder's compiled programs."""
+    calls, program = [], getattr(lm_coder, name)
+
+    def counted(*args, **kwargs):
+        calls.append(args[5] if len(args) > 5 else None)  # _block_jit: the first step
+        return program(*args, **kwargs)
+
+    monkeypatch.setattr(lm_coder, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "shape", [{"low_bits": 4}, {"low_bits": 0}, {"low_bits": 0, "portable": True}]
+)
+def test_empty_payloads_decode_to_zeros_without_the_model(monkeypatch, shape):
+    # An empty stream is the value 0, the first symbol of any table: every step decodes token 0,
+    # so lanes with nothing to read cost no model work (a forged group of them none at all).
+    config = default.get_config("size=test")
+    model_cfg = transformer.TransformerConfig.from_config(config.model, 256)
+    model_cfg = dataclasses.replace(model_cfg, context_length=32)
+    params = transformer.init_params(model_cfg, jax.random.key(0))
+    coder = lm_coder.LMCoder(
+        model_cfg, params, lm_coder.CoderShape(3, 24, attention_blocks=3, **shape)
+    )
+    tokens = np.zeros((3, 24), np.int32)
+    tokens[1, :5] = np.random.default_rng(7).integers(1, 256, 5)
+    lengths = np.array([24, 5, 24])
+    payloads = coder.encode_group(tokens, lengths).payloads
+    assert payloads[0] == payloads[2] == b"" and payloads[1]
+    # The model itself decodes empty streams to zeros, cleanly.
+    data = np.zeros((3, coder.capacity_bytes), np.uint8)
+    none = np.zeros(3, np.int32)
+    run = coder._run(np.zeros_like(tokens), lengths, data, none, np.zeros(3, bool))
+    symbols, errors = run[0], run[4]
+    np.testing.assert_array_equal(symbols, 0)
+    np.testing.assert_array_equal(errors, 0)
+    blocks = _count_calls(monkeypatch, "_block_jit")
+    starts = _count_calls(monkeypatch, "_start_jit")
+    decoded, errors = coder.decode_group(payloads, lengths)
+    np.testing.assert_array_equal(decoded, tokens)
+    np.testing.assert_array_equal(errors, 0)
+    assert blocks == [0]  # lane 1's 5 tokens: the first block of 8 only
+    decoded, errors = coder.decode_group([b"", b""], np.array([24, 17, 0]))
+    np.testing.assert_array_equal(decoded, 0)
+    np.testing.assert_array_equal(errors, 0)
+    assert blocks == [0] and len(starts) == 1  # nothing to decode: the model never ran
+
+
+def _xla_bytes(coder):
+    """What XLA allocates for a group (arguments, outputs and temporaries of the last block's
+    program, parameters left out): the figure `memory_bytes` must cover."""
+    import jax.numpy as jnp
+
+    lanes, length = coder.shape.lanes, coder.shape.chunk_tokens
+    lane = jax.ShapeDtypeStruct((lanes,), jnp.int32)
+    data = jax.ShapeDtypeStruct((lanes, coder.capacity_bytes), jnp.uint8)
+    start = functools.partial(lm_coder._start_jit, cfg=coder.cfg, shape=coder.shape)
+    carry = jax.eval_shape(lambda d, n, s: start(coder.params, d, n, s), data, lane, lane)
+    first, last = coder.blocks()[-1]
+    program = lm_coder._block_jit.lower(
+        coder.params, carry, jax.ShapeDtypeStruct((lanes, length), jnp.int32), lane,
+        jax.ShapeDtypeStruct((lanes,), bool), first, last, cfg=coder.cfg, shape=coder.shape,
+    ).compile().memory_analysis()  # fmt: skip
+    params = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(coder.params))
+    used = program.argument_size_in_bytes + program.output_size_in_bytes
+    return used + program.temp_size_in_bytes - params
+
+
+@pytest.mark.parametrize(
+    "chunk, shape",
+    [
+        (1, {"portable": True}),
+        (256, {"portable": True}),
+        (256, {}),
+        (256, {"kv_dtype": "bfloat16"}),
+        (256, {"kv_dtype": "int8"}),
+    ],
+)
+def test_memory_estimate_covers_what_xla_allocates(chunk, shape):
+    # The decoder refuses a stream whose lanes its device cannot hold by this estimate: it must
+    # not fall short of the real allocation (the KV cache is live twice across a block call,
+    # attention widens it), nor overshoot it much.
+    config = default.get_config("size=test")
+    model_cfg = transformer.TransformerConfig.from_config(config.model, 256)
+    model_cfg = dataclasses.replace(model_cfg, context_length=256)
+    params = transformer.init_params(model_cfg, jax.random.key(0))
+    blocks = lm_coder.auto_attention_blocks(chunk)
+    coder = lm_coder.LMCoder(model_cfg, params, lm_coder.CoderShape(64, chunk, 16, blocks, **shape))
+    actual = _xla_bytes(coder)
+    assert actual <= coder.memory_bytes() <= 2.5 * actual

@@ -1,7 +1,9 @@
 """Pretrained checkpoints as compressors: LMCoder with top-k, eval_compress's hf:PATH and
 compress.py --model=hf:PATH, on tiny checkpoints the tests write (no network)."""
 
+import hashlib
 import json
+import shutil
 import subprocess
 import sys
 
@@ -11,7 +13,7 @@ import pytest
 import compress
 import eval_compress
 from coding import container
-from compressors import pretrained_model
+from compressors import fingerprints, pretrained_model
 from configs import eval as eval_config
 from data import pretrained_tokenizers as tokenizers
 from models import lm_coder, pretrained
@@ -214,3 +216,35 @@ def test_eval_compress_checks_hf_directories_before_any_work(gpt2_dir, tmp_path)
     config.compressors = f"hf:{unsupported}"
     with pytest.raises(ValueError, match="llama"):
         eval_compress.evaluate(config, tmp_path / "results")
+
+
+def test_hf_fingerprint_is_the_streams(gpt2_dir):
+    """Computed independently: compress.py's streams must keep the fingerprints they have."""
+    digest = hashlib.sha256((gpt2_dir / "config.json").read_bytes())
+    digest.update(hashlib.sha256((gpt2_dir / "tokenizer.json").read_bytes()).hexdigest().encode())
+    digest.update((gpt2_dir / "model.safetensors").read_bytes())
+    assert fingerprints.hf_fingerprint(gpt2_dir) == digest.hexdigest()
+    assert compress._load(f"hf:{gpt2_dir}", None).fingerprint == digest.hexdigest()
+
+
+def test_eval_compress_rates_an_hf_model_again_when_its_weights_change(
+    gpt2_dir, tmp_path, capsys, monkeypatch
+):
+    model_dir = tmp_path / "model"
+    shutil.copytree(gpt2_dir, model_dir)
+    config = eval_config.get_config()
+    config.compressors = f"hf:{model_dir}"
+    config.update(num_chunks=2, chunk_size=128, progress=False, workers=1)
+    config.lm.coded = False
+    (first,) = eval_compress.evaluate(config, tmp_path / "results")
+    assert first["model_sha256"] == fingerprints.hf_fingerprint(model_dir)
+    with monkeypatch.context() as patch:  # reused without loading the model
+        patch.setitem(eval_compress.compressors.COMPRESSORS, "hf", lambda *a, **k: pytest.fail())
+        assert eval_compress.evaluate(config, tmp_path / "results") == [first]
+    assert "Reused 1 record of" in capsys.readouterr().err
+    model_config = json.loads((model_dir / "config.json").read_text())
+    fixtures.write_model(model_dir, model_config, fixtures.random_weights(model_config, seed=5))
+    (again,) = eval_compress.evaluate(config, tmp_path / "results")
+    assert again["model_sha256"] != first["model_sha256"]
+    assert again["log_loss_bytes"] != first["log_loss_bytes"]
+    assert "differs in model_sha256" in capsys.readouterr().err

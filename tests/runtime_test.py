@@ -149,6 +149,26 @@ def test_a_dead_process_stops_the_others_at_once(tmp_path):
     assert last.startswith("process 1 of the run died")
 
 
+def test_killing_process_0_stops_the_others_with_one_line(tmp_path):
+    # Process 0 also hosts JAX's coordination service: its death made process 1's JAX client
+    # log a dozen lines and abort, racing the watcher's line.
+    port, workdir = _free_port(), tmp_path / "run"
+    args = _args(workdir, steps=100_000)
+    first = _start(args, 0, port=port, log=tmp_path / "p0.log")
+    second = _start(args, 1, port=port, log=tmp_path / "p1.log")
+    deadline = time.monotonic() + 180
+    while not (workdir / runs.METRICS_FILE).exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    logged = len((tmp_path / "p1.log").read_bytes())
+    first.kill()  # SIGKILL: no goodbye
+    second.wait(timeout=60)
+    after = (tmp_path / "p1.log").read_bytes()[logged:].decode()
+    assert second.returncode == 1
+    assert after.strip().splitlines() == [
+        "process 0 of the run died (its connection closed without goodbye): stopping process 1 too."
+    ]
+
+
 def test_sigusr1_checkpoints_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path):
     workdir = tmp_path / "interrupted"
     p = _start(_args(workdir, steps=60))

@@ -192,6 +192,70 @@ def test_no_slurm_reachable_submits_nothing(tmp_path):
     )
 
 
+_TINY = {"size": "test", "model.context_length": 16, "train.batch_size": 4, "train.steps": 2,
+         "train.eval_max_bytes": 256, "train.progress": False}  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["local", "slurm", "print", "status"])
+@pytest.mark.parametrize(
+    "fixed, axes, message",
+    [
+        ({"train.stesp": 3}, {"seed": [0]},
+         "sweep run seed=0: no such config field 'train.stesp': did you mean 'train.steps'?"),
+        ({}, {"model.width": [16, "abc"]},
+         "sweep run width=abc: flag --config.model.width=abc: invalid literal for int() "
+         "with base 10: 'abc'"),
+        ({}, {"train.batch_size": [4, 0]},
+         "sweep run batch_size=0: train.batch_size=0: must be an integer >= 1."),
+        ({}, {"size": ["test", "7M"]}, "sweep run size=7M: Unknown size '7M'"),
+    ],
+)  # fmt: skip
+def test_bad_runs_are_refused_before_anything_runs(tmp_path, mode, fixed, axes, message):
+    fixed = {k: v for k, v in {**_TINY, **fixed}.items() if k not in axes}
+    body = {"name": "s", "config": "configs/default.py", "fixed": fixed, "axes": axes}
+    root = tmp_path / "runs"
+    result = _cli(
+        f"--sweep={_write_sweep(tmp_path, repr(body))}", f"--mode={mode}", f"--root={root}"
+    )
+    assert result.returncode == 1, result.stdout
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"sweep.py: {message}"), line
+    assert result.stdout == "" and not root.exists()  # nothing ran, nothing was submitted
+
+
+def _finished(spec, root, run, **saved):
+    """Makes `run` look finished, trained with the sweep's config changed by `saved`."""
+    config = sweep.run_config(spec, run)
+    for key, value in saved.items():
+        section, field = key.split(".")
+        config[section][field] = value
+    workdir = root / spec["name"] / run.name
+    workdir.mkdir(parents=True)
+    (workdir / runs.CONFIG_FILE).write_text(config.to_json())
+    (workdir / runs.RESULTS_FILE).write_text(json.dumps({"step": config.train.steps}))
+    return workdir
+
+
+def test_a_sweep_that_changes_a_runs_recipe_is_refused(tmp_path):
+    body = {"name": "s", "config": "configs/default.py", "fixed": _TINY,
+            "axes": {"data.train_bytes": [0, 2048]}}  # fmt: skip
+    path = _write_sweep(tmp_path, repr(body))
+    spec, root = sweep.load_sweep(path), tmp_path / "runs"
+    first, second = sweep.expand(spec)
+    _finished(spec, root, first, **{"train.log_every": 1})  # operational: no matter
+    _finished(spec, root, second, **{"train.steps": 1})
+    result = _cli(f"--sweep={path}", "--mode=local", f"--root={root}")
+    assert result.returncode == 1 and result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"sweep.py: sweep run {second.name}: ") and "train.steps: 1 -> 2" in line
+    assert "--config.train.extend=True" in line
+    extend = {**body, "fixed": {**_TINY, "train.extend": True}}
+    sweep.check_runs(sweep.load_sweep(_write_sweep(tmp_path / "x", repr(extend))), root)
+    width = {**body, "fixed": {**_TINY, "model.width": 16}}
+    with pytest.raises(ValueError, match=r"^sweep run train_bytes=0: .*model.width: 32 -> 16"):
+        sweep.check_runs(sweep.load_sweep(_write_sweep(tmp_path / "w", repr(width))), root)
+
+
 # --- Against a real Slurm (cluster/testbed/start.sh): skipped where none runs, required in CI.
 
 
@@ -272,3 +336,47 @@ def test_slurm_sweep_runs_requeues_and_gathers(slurm_cluster, tmp_path):
     (mp_state,) = slurm.submissions(root / "mp" / slurm.LOG_DIR)
     (submitted,) = json.loads(mp_state.read_text())["runs"]
     assert "--config.distributed=True" in submitted["argv"]
+
+
+def test_slurm_failures_leave_nothing_and_show_the_runs_own_error(slurm_cluster, tmp_path):
+    root = tmp_path / "runs"
+    path = _write_sweep(tmp_path, _CLUSTER_SWEEP.format(name="bad", steps=[30]))
+    result = _cli(f"--sweep={path}", "--mode=slurm", "--slurm.partition=no_such", f"--root={root}")
+    assert result.returncode == 1 and "Invalid partition" in result.stderr, result.stderr
+    assert not root.exists()  # sbatch refused: no empty folders left behind
+    # A run that passes the checks but fails when it starts: its own line, not srun's.
+    missing = tmp_path / "no_such_file.txt"
+    body = _CLUSTER_SWEEP.format(name="bad", steps=[30]).replace(
+        '"size": "test",', f'"size": "test", "data.path": "{missing}",'
+    )
+    path = _write_sweep(tmp_path / "missing", body)
+    result = _cli(f"--sweep={path}", "--mode=slurm", f"--root={root}")
+    assert result.returncode == 0, result.stderr
+    row = _wait(path, root, lambda r: r["state"] in ("complete", "failed"))["steps=30"]
+    assert row["state"] == "failed"
+    assert row["reason"] == f"exit status 1: train.py: No such file: {missing}"
+    result = _cli(f"--sweep={path}", "--mode=status", f"--root={root}")
+    assert f"train.py: No such file: {missing}" in result.stdout and "srun" not in result.stdout
+
+
+def test_a_signal_to_the_batch_script_reaches_train_py(slurm_cluster, tmp_path):
+    from cluster import slurm
+
+    root = tmp_path / "runs"
+    path = _write_sweep(tmp_path, _CLUSTER_SWEEP.format(name="batch", steps=[150]))
+    result = _cli(f"--sweep={path}", "--mode=slurm", f"--root={root}")
+    assert result.returncode == 0, result.stderr
+    workdir = root / "batch" / "steps=150"
+    deadline = time.monotonic() + 180
+    while len(runs.read_jsonl(workdir / runs.METRICS_FILE)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (state_file,) = slurm.submissions(root / "batch" / slurm.LOG_DIR)
+    job = slurm.query(state_file)["steps=150"].job
+    # Only the batch script gets it; it passes it on to train.py, which checkpoints and stops.
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True, timeout=60)
+    rows = _wait(path, root, lambda r: r["state"] in ("complete", "failed"))
+    assert rows["steps=150"]["state"] == "complete", rows
+    attempts = runs.read_jsonl(workdir / slurm.LOG_DIR / slurm.ATTEMPTS_FILE)
+    assert [a["exit_code"] for a in attempts] == [slurm.PREEMPTED_EXIT_CODE, 0]
+    log = (workdir / slurm.LOG_DIR / f"{job}.out").read_text().splitlines()
+    assert any("SIGUSR1" in line and line.startswith("train.py: ") for line in log), log

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 import runs
 from models import transformer
-from training import checkpoints, checks, runtime, steps
+from training import checkpoints, checks, recipe, runtime, steps
 from training.metrics import MetricsWriter
 
 LN2 = math.log(2.0)
@@ -36,13 +36,14 @@ LN2 = math.log(2.0)
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or inf."""
 
+    user_error = True  # the command line prints its message in one line (cli.run)
+
 
 class Task(Protocol):
     """What a trainer supplies to `train_loop`: built as `Task(config, workdir)`."""
 
     vocab_size: int
     loss_mask: np.ndarray | None  # [length] weights of positions in the loss; None: all
-    resume_keys: tuple[str, ...]  # config entries that must match a run being resumed
     postfix_keys: tuple[str, ...]  # eval metrics shown on the progress bar
 
     def batch(self, step: int) -> np.ndarray:
@@ -72,51 +73,6 @@ def headline(metrics: dict[str, Any]) -> str:
 def itstime(step: int, every_n_steps: int, total_steps: int) -> bool:
     """Whether a periodic action is due once `step` steps are done: every N and at the last."""
     return step == total_steps or (every_n_steps > 0 and step % every_n_steps == 0)
-
-
-# What a field an older run's config.json lacks meant when it was written.
-_DEFAULTS = {
-    "model": {
-        f.name: f.default
-        for f in dataclasses.fields(transformer.TransformerConfig)
-        if f.default is not dataclasses.MISSING
-    }
-}
-
-
-def check_resumable(workdir: pathlib.Path, config: ml_collections.ConfigDict, keys) -> None:
-    """Refuses to resume a run whose saved config differs in `keys`.
-
-    Args:
-      workdir: the run directory.
-      config: the config of this invocation.
-      keys: top-level entries ('model', 'tokenizer') or 'section.field' ('data.train_bytes');
-        a section compares every field this config has. Entries an older run did not record
-        match when this config leaves them at a false value (0, '', False) or, for model
-        fields, at the architecture's default (`TransformerConfig`'s).
-
-    Raises:
-      ValueError: naming each difference.
-    """
-    path = workdir / runs.CONFIG_FILE
-    if not path.exists():
-        return
-    saved, now = json.loads(path.read_text()), json.loads(config.to_json())
-    diffs = []
-    for key in keys:
-        section, _, field = key.partition(".")
-        pairs = [(key, saved.get(section), now.get(section))]
-        if field:
-            pairs = [(key, (saved.get(section) or {}).get(field), now[section][field])]
-        elif isinstance(now.get(section), dict):
-            old = {**_DEFAULTS.get(section, {}), **(saved.get(section) or {})}
-            pairs = [(f"{section}.{k}", old.get(k), v) for k, v in now[section].items()]
-        diffs += [f"{k}: {a!r} -> {b!r}" for k, a, b in pairs if a != b and (a is not None or b)]
-    if diffs:
-        raise ValueError(
-            f"{workdir} holds a run with another model or data ({'; '.join(diffs)}): "
-            "use a new --workdir or the saved config."
-        )
 
 
 def check_finite(values: list[tuple[int, dict[str, Any]]]) -> None:
@@ -202,19 +158,22 @@ def _train_steps(run: _Run, state, start: int, seconds: float):
       (state, metrics of the last log and eval lines, training seconds so far).
 
     Raises:
-      runtime.Preempted: a signal asked to stop; the current step was checkpointed first.
+      runtime.Preempted: a signal asked to stop; the current step was checkpointed first
+        (before this invocation's first step is done there is nothing new to save, and
+        `run.preemption` stops the run at once).
     """
     config, task, writer = run.config, run.task, run.writer
     total, every = config.train.steps, config.train
     window = _LogWindow(config.train.batch_size * config.model.context_length, seconds)
     metrics: dict[str, Any] = {}
     show = config.train.progress and jax.process_index() == 0
-    _stop_if_asked(run, state, start, window)
     with tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, disable=not show) as bar:
         for step in range(start, total):
             state, step_metrics = run.train_step(state, steps.to_global(task.batch(step), run.mesh))
             done = step + 1
-            window.add(done, step_metrics)
+            window.add(done, step_metrics)  # waits for the first step: compiled and run
+            if done == start + 1:  # from now on a signal waits for a step and its checkpoint
+                run.preemption.at_risk(True)
             if itstime(done, every.log_every, total):
                 line = window.flush()
                 line.update(task.log_metrics(line["loss"]))
@@ -236,15 +195,14 @@ def _train_steps(run: _Run, state, start: int, seconds: float):
 
 
 def _stop_if_asked(run: _Run, state, step: int, window: _LogWindow) -> None:
-    """Checkpoints `step` and raises runtime.Preempted if a signal asked to stop."""
+    """Checkpoints `step` (unless saved already) and raises runtime.Preempted if a signal asked
+    to stop."""
     if step >= run.config.train.steps or not run.preemption.should_stop(step):
         return
-    checkpoints.save(run.mngr, state, run.config.seed, step, window.seconds())
+    if run.mngr.latest_step() != step:
+        checkpoints.save(run.mngr, state, run.config.seed, step, window.seconds())
     run.mngr.wait_until_finished()
-    raise runtime.Preempted(
-        f"stopped by {run.preemption.requested or 'another process'} at step {step} with a "
-        "checkpoint: run the same command again to resume"
-    )
+    raise run.preemption.stopped(step)
 
 
 def _is_test_line(record: dict[str, Any]) -> bool:
@@ -288,13 +246,14 @@ def train_loop(
     workdir = pathlib.Path(workdir)
     checks.check(config)
     config = _resolve_dtype(config, workdir)
+    checks.check_memory(config, *runtime.memory_bytes(), jax.device_count())
     with runtime.Preemption() as preemption:
-        check_resumable(workdir, config, task_cls.resume_keys)
+        recipe.check_resume(workdir, config)
         done = runs.load_results(workdir)
         if done is not None and done.get("step") == config.train.steps:
             return done
         runtime.check_same_config(config)
-        with _run_directory(workdir), runtime.RunLock(workdir):
+        with _run_directory(workdir, preemption), runtime.RunLock(workdir):
             metrics = _train(config, workdir, task_cls(config, workdir), preemption)
     metrics["invocation_seconds"] = time.perf_counter() - t_start
     if jax.process_index() == 0 and metrics["step"] == config.train.steps:
@@ -337,9 +296,12 @@ def _train(config, workdir: pathlib.Path, task: Task, preemption) -> dict[str, A
     metrics["attention"] = transformer.attention_implementation(
         config.model.attention, transformer.compute_dtype(config.model.dtype), model_cfg.head_dim
     )
-    if jax.process_index() == 0:
-        runs.write_atomic(workdir / runs.CONFIG_FILE, config.to_json(indent=2))
+    extended, resume_step = {}, max(runs.checkpoint_steps(workdir), default=0)
+    if jax.process_index() == 0:  # config.json, with a train.extend's changes in its history
+        extended = recipe.write_config(workdir, config, resume_step)
     writer = MetricsWriter(workdir, config)
+    if extended:  # kept by the resume below: it is at the step the run goes on from
+        writer.write({"step": resume_step, "config_changes": extended})
     with checkpoints.manager(workdir, config.train.keep_checkpoints) as mngr:
         state, start, seconds = checkpoints.restore(mngr, state, config.seed)
         # Lines past the checkpoint are logged again, and so is the final test.
@@ -348,6 +310,7 @@ def _train(config, workdir: pathlib.Path, task: Task, preemption) -> dict[str, A
             metrics.update({k: v for k, v in line.items() if k != "step"})
         run = _Run(config, task, train_step, mesh, mngr, writer, preemption)
         state, last, seconds = _train_steps(run, state, start, seconds)
+    preemption.at_risk(False, "testing")  # the last step's checkpoint is written
     metrics.update(last, step=max(start, config.train.steps))
     metrics["tokens_seen"] = metrics["step"] * config.train.batch_size * config.model.context_length
     if metrics["step"] > 0:
@@ -360,18 +323,31 @@ def _train(config, workdir: pathlib.Path, task: Task, preemption) -> dict[str, A
     return metrics
 
 
-_BOOKKEEPING = {runtime.LOCK_FILE, runs.CONFIG_FILE, runs.TOKENIZER_FILE}
-
-
 @contextlib.contextmanager
-def _run_directory(workdir: pathlib.Path):
-    """Creates `workdir`; a start that fails before training leaves no directory behind."""
-    created = not workdir.exists()
+def _run_directory(workdir: pathlib.Path, preemption: runtime.Preemption):
+    """Creates `workdir`. A start that fails (an error, a NaN, a signal) before the run has a
+    checkpoint leaves nothing behind: what it made in `workdir`, and `workdir` if it made it,
+    is removed, so that nothing (a config.json, a lock) stands in the way of another try."""
+    before = {p.name for p in workdir.iterdir()} if workdir.is_dir() else None
     workdir.mkdir(parents=True, exist_ok=True)
+
+    def remove_unfinished() -> None:
+        if jax.process_index() != 0 or runs.checkpoint_steps(workdir) or not workdir.exists():
+            return
+        if before is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+            return
+        for path in workdir.iterdir():
+            if path.name in before:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+    preemption.on_abort(remove_unfinished)  # a stop that cannot unwind (from XLA's compiler)
     try:
         yield
     except BaseException:
-        leftovers = {p.name for p in workdir.iterdir()} if workdir.exists() else set()
-        if created and jax.process_index() == 0 and leftovers <= _BOOKKEEPING:
-            shutil.rmtree(workdir, ignore_errors=True)
+        remove_unfinished()
         raise

@@ -7,14 +7,17 @@
   Before JAX connects them, the processes meet on a port of their own (the coordinator's port
   + 1; under Slurm one derived from the job id) and stay connected: a process that never
   starts is named after LMC_DISTRIBUTED_TIMEOUT_S seconds (default 60), and one that dies is
-  noticed at once, ending the others with one line that names it, instead of JAX's abort after
-  minutes (its own heartbeat, set to the same timeout, still catches a hung process).
+  noticed at once, ending the others with one line that names it, instead of JAX's abort and
+  its log (JAX's own heartbeat, `HEARTBEAT_TIMEOUT_S`, still catches a hung process).
 * `check_same_config`: the processes of one run compare a hash of their configs; a process
   started with another config (say another seed) stops the run at once instead of training
   "replicated" parameters that differ.
-* `Preemption`: SIGTERM (preemption) and SIGUSR1 (Slurm's warning ahead of a time limit) ask
-  the loop to checkpoint the current step and stop with `Preempted`, which the command line
-  turns into exit status `PREEMPTED_EXIT_CODE` (75) so that the scheduler requeues the run.
+* `Preemption`: SIGTERM (preemption), SIGUSR1 (Slurm's warning ahead of a time limit) and a
+  first Ctrl-C ask the loop to checkpoint the current step and stop with `Preempted`, which the
+  command line turns into exit status `PREEMPTED_EXIT_CODE` (75) so that the scheduler requeues
+  the run, or 130 after a Ctrl-C. While nothing is worth a checkpoint (start-up, compilation,
+  the first step, the final test) a signal stops the process at once; a second Ctrl-C always
+  does.
 * `RunLock`: one training per run directory at a time; taken by process 0 only, so the
   processes of one run share it, and released by the kernel however the process ends.
 """
@@ -28,6 +31,8 @@ import pathlib
 import re
 import signal
 import socket
+import sys
+import threading
 import time
 
 import jax
@@ -37,14 +42,31 @@ import numpy as np
 from training import rendezvous
 
 PREEMPTED_EXIT_CODE = 75  # os.EX_TEMPFAIL; cluster.slurm requeues a run that exits with it
+INTERRUPTED_EXIT_CODE = 128 + signal.SIGINT  # 130, as a shell reports a Ctrl-C
 DEFAULT_TIMEOUT_S = 60
+# JAX's own watch on the processes: one that stops answering (hung, stopped, its host gone
+# without closing its connections) ends the run after this long. A process's heartbeat is sent
+# by a thread of its own, so a long compilation does not miss it.
+HEARTBEAT_TIMEOUT_S = 10
 LOCK_FILE = ".lock"
 
 
-class Preempted(Exception):
-    """Training stopped on a signal after checkpointing; running it again resumes."""
+class Preempted(BaseException):
+    """Training stopped on a signal; running the same command again resumes.
 
-    exit_status = PREEMPTED_EXIT_CODE  # what the command line exits with (cli.train_main)
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` swallows the stop.
+
+    Args:
+      message: the line the command line prints.
+      exit_status: what the command line exits with (cli.train_main): 75 or 130.
+      alone: this process stops on its own, without a checkpoint agreed with the run's other
+        processes (they are told to stop too).
+    """
+
+    def __init__(self, message: str, exit_status: int = PREEMPTED_EXIT_CODE, alone=False):
+        super().__init__(message)
+        self.exit_status = exit_status
+        self.alone = alone
 
 
 def _env_int(name: str) -> int | None:
@@ -83,7 +105,7 @@ def initialize_distributed() -> None:
         num_processes=num_processes,
         process_id=process_id,
         initialization_timeout=timeout_s,
-        heartbeat_timeout_seconds=timeout_s,
+        heartbeat_timeout_seconds=min(timeout_s, HEARTBEAT_TIMEOUT_S),
         shutdown_timeout_seconds=timeout_s,
     )
 
@@ -106,6 +128,12 @@ def _first_host(nodelist: str) -> str:
     return head[1] + (head[2] or "")
 
 
+def memory_bytes() -> tuple[int | None, int]:
+    """(memory of one local accelerator, or None where the devices are the CPU; the host's RAM)."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats.get("bytes_limit"), os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def check_same_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the processes whose config differs from process 0's."""
     if jax.process_count() == 1:
@@ -124,30 +152,85 @@ def check_same_config(config: ml_collections.ConfigDict) -> None:
 
 
 class Preemption:
-    """Turns SIGTERM and SIGUSR1 into a request to checkpoint and stop (a context manager).
+    """Turns SIGTERM, SIGUSR1 and Ctrl-C (SIGINT) into a stop (a context manager).
 
-    In a run of several processes a request is acted on only once all processes agree, at a
-    step every process checks (`due`), so that they all save the same step.
+    While the loop holds work that no checkpoint has (`at_risk(True)`, from the end of the first
+    step of an invocation until the last checkpoint is written), a signal is a request: the loop
+    checkpoints the current step at the next step boundary (`should_stop`) and raises
+    `Preempted`. In a run of several processes a request is acted on only once all processes
+    agree, at a step every process checks, so that they all save the same step.
+
+    Otherwise (starting, compiling, restoring, the first step, the final test) there is nothing
+    to save, and a signal stops the process at once without a checkpoint: the handler raises
+    `Preempted` in the main thread, and if the main thread sits in native code that does not
+    return to Python (an XLA compilation), a watcher thread ends the process after `GRACE_S`
+    with the same line and status. A second Ctrl-C always ends the process at once.
+
+    Exit statuses: `PREEMPTED_EXIT_CODE` (75) for SIGTERM and SIGUSR1, so that the scheduler
+    requeues the run; `INTERRUPTED_EXIT_CODE` (130) for Ctrl-C.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+    GRACE_S = 1.0  # how long the main thread has to take a signal before the watcher ends it
+    EXIT_GRACE_S = 10.0  # how long the main thread has to exit once it took a signal
 
     def __init__(self):
         self.requested: str | None = None
+        self.exit_status = PREEMPTED_EXIT_CODE
+        self.doing = "starting"  # what the process does while nothing is at risk (for messages)
+        self._at_risk = False
+        self._interrupts = 0
+        self._raised: Preempted | None = None
+        self._active = False  # inside the `with`: the watcher may end the process
+        self._cleanups: list = []
         self._previous = {}
+        self._previous_wakeup = -1
+        self._pipe: tuple[int, int] | None = None
 
     def __enter__(self) -> "Preemption":
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        self._pipe = (read_fd, write_fd)
+        # Python runs signal handlers in the main thread between bytecodes only; the wakeup
+        # descriptor tells the watcher at once, even while the main thread is in native code.
+        self._previous_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
         for sig in self.SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
+        threading.Thread(target=self._watch, args=(read_fd,), daemon=True).start()
+        self._active = True
         return self
 
     def __exit__(self, *exc) -> None:
+        self._active = False  # a stop that left the `with` is the caller's
+        for cleanup in self._cleanups:
+            rendezvous.AT_EXIT.remove(cleanup)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        signal.set_wakeup_fd(self._previous_wakeup)
+        os.close(self._pipe[1])  # the watcher reads the end of the pipe and closes the other end
 
-    def _handle(self, signum, frame) -> None:
-        del frame
-        self.requested = signal.Signals(signum).name
+    def at_risk(self, holding: bool, doing: str = "") -> None:
+        """Declares whether the process holds work that only a checkpoint would keep.
+
+        Args:
+          holding: True once a step of this invocation is done, False once the last
+            checkpoint is written.
+          doing: what the process does while nothing is at risk ('testing'), for the stop line.
+
+        Raises:
+          Preempted: `holding` is False and a signal asked to stop before.
+        """
+        self._at_risk = holding
+        self.doing = doing or self.doing
+        if not holding and self.requested is not None and self._raised is None:
+            self._raised = self._unsaved_stop()
+            raise self._raised
+
+    def on_abort(self, cleanup) -> None:
+        """Registers `cleanup()` to run before the process is ended without unwinding (by the
+        watcher here, or by `rendezvous` when another process of the run dies or stops)."""
+        self._cleanups.append(cleanup)
+        rendezvous.AT_EXIT.append(cleanup)
 
     def should_stop(self, step: int) -> bool:
         """Whether to checkpoint `step` and stop (every process returns the same answer)."""
@@ -159,6 +242,83 @@ class Preemption:
 
         flags = multihost_utils.process_allgather(np.int32(self.requested is not None))
         return bool(np.asarray(flags).any())
+
+    def stopped(self, step: int) -> "Preempted":
+        """The exception to raise once `step` is checkpointed on a request."""
+        return Preempted(
+            f"stopped by {self.requested or 'another process'} at step {step} with a "
+            "checkpoint: run the same command again to resume",
+            self.exit_status,
+        )
+
+    def _request(self, signum: int) -> None:
+        if self.requested is None:
+            self.requested = signal.Signals(signum).name
+            if signum == signal.SIGINT:
+                self.exit_status = INTERRUPTED_EXIT_CODE
+
+    def _unsaved_stop(self) -> "Preempted":
+        return Preempted(
+            f"stopped by {self.requested} while {self.doing}, with nothing new to checkpoint: "
+            "run the same command again to resume",
+            self.exit_status,
+            alone=True,
+        )
+
+    def _handle(self, signum, frame) -> None:
+        """In the main thread: notes the request, and stops at once if nothing is at risk."""
+        del frame
+        self._request(signum)
+        if not self._at_risk and self._raised is None:
+            self._raised = self._unsaved_stop()
+            raise self._raised
+
+    def _watch(self, read_fd: int) -> None:
+        with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+            while data := pipe.read(64):
+                for signum in data:
+                    if signum in self.SIGNALS:
+                        self._watched(signum)
+
+    def _watched(self, signum: int) -> None:
+        if signum == signal.SIGINT:
+            self._interrupts += 1
+            if self._interrupts > 1:
+                _exit_now(
+                    "interrupted again: stopped at once", INTERRUPTED_EXIT_CODE, self._cleanups
+                )
+        self._request(signum)
+        if not self._at_risk:
+            threading.Thread(target=self._backstop, daemon=True).start()
+
+    def _backstop(self) -> None:
+        """Ends the process if the main thread did not take the signal (it is in native code),
+        or took it but is stuck before leaving the `with`."""
+        time.sleep(self.GRACE_S)
+        if self._active and self._raised is None and not self._at_risk:
+            stop = self._unsaved_stop()
+            _exit_now(str(stop), stop.exit_status, self._cleanups)
+        if self._raised is not None:
+            time.sleep(self.EXIT_GRACE_S)
+            if self._active:
+                _exit_now(None, self._raised.exit_status, [])
+
+
+def _exit_now(message: str | None, status: int, cleanups) -> None:
+    """Ends the process at once: tells the other processes, prints `message`, cleans up."""
+    rendezvous.leave(status)
+    if message:
+        print(f"{_program_name()}: {message}", file=sys.stderr, flush=True)
+    for cleanup in cleanups:
+        with contextlib.suppress(Exception):
+            cleanup()
+    os._exit(status)
+
+
+def _program_name() -> str:
+    """The name the command line's messages start with (as cli.py names the program)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec.name if spec is not None and spec.name else os.path.basename(sys.argv[0])
 
 
 class RunLock:
