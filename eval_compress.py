@@ -324,8 +324,9 @@ def _key(record: dict) -> tuple:
 
 
 def _dataset_fields(config) -> dict:
-    """What names the data beyond the source's name: a `file:` source's content and the
-    `random` source's seed."""
+    """What names the data beyond the source's name: a `file:` source's content, the files
+    behind `images:PATH` and `audio:PATH` (names, sizes and modification times: a directory of
+    LibriSpeech is too large to hash on every run) and the `random` source's seed."""
     name, _, arg = config.dataset.partition(":")
     fields = {}
     if name == "file":
@@ -334,9 +335,22 @@ def _dataset_fields(config) -> dict:
             while block := f.read(1 << 24):
                 digest.update(block)
         fields["dataset_sha256"] = digest.hexdigest()
+    elif name in ("images", "audio") and arg:
+        fields["dataset_files"] = _files_fingerprint(pathlib.Path(arg).expanduser())
     elif name == "random":
         fields["seed"] = int(arg) if arg else config.seed
     return fields
+
+
+def _files_fingerprint(path: pathlib.Path) -> str:
+    """sha256 of the relative name, size and modification time of `path` or every file under it."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        st = file.stat()
+        name = file.name if file == path else str(file.relative_to(path))
+        digest.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def _identity(config, source: sources.Source, compressor: str, dataset: dict, lm=None) -> dict:

@@ -491,3 +491,24 @@ def test_run_fingerprint_is_the_streams(run):
     assert _stream_fingerprint(run, None) == digest.hexdigest()
     with pytest.raises(ValueError, match="give the step"):
         fingerprints.run_fingerprint(run, params=params)
+
+
+def test_images_from_a_path_are_rated_again_when_a_file_changes(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    pixels = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8)
+    Image.fromarray(pixels).save(folder / "a.png")
+    config = _config(dataset=f"images:{folder}", compressors="gzip", chunking="chunked")
+    rated = _spy(monkeypatch)
+    first = _by_key(eval_compress.evaluate(config, tmp_path / "out"))
+    eval_compress.evaluate(config, tmp_path / "out")
+    assert rated == ["_evaluate_classical"]  # the same files: reused
+    assert "Reused 1 record" in capsys.readouterr().err
+    Image.fromarray(255 - pixels).save(folder / "a.png")
+    changed = _by_key(eval_compress.evaluate(config, tmp_path / "out"))
+    assert rated == ["_evaluate_classical"] * 2
+    key = ("gzip", "chunked")
+    assert changed[key]["dataset_files"] != first[key]["dataset_files"]
+    assert "differs in dataset_files" in capsys.readouterr().err
