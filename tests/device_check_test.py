@@ -7,10 +7,9 @@ import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench"))
+from bench import device_parts, device_report
 
-import device_check  # noqa: E402
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 KEYS = {
     "device",
@@ -103,17 +102,17 @@ def test_kv_roofline_matches_the_closed_form():
         "num_layers": 4,
         "width": 256,
     }
-    assert device_check._roofline_mb_per_s(values, 3e12) == pytest.approx(0.6358, rel=1e-3)
-    float32 = device_check._roofline_mb_per_s(values, 3e12, itemsize=4)
+    assert device_report._roofline_mb_per_s(values, 3e12) == pytest.approx(0.6358, rel=1e-3)
+    float32 = device_report._roofline_mb_per_s(values, 3e12, itemsize=4)
     assert float32 == pytest.approx(0.6358 / 2, rel=1e-3)
-    assert device_check._roofline_mb_per_s(values, None) is None
+    assert device_report._roofline_mb_per_s(values, None) is None
 
 
 def test_kv_traffic_counts_the_coders_blocks():
     from models import transformer
 
     cfg = transformer.TransformerConfig(num_layers=4, width=256, num_heads=8, dtype="bfloat16")
-    traffic = device_check._kv_traffic(cfg, 2048, portable=False)
+    traffic = device_parts._kv_traffic(cfg, 2048, portable=False)
     blocks = traffic["attention_blocks"]
     block = 2048 // blocks
     assert traffic["kv_positions_read_per_chunk"] == block * block * blocks * (blocks + 1) // 2
@@ -121,7 +120,7 @@ def test_kv_traffic_counts_the_coders_blocks():
 
 
 def test_combine():
-    assert device_check._combine([True, True]) is True
-    assert device_check._combine([True, None]) is None
-    assert device_check._combine([None, False]) is False
-    assert device_check._combine([]) is None
+    assert device_report._combine([True, True]) is True
+    assert device_report._combine([True, None]) is None
+    assert device_report._combine([None, False]) is False
+    assert device_report._combine([]) is None
