@@ -4,9 +4,8 @@ Every entry point (train.py, train_addition.py, ...) keeps its own flags and a s
 what they all do the same way lives here.
 """
 
+import difflib
 import os
-import re
-import stat
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -101,86 +100,6 @@ def repo_path(relative: str) -> str:
     return os.path.join(REPO, relative)
 
 
-def check_input(path: str | os.PathLike) -> None:
-    """Refuses, before any work, an input that is not there or is a directory ('-': standard
-    input).
-
-    Raises:
-      FileNotFoundError, IsADirectoryError: naming the path.
-    """
-    path = os.fspath(path)
-    if path == "-":
-        return
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{path} is a directory: give a file as INPUT.")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no input file {path}.")
-
-
-def writes_in_place(path: str | os.PathLike) -> bool:
-    """Whether `path` is a FIFO or a character device (e.g. /dev/null): written into as into
-    standard output, never replaced by a file."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
-    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
-
-
-def check_output(
-    output_path: str | os.PathLike, input_path: str | os.PathLike = "-", force: bool = False
-) -> None:
-    """Refuses, before any work, an output that must not or cannot be written.
-
-    An existing regular file is replaced only with `force`; a FIFO or character device is
-    written into (`writes_in_place`); nothing else that exists is ever replaced. '-' is standard
-    output.
-
-    Args:
-      output_path: the file to write, or '-'.
-      input_path: the file the output is made from ('-': standard input), which the output must
-        not be, whatever the paths say (a symlink or hard link to it included).
-      force: replace an existing regular file.
-
-    Raises:
-      ValueError: the output is the input, or an existing file of another kind (a block device,
-        a socket).
-      IsADirectoryError: the output is a directory.
-      FileExistsError: an existing regular file without `force`.
-      FileNotFoundError: no directory to write it in.
-    """
-    output, source = os.fspath(output_path), os.fspath(input_path)
-    if source != "-" and _same_file(source, output):
-        raise ValueError(f"OUTPUT {output} is the input file {source}: write elsewhere.")
-    if output == "-":
-        return
-    if os.path.isdir(output) or output.endswith(os.sep):
-        raise IsADirectoryError(f"{output} is a directory: name a file to write.")
-    if writes_in_place(output):
-        return
-    if os.path.lexists(output):
-        if os.path.exists(output) and not stat.S_ISREG(os.stat(output).st_mode):
-            raise ValueError(f"{output} is not a regular file, a FIFO or a character device.")
-        if not force:
-            raise FileExistsError(f"{output} exists: pass --force to replace it.")
-    directory = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"no directory {os.path.dirname(output) or '.'} for {output}.")
-
-
-def _same_file(path: str, other: str) -> bool:
-    """Whether `other` ('-': standard output) is the file at `path`; False where either is
-    missing. Standard output counts only when it is a regular file (redirected to the input)."""
-    try:
-        a = os.stat(path)
-        b = os.fstat(sys.stdout.fileno()) if other == "-" else os.stat(other)
-    except (OSError, ValueError, AttributeError):  # pytest's captured stdout has no descriptor
-        return False
-    if other == "-" and not stat.S_ISREG(b.st_mode):
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
 def define_verbose_flag() -> None:
     """Defines --verbose for the entry point calling this (call it from its `__main__` block).
 
@@ -204,23 +123,18 @@ def run(
 ) -> None:
     """`app.run(main)`, ending a user's error in one line on stderr instead of a traceback.
 
-    * Config files given as `--config=configs/x.py[:arg]` are found relative to the repository
-      when they are not relative to the current directory, so entry points run from anywhere.
-    * `define_flags` (the entry point's flag definitions, with --verbose added) runs first, and a
-      misspelt config override (`--config.train.stepz=1`, which config_flags checks while the
-      flag is defined) ends in one line with its "did you mean", exit 2.
-
-    * ValueError and OSError (FileNotFoundError included) from `main`, and exceptions whose
-      class has `user_error = True`: `NAME: message`, exit 1. Their messages should name the
-      problem and the fix.
-    * app.UsageError from `main` (stray arguments), a required flag left out and a flag that does
-      not parse: `NAME: message (see --help)`, exit 2.
+    * `--config=configs/x.py[:arg]` is found relative to the repository when it is not relative
+      to the current directory. `define_flags` runs first, with --verbose added.
+    * A config override naming no field (`--config.train.stepz=1`, with config_flags' "did you
+      mean"), a required flag left out, a flag that does not parse, and app.UsageError from
+      `main`: `NAME: message (see --help)`, exit 2.
+    * ValueError and OSError from `main`, and exceptions whose class has `user_error = True`:
+      `NAME: message`, exit 1. Their messages should name the problem and the fix.
     * --help (also -h, --helpshort): the main module's docstring and its own flags on stdout,
-      exit 0 (absl exits 1). --helpfull lists every module's flags.
-    * KeyboardInterrupt: `NAME: interrupted`, exit 130.
+      exit 0 (absl exits 1). KeyboardInterrupt: `NAME: interrupted`, exit 130.
 
-    With --verbose (see `define_verbose_flag`) or LMC_VERBOSE=1 the errors from `main` propagate
-    with their tracebacks. Other exceptions always do: they are bugs, not a user's mistake.
+    With --verbose or LMC_VERBOSE=1 the errors from `main` and config overrides propagate with
+    their tracebacks. Other exceptions always do: they are bugs, not a user's mistake.
 
     Args:
       main: takes argv (the program name, then the arguments left after the flags).
@@ -234,14 +148,17 @@ def run(
         print(f"{name}: {' '.join(str(message).split())}{hint}", file=sys.stderr)
         sys.exit(status)
 
+    def parse_flags(parse: Callable[[], Any], catch=(AttributeError, KeyError, flags.Error)):
+        try:
+            return parse()
+        except catch as e:  # config_flags checks the overrides as it parses a config
+            if _verbose() and not isinstance(e, flags.Error):
+                raise
+            fail(_flag_error(e), 2)
+
     sys.argv[1:] = [_resolve_config_path(arg) for arg in sys.argv[1:]]
     if define_flags is not None:
-        try:
-            define_flags()
-        except (AttributeError, KeyError) as e:  # a config override naming no field
-            if _verbose_in_argv():
-                raise
-            fail(f"no such config field: {_unquote(e)}", 2)
+        parse_flags(define_flags, (AttributeError, KeyError))  # parses default configs
     define_verbose_flag()
 
     def parse(argv: list[str]) -> list[str]:
@@ -250,15 +167,7 @@ def run(
             app.usage(shorthelp=True, writeto_stdout=True)
             print("\nTry --helpfull to get a list of all flags.")
             sys.exit(0)
-        try:
-            return flags.FLAGS(argv)
-        except (AttributeError, KeyError) as e:  # a config override naming no field
-            if _verbose_in_argv():
-                raise
-            fail(f"no such config field: {_unquote(e)}", 2)
-        except flags.Error as e:
-            required = re.search(r"Flag (--\w+) must have a value other than None", str(e))
-            fail(f"{required[1]} is required" if required else _config_error(str(e)), 2)
+        return parse_flags(lambda: flags.FLAGS(argv))
 
     def guarded(argv: list[str]) -> Any:
         try:
@@ -283,31 +192,51 @@ def run(
 
 def _resolve_config_path(arg: str) -> str:
     """'--config=configs/x.py:a' -> the repository's configs/x.py when not found from here."""
-    match = re.fullmatch(r"(--config=)([^:]+\.py)(:.*)?", arg)
-    if not match or os.path.exists(match[2]) or not os.path.exists(repo_path(match[2])):
+    path, colon, config_arg = arg.removeprefix("--config=").partition(":")
+    if not arg.startswith("--config=") or not path.endswith(".py") or os.path.exists(path):
         return arg
-    return f"{match[1]}{repo_path(match[2])}{match[3] or ''}"
+    if not os.path.exists(repo_path(path)):
+        return arg
+    return f"--config={repo_path(path)}{colon}{config_arg}"
 
 
-def _config_error(message: str) -> str:
-    """config_flags wraps a config file's error in its traceback: keep the error's own line."""
-    if "Error whilst parsing config file" in message:
-        last = re.findall(r"\b\w*(?:Error|Exception): (.+?)(?= \(see --help\)|$)", message)
-        if last:
-            return last[-1]
-    return message
+def _causes(error: BaseException) -> list[BaseException]:
+    """`error`, the exception it was raised while handling, and so on, as Python shows them."""
+    chain = [error]
+    while error := error.__cause__ or (None if error.__suppress_context__ else error.__context__):
+        chain.append(error)
+    return chain
 
 
-def _unquote(error: Exception) -> str:
-    """ml_collections nests the message in repr()s: "'\\'stepz\\'\\nDid you mean...'"."""
-    text = str(error.args[0] if error.args else error)
-    text = text.replace("\\n", " ").replace("\n", " ").replace("\\", "").replace("'", "")
-    field, _, rest = " ".join(text.split()).partition(" ")
-    return f"{field}. {rest}" if rest else field
+def _raised_by(error: BaseException) -> Any:
+    """The object whose method raised `error` (`self` in the frame it was raised in), if any."""
+    traceback = error.__traceback__
+    while traceback is not None and traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    return traceback.tb_frame.f_locals.get("self") if traceback is not None else None
 
 
-def _verbose_in_argv() -> bool:
-    return "--verbose" in sys.argv or os.environ.get(VERBOSE_ENV, "") in ("1", "true", "yes")
+def _flag_error(error: Exception) -> str:
+    """What was wrong with the flags, from where absl and ml_collections raised `error`."""
+    from ml_collections import ConfigDict
+    from ml_collections.config_flags.config_flags import ConfigFileFlagParser
+
+    chain = _causes(error)
+    first, holder = chain[-1], _raised_by(chain[-1])
+    if isinstance(first, KeyError) and isinstance(holder, ConfigDict):  # the lookup of a field
+        close = difflib.get_close_matches(
+            str(first.args[0]), [str(k) for k in holder.keys()], 1, 0.75
+        )
+        hint = f'. Did you mean "{close[0]}"?' if close else ""
+        return f"no such config field: {first.args[0]}{hint}"
+    for outer in chain:  # a config file's error, re-raised with the file's traceback as message
+        if isinstance(_raised_by(outer), ConfigFileFlagParser) and outer.__context__:
+            return str(outer.__context__)
+    for name in flags.FLAGS:  # a required flag (its validator refuses None) left out
+        flag = flags.FLAGS[name]
+        if flag.value is None and any(v.message in str(error) for v in flag.validators):
+            return f"--{flag.name} is required"
+    return str(error)
 
 
 def _is_user_error(error: Exception) -> bool:
@@ -327,8 +256,11 @@ def _is_first_process() -> bool:
 
 
 def _verbose() -> bool:
+    """LMC_VERBOSE=1 or --verbose (read from the command line until the flags are parsed)."""
     if os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes"):
         return True
+    if not flags.FLAGS.is_parsed():
+        return "--verbose" in sys.argv
     return "verbose" in flags.FLAGS and bool(flags.FLAGS["verbose"].value)
 
 
@@ -341,7 +273,7 @@ def _program_name() -> str:
 def _interrupted_while_importing(kind, value, traceback) -> None:
     """`sys.excepthook` of an entry point: a Ctrl-C before `run` catches it (while the entry
     point imports JAX, which takes seconds) ends in one line, exit 130, like one after."""
-    if not issubclass(kind, KeyboardInterrupt) or _verbose_in_argv():
+    if not issubclass(kind, KeyboardInterrupt) or _verbose():
         sys.__excepthook__(kind, value, traceback)
         return
     print(f"{_program_name()}: interrupted", file=sys.stderr, flush=True)

@@ -32,6 +32,7 @@ decoder share their tables."""
 
 import contextlib
 import hashlib
+import itertools
 import os
 import sys
 import time
@@ -43,6 +44,7 @@ from absl import app, flags
 
 import cli
 import compressors
+import paths
 import runs
 from coding import container
 from data import pretrained_tokenizers as tokenizers
@@ -155,8 +157,8 @@ def _opened(path: str, mode: str, force: bool = False):
         with open(path, "rb") as f, contextlib.closing(container.spool(f)) as seekable:
             yield seekable
     else:
-        cli.check_output(path, force=force)  # again: it may have appeared since the first check
-        if cli.writes_in_place(path):
+        paths.check_output(path, force=force)  # again: it may have appeared since the first check
+        if paths.writes_in_place(path):
             with open(path, "wb") as f:
                 yield f
         else:
@@ -167,9 +169,9 @@ def _opened(path: str, mode: str, force: bool = False):
 def _check_paths(input_path: str, output_path: str, force: bool) -> None:
     """Refuses, before any work, a missing input or a directory, and an output that is the
     input (a symlink or hard link to it too), a directory, an existing file without `force` or
-    anything but a regular file, FIFO or character device (cli.check_output)."""
-    cli.check_input(input_path)
-    cli.check_output(output_path, input_path, force)
+    anything but a regular file, FIFO or character device (paths.check_output)."""
+    paths.check_input(input_path)
+    paths.check_output(output_path, input_path, force)
 
 
 def _bar(total: int, desc: str, enabled: bool):
@@ -255,7 +257,7 @@ def compress_file(
         info = _stream_info(m.fingerprint, coder, pretrained)
         writer = container.ContainerWriter(out, info.pack(), chunk, raw_bytes, shape.lanes, columns)
         with _bar(raw_bytes, "compress", progress) as bar:
-            groups = lm_coder.batched(_pieces(src, chunk, digest, bar), shape.lanes)
+            groups = itertools.batched(_pieces(src, chunk, digest, bar), shape.lanes)
             ideal_bits, payload_bytes, num_raw = _write_groups(groups, m, coder, writer)
         writer.finish(digest.digest())
         compressed_bytes = writer.bytes_written
@@ -283,7 +285,7 @@ def _chunk_tokens(m: _Model, chunk: int) -> int:
     return chunk
 
 
-def _write_groups(groups: Iterator[list[bytes]], m: _Model, coder, writer) -> tuple:
+def _write_groups(groups: Iterator[tuple[bytes, ...]], m: _Model, coder, writer) -> tuple:
     """Codes each group of chunks and writes it; returns (the model's ideal bits, payload
     bytes, chunks stored raw)."""
     ideal_bits, payload_bytes, num_raw = 0.0, 0, 0

@@ -220,14 +220,14 @@ def run(
 ) -> bytes:
     """Samples one output file; returns the sampled bytes (image: the sampled pixels).
 
-    The output is checked before any work (cli.check_output: an existing file is replaced only
+    The output is checked before any work (paths.check_output: an existing file is replaced only
     with `force`, never the prompt file) and appears only complete; a FIFO or character device
     is written into.
 
     Raises:
       ValueError / OSError: bad arguments, a missing prompt file, or an output not to write.
     """
-    import cli
+    import paths
     from compressors import generative
 
     if compressor != "lm" and compressor not in generative.GENERATIVE_COMPRESSORS:
@@ -241,7 +241,7 @@ def run(
         raise ValueError(f"num_bytes must be >= 0, got {num_bytes}.")
     if not output:
         raise ValueError("--output is required.")
-    cli.check_output(output, prompt_file or "-", force)
+    paths.check_output(output, prompt_file or "-", force)
     if mode == "image":
         original = load_image(prompt_file, image_width, image_height)
     elif mode == "audio":
@@ -274,11 +274,11 @@ def run(
 def _write_output(path: str, data: bytes, force: bool) -> None:
     """Writes `data` into a FIFO or device as it is, and to a file so that it appears only
     complete."""
-    import cli
+    import paths
     from coding import container
 
-    cli.check_output(path, force=force)  # again: it may have appeared while sampling
-    if cli.writes_in_place(path):
+    paths.check_output(path, force=force)  # again: it may have appeared while sampling
+    if paths.writes_in_place(path):
         with open(path, "wb") as f:
             f.write(data)
     else:

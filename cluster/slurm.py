@@ -58,9 +58,6 @@ _COMMAND_TIMEOUT_SECONDS = 60
 _QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
 _RUNNING = {"RUNNING", "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING"}
 _RUNNING |= {"SUSPENDED", "STOPPED"}
-_INT_FIELDS = {"gpus_per_run", "nodes_per_run", "tasks_per_run", "cpus_per_task"}
-_INT_FIELDS |= {"time_limit_minutes", "array_parallelism", "signal_lead_seconds"}
-_OPTIONAL_FIELDS = {"partition", "tasks_per_run", "mem_per_node", "array_parallelism"}
 _ERROR_LINE = re.compile(r"error|exception|traceback|cancelled|killed|out of memory|oom", re.I)
 # The one line the project's programs end a user's error with, 'train.py: No such file: x'
 # (cli.run), after srun's task label in a run of several processes ('0: train.py: ...').
@@ -206,39 +203,6 @@ class SlurmOptions:
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(f"Unknown Slurm option(s) {unknown}; known: {', '.join(known)}.")
-        return cls(**values)
-
-    @classmethod
-    def parse(cls, text: str) -> "SlurmOptions":
-        """Options from 'key=value,...' (a command-line flag); `extra_sbatch` may repeat.
-
-        'gpus_per_run=8,partition=gpu,extra_sbatch=--qos=high'. Integer fields take integers,
-        and 'none' gives None where a field allows it.
-
-        Raises:
-          ValueError: an unknown key, a value of the wrong type, or a bad value.
-        """
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for item in filter(None, (s.strip() for s in text.split(","))):
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"Slurm option {item!r} is not key=value.")
-            if key not in fields:
-                raise ValueError(f"Unknown Slurm option {key!r}; known: {', '.join(fields)}.")
-            if key == "extra_sbatch":
-                values[key] = (*values.get(key, ()), value)
-            elif value.lower() == "none" and key in _OPTIONAL_FIELDS:
-                values[key] = None
-            elif key in _INT_FIELDS:
-                try:
-                    values[key] = int(value)
-                except ValueError:
-                    raise ValueError(
-                        f"Slurm option {key} needs an integer, got {value!r}."
-                    ) from None
-            else:
-                values[key] = value
         return cls(**values)
 
     @property

@@ -1,5 +1,8 @@
 """On-disk container for compressed files (pure Python and NumPy; no JAX).
 
+Our own format rather than a general archive (zip, zstd frames): groups follow the coder's lanes,
+and the checks name the chunk whose decoding went wrong, which needs a layout we control.
+
 Layout (version 4, the same as 3), integers little-endian:
 
     header   magic (8 bytes) | version u16 | info_bytes u16 | chunk_size_bytes u32 |

@@ -20,6 +20,9 @@ Probabilities need not sum to 1 (they are renormalised exactly), which absorbs t
 errors of a softmax. Log-probabilities are not accepted: `exp` is not exactly rounded and
 differs between backends, so the caller exponentiates inside the same compiled step that
 produces the probabilities (e.g. `jax.nn.softmax(logits)`) on both the encoder and decoder side.
+
+Not a library's quantiser (constriction's, TensorFlow Compression's): those round in floats as
+their backend does, and this contract needs bit-identical integer tables on every machine.
 """
 
 import math

@@ -4,6 +4,9 @@ Each chunk of a batch is an independent stream: a big-endian fraction in `[0, 1)
 are bytes. It starts at full precision and ends with at most one byte, so a 2048-symbol chunk
 costs about 0.3 bytes more than the ideal code length of its tables on average, and less than
 one byte more at worst (measured; rANS with its flushed 32-bit state: about 4, up to 7).
+Written here rather than taken from a library (e.g. constriction) because those code one stream
+at a time on the host, while this one runs a whole batch inside a jitted step on the device,
+with every byte of the output fixed by the invariants below.
 
 Invariants (precision `n <= 16`, table total `T = 2**n`, `scale(c) = floor(range * c / T)`):
 

@@ -29,6 +29,7 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import itertools
 import math
 import os
 import time
@@ -244,7 +245,7 @@ class LanguageModelCompressor(RatedModel):
             if progress:
                 progress(num_bytes)
 
-        batches = sources.prefetch(lm_coder.batched(chunks, self.lanes), prefetch)
+        batches = sources.prefetch(itertools.batched(chunks, self.lanes), prefetch)
         try:
             first = 0
             for g, batch in enumerate(batches):
@@ -308,6 +309,6 @@ def run_passes(
     return out
 
 
-def _code(coder: lm_coder.LMCoder, batch: list[bytes], verify: bool, first: int):
+def _code(coder: lm_coder.LMCoder, batch: tuple[bytes, ...], verify: bool, first: int):
     """Codes one group of chunks on its coder's device (a worker thread's task)."""
     return list(coder.encode_chunks(batch, verify, first))

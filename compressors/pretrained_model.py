@@ -36,6 +36,7 @@ at a time over all of them.
 
 import collections
 import functools
+import itertools
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -181,7 +182,7 @@ class PretrainedCompressor(language_model.RatedModel):
         """The log-loss pass: {'ideal_bits', and the counts of `_pieces`}."""
         stats, total = collections.Counter(), 0.0
         seen = 0
-        for batch in lm_coder.batched(self._pieces(chunks, stats), self.rows):
+        for batch in itertools.batched(self._pieces(chunks, stats), self.rows):
             length = bucket(max(map(len, batch)), self.max_tokens)
             group = next(lm_coder.group_chunks([*batch], self.rows, length))
             total += float(_piece_bits(self.model, self.params, group.tokens, group.lengths).sum())
@@ -225,7 +226,7 @@ class PretrainedCompressor(language_model.RatedModel):
         stats, payload_bytes, table_bits, escapes = collections.Counter(), 0, 0.0, 0
         seen, first = 0, 0
         usual = min(self.max_tokens, chunk_size + 1) if chunk_size else self.max_tokens
-        for batch in lm_coder.batched(self._pieces(chunks, stats), self.lanes):
+        for batch in itertools.batched(self._pieces(chunks, stats), self.lanes):
             longest = max(map(len, batch))
             coder = self.coder(usual if longest <= usual else self.max_tokens)
             for c in coder.encode_chunks(batch, verify, first):

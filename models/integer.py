@@ -6,7 +6,8 @@ stream coded from float32 probabilities on one machine may not decode on another
 every operation is exact integer arithmetic (matrix products included: integer sums are
 associative, so summation order, batch shape, device and instruction set cannot change them), so
 the tables come out bit for bit the same everywhere, in the parallel pass (`tables`) and in the
-KV-cache step (`decode_step`) alike.
+KV-cache step (`decode_step`) alike. Integer inference libraries do not give this: they rescale
+in floats or leave the summation order to the device, so their outputs differ across machines.
 
 Parameters (`quantize_params`, NumPy on the host, a deterministic function of the float32 tree).
 Scaling uses exact operations only: `round(x * C * 2**(k - c))` for float32 x and an integer

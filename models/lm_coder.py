@@ -561,7 +561,7 @@ class LMCoder:
           range_coder.CorruptStreamError: a chunk failed its decoding checks (names it).
         """
         first = 0
-        for batch in batched(streams, self.shape.lanes):
+        for batch in itertools.batched(streams, self.shape.lanes):
             lengths = np.zeros(self.shape.lanes, np.int32)
             lengths[: len(batch)] = [n for _, n, _ in batch]
             known = {i: ids for i, (_, _, ids) in enumerate(batch) if ids is not None}
@@ -647,7 +647,7 @@ def group_chunks(
     Raises:
       ValueError: a chunk longer than `chunk_tokens`.
     """
-    for batch in batched(chunks, lanes):
+    for batch in itertools.batched(chunks, lanes):  # the one grouping of chunks
         tokens = np.zeros((lanes, chunk_tokens), dtype)
         lengths = np.zeros(lanes, np.int32)
         for i, chunk in enumerate(batch):
@@ -656,13 +656,6 @@ def group_chunks(
                 raise ValueError(f"a chunk of {len(ids)} tokens exceeds chunk_size={chunk_tokens}.")
             tokens[i, : len(ids)], lengths[i] = ids, len(ids)
         yield Group(tokens, lengths, len(batch))
-
-
-def batched(items: Iterable, size: int) -> Iterator[list]:
-    """Lists of `size` consecutive items (the last may be shorter): the one grouping of chunks."""
-    iterator = iter(items)
-    while batch := list(itertools.islice(iterator, size)):
-        yield batch
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "shape"))

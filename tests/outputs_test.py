@@ -1,5 +1,5 @@
 """What compress.py, decompress and sample.py may write: never the input, never over a FIFO, a
-device or a directory, checked before any work (cli.check_input, cli.check_output)."""
+device or a directory, checked before any work (paths.check_input, paths.check_output)."""
 
 import os
 import pathlib
@@ -11,8 +11,8 @@ import threading
 
 import pytest
 
-import cli
 import compress
+import paths
 import sample
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -103,9 +103,9 @@ def test_other_special_files_are_never_replaced(tmp_path):
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(str(path))
         with pytest.raises(ValueError, match="not a regular file, a FIFO or a character device"):
-            cli.check_output(path, force=True)
+            paths.check_output(path, force=True)
         assert stat.S_ISSOCK(os.stat(path).st_mode)
-    cli.check_output("/dev/null")  # written into, like standard output: no --force needed
+    paths.check_output("/dev/null")  # written into, like standard output: no --force needed
 
 
 def test_negative_counts_are_refused_in_one_line(tmp_path):
