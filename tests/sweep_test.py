@@ -165,7 +165,7 @@ def test_bad_cluster_options_are_one_line(tmp_path):
     result = _cli(f"--sweep={path}", "--mode=slurm", "--slurm.gpuz=1")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        'sweep.py: no such config field: gpuz (see --help)'
+        "sweep.py: no such config field: gpuz (see --help)"
     ]
     asks = _write_sweep(tmp_path, _SWEEP.rstrip()[:-1] + '"slurm": {"gpus_per_run": 2}}')
     result = _cli(f"--sweep={asks}", "--mode=slurm", "--slurm.gpus_per_run=0")
