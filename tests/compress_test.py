@@ -17,9 +17,13 @@ import train
 from coding import container
 from configs import default
 from data import corpus
+from models import lm_coder
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CHUNK = 2048
+# The test model's context, and the chunk of the full-context tests. Short, so that training and
+# compiling stay cheap, but above the 256-byte chunks of the other tests and long enough for two
+# attention blocks (lm_coder.auto_attention_blocks): the same code path as a 2048-byte context.
+CHUNK = 512
 
 
 def _train(workdir, seed, tokenizer="bytes", context=CHUNK):
@@ -29,7 +33,7 @@ def _train(workdir, seed, tokenizer="bytes", context=CHUNK):
     config.train.batch_size = 2
     config.train.steps = 10
     config.train.eval_every = 1000
-    config.train.eval_max_bytes = CHUNK
+    config.train.eval_max_bytes = 2048  # a whole window of held-out tokens, BPE ones too
     config.train.progress = False
     train.train(config, workdir)
     return str(workdir)
@@ -116,6 +120,7 @@ def test_round_trip_lengths_full_context(run, tmp_path, length):
     data = corpus.pydocs_bytes()[:length]
     s = _round_trip(run, tmp_path, data, lanes=2, chunk_size=CHUNK)
     assert s["num_chunks"] == math.ceil(length / CHUNK)
+    assert lm_coder.auto_attention_blocks(CHUNK) > 1  # the blocked path of long contexts
 
 
 @pytest.mark.parametrize("length", [255, 256, 257, 5 * 256 + 3])
