@@ -1,5 +1,6 @@
 import json
 import math
+import pathlib
 
 import numpy as np
 import pytest
@@ -165,6 +166,25 @@ def test_points_csv_reproduces_the_runs_fit(tmp_path):
         correlation.load_points_csv(csv_path)
     with pytest.raises(FileNotFoundError, match="no points file"):
         correlation.load_points_csv(tmp_path / "missing.csv")
+
+
+def test_shipped_addition_points_give_the_documented_fits():
+    # docs/addition.md's table is computed from this file; a change to either must show here.
+    shipped = pathlib.Path(__file__).resolve().parents[1] / "docs" / "addition_points.csv"
+    fits, _ = correlation.analyse(points_in=shipped, min_accuracies=[0, 0.5])
+    documented = {  # n, r, slope, rmse as the report prints them
+        "addition_all": (52, -0.795, -0.831, 0.230),
+        "addition_accuracy_above_0": (35, -0.892, -2.663, 0.161),
+        "addition_accuracy_above_0.5": (18, -0.994, -5.588, 0.015),
+    }
+    for name, (n, r, slope, rmse) in documented.items():
+        fit = fits[name]
+        assert (fit.n, round(fit.r, 3), round(fit.slope, 3), round(fit.rmse, 3)) == (
+            n,
+            r,
+            slope,
+            rmse,
+        ), name
 
 
 def test_training_curve_plot_reads_eval_lines(tmp_path):
