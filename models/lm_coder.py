@@ -19,6 +19,10 @@ once per attention block: one executable per coder and block) on inputs of *the 
   decoder searches the same table for it. A single `encoding` flag, an argument rather than a
   trace-time constant, selects which symbol is kept, so it cannot change the compiled program.
 
+On the portable path the tables are exact integers whatever the program, so its encoder takes them
+all from one parallel pass of the integer model (`integer.tables`, `LMCoder._parallel_intervals`)
+instead; the decoder still runs the steps, and the stream is the same byte for byte.
+
 The model is our Transformer (`models.transformer`, or its integer twin on the portable path) or a
 pretrained checkpoint (`models.pretrained.CodingModel`); tokens are coded under one table, two
 factorised steps (`coding.factorized`) or the paper's top-k tables with an escape (`coding.topk`).
@@ -45,6 +49,7 @@ from models import integer, pretrained, transformer
 
 MAX_LANES = 1 << 16
 MAX_ATTENTION_BLOCKS = 16  # each block is a scan of its own: compile time grows with them
+CPU_PARALLEL_BYTES = 1 << 30  # the portable encoder's parallel pass, per call, on a CPU
 
 
 @dataclasses.dataclass(frozen=True)
@@ -413,12 +418,75 @@ class LMCoder:
             raise ValueError(f"chunk lengths must lie in [0, {self.shape.chunk_tokens}].")
         return lengths
 
-    def encode_group(self, tokens: np.ndarray, lengths: np.ndarray):
+    def parallel_rows(self, length: int | None = None) -> int:
+        """Rows per call of the portable encoder's parallel pass (`_parallel_intervals`): as
+        many of the group's lanes as a quarter of the device's memory holds by
+        `parallel_row_bytes` (on a CPU, `CPU_PARALLEL_BYTES`)."""
+        device = jax.local_devices()[0]
+        limit = (device.memory_stats() or {}).get("bytes_limit")
+        budget = CPU_PARALLEL_BYTES if device.platform == "cpu" or not limit else limit // 4
+        per_row = self.parallel_row_bytes(length or self.shape.chunk_tokens)
+        return int(max(1, min(self.shape.lanes, budget // per_row)))
+
+    def parallel_row_bytes(self, length: int) -> int:
+        """About what one row of `length` tokens takes in the portable parallel pass, measured
+        against XLA's own accounting (`tests/parallel_encoder_test.py`): a layer's attention
+        (about 20 bytes per head and pair of positions: int32 scores, probabilities, weights),
+        and at each position the tables over the vocabulary and the MLP's activations."""
+        c = self.cfg
+        attention = 24 * c.num_heads * length * length
+        vocab = 8 * c.vocab_size * length
+        hidden = 16 * c.width * c.mlp_ratio * length
+        return attention + vocab + hidden
+
+    def _parallel_intervals(self, tokens: np.ndarray, lengths: np.ndarray):
+        """The portable encoder's intervals from one parallel pass of the integer model.
+
+        `integer.tables` gives every position's table at once, bit for bit the tables that
+        `_integer_step` computes step by step (`tests/integer_test.py`): the coder sees the
+        same intervals, so the stream is the same. Rows go `parallel_rows` at a time, each
+        call padded to the group's longest chunk rounded up to an attention block (few
+        compiled lengths); positions past a chunk's length code nothing.
+
+        Args:
+          tokens: int32 [lanes, chunk_tokens], zero past each length.
+          lengths: int32 [lanes].
+
+        Returns:
+          (starts, freqs uint32 [lanes, chunk_tokens], zero past each length; the tables'
+          bits float32 [lanes]).
+        """
+        lanes, chunk = tokens.shape
+        starts = np.zeros((lanes, chunk), np.uint32)
+        freqs = np.zeros((lanes, chunk), np.uint32)
+        bits = np.zeros(lanes, np.float32)
+        longest = int(lengths.max(initial=0))
+        if not longest:
+            return starts, freqs, bits
+        block = self.blocks()[0][1]
+        length = min(chunk, -(-longest // block) * block)
+        rows = self.parallel_rows(length)
+        for first in range(0, lanes, rows):
+            part_tokens = np.zeros((rows, length), np.int32)
+            part_lengths = np.zeros(rows, np.int32)
+            count = min(rows, lanes - first)
+            part_tokens[:count] = tokens[first : first + count, :length]
+            part_lengths[:count] = lengths[first : first + count]
+            s, f, b = _parallel_intervals_jit(self.params, part_tokens, part_lengths)
+            starts[first : first + count, :length] = np.asarray(s)[:count]
+            freqs[first : first + count, :length] = np.asarray(f)[:count]
+            bits[first : first + count] = np.asarray(b)[:count]
+        return starts, freqs, bits
+
+    def encode_group(self, tokens: np.ndarray, lengths: np.ndarray, parallel: bool | None = None):
         """Encodes one group of `lanes` chunks.
 
         Args:
           tokens: int [lanes, chunk_tokens] ids; entries past each chunk's length are ignored.
           lengths: int [lanes] tokens per chunk (0 for padding rows).
+          parallel: compute the tables in one parallel pass (`_parallel_intervals`) rather than
+            step by step as the decoder does; None: on the portable path, whose stream is the
+            same either way (the float model's parallel and step floats differ). Portable only.
 
         Returns:
           `GroupCode`: a payload per lane and its code lengths.
@@ -431,10 +499,17 @@ class LMCoder:
         if np.any(valid & ((tokens < 0) | (tokens >= self.cfg.vocab_size))):
             raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size}).")
         tokens = np.where(valid, tokens, 0)
-        no_data = np.zeros((self.shape.lanes, self.capacity_bytes), np.uint8)
-        zeros = np.zeros(self.shape.lanes, np.int32)
-        known = np.ones(self.shape.lanes, bool)
-        _, starts, freqs, bits, _, escapes = self._run(tokens, lengths, no_data, zeros, known)
+        parallel = self.shape.portable if parallel is None else parallel
+        if parallel and not self.shape.portable:
+            raise ValueError("only the portable path encodes in parallel.")
+        if parallel:
+            starts, freqs, bits = self._parallel_intervals(tokens, lengths)
+            escapes = np.zeros(self.shape.lanes, np.int32)
+        else:
+            no_data = np.zeros((self.shape.lanes, self.capacity_bytes), np.uint8)
+            zeros = np.zeros(self.shape.lanes, np.int32)
+            known = np.ones(self.shape.lanes, bool)
+            _, starts, freqs, bits, _, escapes = self._run(tokens, lengths, no_data, zeros, known)
         data_lb, num_bytes, invalid = range_coder.encode_jax_core(
             starts, freqs, lengths * self.steps_per_token, self.shape.precision_bits
         )
@@ -672,6 +747,20 @@ def _block_jit(params, carry, tokens, lengths, encoding, first, last, *, cfg, sh
 
 
 _finish_jit = jax.jit(range_coder.decode_finish_jax)
+
+
+@jax.jit
+def _parallel_intervals_jit(params, tokens, lengths):
+    """Intervals of `tokens` [rows, length] under the integer model's tables, all positions in
+    one pass (`LMCoder._parallel_intervals`): (starts, freqs, zero past each length; bits
+    [rows], as `LMCoder._integer_step` counts them)."""
+    tables = integer.tables(params, tokens)
+    starts, freqs = range_coder.symbol_intervals_jax(tables, tokens, integer.PRECISION_BITS)
+    active = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    total = jnp.float32(1 << integer.PRECISION_BITS)
+    bits = jnp.where(active, -jnp.log2(freqs.astype(jnp.float32) / total), 0.0)
+    zero = jnp.zeros((), jnp.uint32)
+    return jnp.where(active, starts, zero), jnp.where(active, freqs, zero), bits.sum(-1)
 
 
 def params_sha256(description: bytes, params: Any) -> bytes:
