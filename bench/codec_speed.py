@@ -1,0 +1,332 @@
+r"""Compress and decompress speed of compress.py beside xz, zstd and brotli, on the same bytes.
+
+  python bench/codec_speed.py --run=RUN_DIR [--bytes=N] [--input=FILE] [--out=FILE.jsonl]
+
+RUN_DIR is a train.py run: `./run.sh` trains runs/demo-pydocs-200K; for a quick check
+`python train.py --config=configs/default.py:size=test --workdir=/tmp/t` trains a tiny one in
+seconds. The input is the pydocs held-out split (the last 10% of the corpus, 49,350 bytes, which
+train.py never trains on), or `--input`; `--bytes` takes the first N bytes of either.
+
+Rows, each with compressed bytes, ratio, bits per byte, compress and decompress MB/s and a check
+that decompression gave back the input exactly:
+
+* `portable` and `float`: compress.py's default path and its `--noportable` one, each direction its
+  own process (`python compress.py compress|decompress --workdir=RUN IN OUT`), as a user runs it,
+  with `--lanes` chunks coded together and JAX's persistent compilation cache off, so every process
+  compiles its own programs. Start-up (Python, JAX, loading the model, compiling, and coding one
+  group) is the wall time of the same command on the input's first group alone (`--lanes` chunks
+  of the model's context: the same programs), reported apart and subtracted in time and bytes:
+  MB/s = (bytes - first group's) / (time - start-up time), the rate of the later groups. The input
+  should hold several groups.
+* `xz -9`, `zstd -19`, `brotli -q 11`: the command-line tool where it is on PATH (its start-up,
+  measured on a 1-byte file, is milliseconds), else Python's module (`lzma` preset 9, `zstandard`
+  level 19, `brotli` quality 11: no start-up); the row's `via` says which, and a row whose tool and
+  module are both missing says so instead of failing.
+
+The reference is the model's log-loss pass over the same bytes (compressors.language_model, in this
+process: chunks of its context, 16 lanes), timed on its second call, after compiling; it writes no
+bytes, so its size is the ideal code length. Each timing is the least of `--repeats` runs. Ratios,
+which hold on a noisy machine: portable compress time / log-loss time, and portable decompress time
+/ float decompress time, per byte (from the MB/s, so net of start-up).
+"""
+
+import json
+import lzma
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # noqa: E402
+
+_RUN = flags.DEFINE_string("run", None, "A train.py run directory.", required=True)
+_BYTES = flags.DEFINE_integer("bytes", 0, "Bytes of input (0: all of the split or --input).")
+_INPUT = flags.DEFINE_string("input", "", "A file to code instead of the pydocs held-out split.")
+_LANES = flags.DEFINE_integer("lanes", 64, "compress.py's --lanes (64: its default on a CPU).")
+_REPEATS = flags.DEFINE_integer("repeats", 1, "Runs of each timing; the least is kept.")
+_OUT = flags.DEFINE_string("out", "", "Append the JSON record here too.")
+
+COMPRESS_PY = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "compress.py"
+)
+
+
+def _zstd_module():
+    import zstandard
+
+    return (
+        lambda d: zstandard.ZstdCompressor(level=19).compress(d),
+        lambda d: zstandard.ZstdDecompressor().decompress(d),
+    )
+
+
+def _brotli_module():
+    import brotli
+
+    return lambda d: brotli.compress(d, quality=11), brotli.decompress
+
+
+# name -> (tool's compress argv, its decompress argv, () -> the Python module's functions).
+CLASSICAL = {
+    "xz -9": (
+        ["xz", "-9", "-c"],
+        ["xz", "-d", "-c"],
+        lambda: (lambda d: lzma.compress(d, preset=9), lzma.decompress),
+    ),
+    "zstd -19": (["zstd", "-19", "-q", "-c"], ["zstd", "-d", "-q", "-c"], _zstd_module),
+    "brotli -q 11": (["brotli", "-q", "11", "-c"], ["brotli", "-d", "-c"], _brotli_module),
+}
+
+
+def heldout_bytes(num_bytes: int = 0) -> bytes:
+    """The first `num_bytes` (0: all) of the pydocs held-out split (valid + test, as train.py
+    splits it).
+
+    Raises:
+      ValueError: the split holds fewer bytes.
+    """
+    from data import corpus
+
+    data = corpus.load_corpus(corpus.DEFAULT_CORPUS)
+    train, _, _ = corpus.split(data)
+    heldout = data[len(train) :]
+    if num_bytes > len(heldout):
+        raise ValueError(f"--bytes={num_bytes}: the held-out split has {len(heldout):,} bytes.")
+    return bytes(heldout[: num_bytes or len(heldout)])
+
+
+def _timed(fn, repeats: int = 1) -> tuple[float, object]:
+    """The least wall time of `repeats` calls of `fn`, and its last result."""
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def _run_command(argv: list[str], data: bytes | None = None, env=None) -> bytes:
+    """Runs `argv` (stdin `data`), returns its standard output; a failure raises with its stderr."""
+    p = subprocess.run(argv, input=data, capture_output=True, env=env, check=False)
+    if p.returncode:
+        tail = p.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+        raise RuntimeError(f"{' '.join(argv[:3])}... exited {p.returncode}: {tail[0]}")
+    return p.stdout
+
+
+def _row(name: str, via: str, data: bytes, packed: bytes, out: bytes, times: dict) -> dict:
+    """One row: sizes, round-trip check, and MB/s net of start-up (`times['startup_bytes']`)."""
+    row = {"codec": name, "via": via, "raw_bytes": len(data), "compressed_bytes": len(packed)}
+    row["ratio"] = len(packed) / len(data)
+    row["bits_per_byte"] = 8 * len(packed) / len(data)
+    row["exact"] = out == data
+    for d in ("compress", "decompress"):
+        total, startup = times[d], times[f"{d}_startup"]
+        net = total - startup  # <= 0: start-up's noise swamped the work (too few bytes)
+        row |= {f"{d}_seconds": total, f"{d}_startup_seconds": startup, f"{d}_net_seconds": net}
+        net_bytes = len(data) - times["startup_bytes"]
+        row[f"{d}_mb_per_s"] = net_bytes / 1e6 / net if net > 0 and net_bytes > 0 else None
+    return row
+
+
+def model_row(
+    run: str, path: str, data: bytes, work: str, lanes: int = 64, repeats: int = 1
+) -> dict:
+    """Compresses and decompresses `data` with compress.py, each direction its own process.
+
+    Args:
+      run: the train.py run directory.
+      path: 'portable' (compress.py's default) or 'float' (`--noportable`).
+      data: the input bytes.
+      work: a scratch directory.
+      lanes: compress.py's `--lanes`: chunks coded together, and the start-up's chunks.
+      repeats: runs of each command; the least time is kept.
+
+    Returns:
+      The row (see `_row`), start-up measured on the first group alone.
+    """
+    import runs
+
+    first_group = data[: lanes * runs.load_config(run).model.context_length]
+    env = dict(os.environ, LMC_COMPILE_CACHE="")  # no persistent cache: each process compiles
+    common = [f"--workdir={run}", "--noprogress", "--force"]
+    extra = [f"--lanes={lanes}"] + (["--noportable"] if path == "float" else [])
+    base = [sys.executable, COMPRESS_PY]
+    times, results = {"startup_bytes": len(first_group)}, {}
+    for label, payload in (("startup", first_group), ("full", data)):
+        src, packed, out = (os.path.join(work, f"{path}-{label}.{e}") for e in ("in", "lmc", "out"))
+        with open(src, "wb") as f:
+            f.write(payload)
+        compress = base + ["compress", *common, *extra, src, packed]
+        decompress = base + ["decompress", *common, packed, out]
+        suffix = "_startup" if label == "startup" else ""
+        times[f"compress{suffix}"], _ = _timed(lambda c=compress: _run_command(c, env=env), repeats)
+        times[f"decompress{suffix}"], _ = _timed(
+            lambda d=decompress: _run_command(d, env=env), repeats
+        )
+        with open(packed, "rb") as f, open(out, "rb") as g:
+            results[label] = f.read(), g.read()
+    if results["startup"][1] != first_group:
+        raise RuntimeError(f"{path}: the first group's round trip did not give back its input.")
+    return _row(path, f"compress.py {' '.join(extra)}".strip(), data, *results["full"], times)
+
+
+def classical_row(name: str, data: bytes, repeats: int = 1) -> dict:
+    """Codes `data` with one of `CLASSICAL`: its tool on PATH, else its Python module."""
+    compress_argv, decompress_argv, module = CLASSICAL[name]
+    if shutil.which(compress_argv[0]):
+        via = f"{shutil.which(compress_argv[0])} (command line)"
+
+        def compress(d):
+            return _run_command(compress_argv, d)
+
+        def decompress(d):
+            return _run_command(decompress_argv, d)
+    else:
+        try:
+            compress, decompress = module()
+        except ImportError:
+            return {
+                "codec": name,
+                "via": None,
+                "missing": f"no {compress_argv[0]} on PATH, no module",
+            }
+        via = "Python module"
+    times = {"startup_bytes": 0}
+    times["compress"], packed = _timed(lambda: compress(data), repeats)
+    times["decompress"], out = _timed(lambda: decompress(packed), repeats)
+    if via == "Python module":
+        times["compress_startup"] = times["decompress_startup"] = 0.0
+    else:
+        times["compress_startup"], one = _timed(lambda: compress(data[:1]), repeats)
+        times["decompress_startup"], _ = _timed(lambda: decompress(one), repeats)
+    return _row(name, via, data, packed, out, times)
+
+
+def log_loss_row(run: str, data: bytes, repeats: int = 1) -> dict:
+    """The model's log-loss pass over `data` in context-sized chunks, timed warm (after a first
+    call that compiles)."""
+    from compressors import language_model
+
+    lm = language_model.LanguageModelCompressor(run)
+    size = lm.model_cfg.context_length
+    chunks = [data[i : i + size] for i in range(0, len(data), size)]
+    first, _ = _timed(lambda: lm.log_loss(chunks, size))
+    warm, bits = _timed(lambda: lm.log_loss(chunks, size), repeats)
+    ideal_bytes = float(bits.sum()) / 8
+    return {
+        "codec": "log-loss (reference)",
+        "raw_bytes": len(data),
+        "ideal_bytes": ideal_bytes,
+        "ratio": ideal_bytes / len(data),
+        "bits_per_byte": 8 * ideal_bytes / len(data),
+        "first_call_seconds": first,
+        "seconds": warm,
+        "mb_per_s": len(data) / 1e6 / warm,
+        "context_bytes": size,
+    }
+
+
+def benchmark(run: str, data: bytes, lanes: int = 64, repeats: int = 1) -> dict:
+    """Every row on the same `data`, and the ratios; see the module docstring.
+
+    Raises:
+      ValueError: empty data.
+      RuntimeError: a command failed.
+    """
+    if not data:
+        raise ValueError("no input bytes: give --bytes > 0 or a non-empty --input.")
+    if lanes < 1:
+        raise ValueError(f"--lanes={lanes}: give 1 or more.")
+    with tempfile.TemporaryDirectory(prefix="codec-speed-") as work:
+        rows = [model_row(run, p, data, work, lanes, repeats) for p in ("portable", "float")]
+    rows += [classical_row(name, data, repeats) for name in CLASSICAL]
+    reference = log_loss_row(run, data, repeats)
+    portable, float_ = rows[0], rows[1]
+
+    def slower(fast, slow):  # time per byte of `slow` / that of `fast`, from their MB/s
+        return fast / slow if fast and slow else None
+
+    return {
+        "run": os.path.abspath(run),
+        "raw_bytes": len(data),
+        "startup": "compress.py: the same command on the first group alone; tools: on 1 byte",
+        "repeats": repeats,
+        "rows": rows,
+        "log_loss": reference,
+        "ratios": {
+            "portable_compress_over_log_loss": slower(
+                reference["mb_per_s"], portable["compress_mb_per_s"]
+            ),
+            "portable_decompress_over_float_decompress": slower(
+                float_["decompress_mb_per_s"], portable["decompress_mb_per_s"]
+            ),
+        },
+        "all_exact": all(r.get("exact", True) for r in rows),
+    }
+
+
+def _fmt(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def table(result: dict) -> str:
+    """The result as a Markdown table, the ratios below it ('n/a': start-up swamped the work)."""
+    lines = [
+        "| codec | via | bytes | ratio | bits/byte | compress MB/s | decompress MB/s "
+        "| start-up s (c / d) | exact |",
+        "|---|---|--:|--:|--:|--:|--:|--:|:-:|",
+    ]
+    for r in result["rows"]:
+        if "missing" in r:
+            lines.append(f"| {r['codec']} | missing: {r['missing']} | | | | | | | |")
+            continue
+        lines.append(
+            f"| {r['codec']} | {r['via']} | {r['compressed_bytes']:,} | {r['ratio']:.4f} "
+            f"| {r['bits_per_byte']:.3f} | {_fmt(r['compress_mb_per_s'], '.4g')} "
+            f"| {_fmt(r['decompress_mb_per_s'], '.4g')} | {r['compress_startup_seconds']:.2f} / "
+            f"{r['decompress_startup_seconds']:.2f} | {'yes' if r['exact'] else 'NO'} |"
+        )
+    ll = result["log_loss"]
+    lines.append(
+        f"| log-loss (reference) | in process, warm | {ll['ideal_bytes']:,.0f} | {ll['ratio']:.4f} "
+        f"| {ll['bits_per_byte']:.3f} | {ll['mb_per_s']:.4g} | | "
+        f"{ll['first_call_seconds'] - ll['seconds']:.2f} (compile) | |"
+    )
+    ratios = result["ratios"]
+    lines += [
+        "",
+        "portable compress time / log-loss time: "
+        f"{_fmt(ratios['portable_compress_over_log_loss'], '.1f')}",
+        "portable decompress time / float decompress time: "
+        f"{_fmt(ratios['portable_decompress_over_float_decompress'], '.2f')}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    if _INPUT.value:
+        with open(_INPUT.value, "rb") as f:
+            data = f.read(_BYTES.value or -1)
+    else:
+        data = heldout_bytes(_BYTES.value)
+    result = benchmark(_RUN.value, data, _LANES.value, _REPEATS.value)
+    print(json.dumps(result), flush=True)
+    if _OUT.value:
+        with open(_OUT.value, "a") as f:
+            f.write(json.dumps(result) + "\n")
+    print()
+    print(table(result))
+    if not result["all_exact"]:
+        sys.exit("a round trip did not give back its input")
+
+
+if __name__ == "__main__":
+    import cli
+
+    cli.run(main)
