@@ -80,7 +80,7 @@ RULES = {
 def check(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first numeric field outside its range, and shapes that
     cannot be built (heads that do not divide the width into even head sizes)."""
-    flat = _flatten(config.to_dict())
+    flat = flatten_paths(config.to_dict())
     for path, (ok, rule) in RULES.items():
         if path in flat and not ok(flat[path]):
             raise ValueError(f"{path}={flat[path]!r}: must be {rule}.")
@@ -91,11 +91,12 @@ def check(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
+def flatten_paths(tree: dict, prefix: str = "") -> dict:
+    """{'train': {'steps': 1}} -> {'train.steps': 1}: a config's fields by their flag paths."""
     out = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten_paths(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -137,7 +138,7 @@ def training_memory_bytes(config: ml_collections.ConfigDict, num_devices: int = 
     """
     from models import transformer  # JAX; the range checks above need none
 
-    flat = _flatten(config.to_dict())
+    flat = flatten_paths(config.to_dict())
     model = transformer.TransformerConfig.from_config(config.model, _vocab_size(flat))
     tokens = -(-flat["train.batch_size"] // num_devices) * flat["model.context_length"]
     dtype_bytes = 4 if flat.get("model.dtype") == "float32" else 2
@@ -173,7 +174,7 @@ def check_memory(
     need, have, where = _memory_need(config, device_bytes, host_bytes, num_devices)
     if need <= have:
         return
-    flat = _flatten(config.to_dict())
+    flat = flatten_paths(config.to_dict())
     fits = {
         f: _largest_fitting(config, f, device_bytes, host_bytes, num_devices)
         for f in _MEMORY_FIELDS
@@ -213,7 +214,7 @@ def _largest_fitting(config, field: str, device_bytes, host_bytes, num_devices) 
         need, have, _ = _memory_need(trial, device_bytes, host_bytes, num_devices)
         return need <= have
 
-    low, high = 0, _flatten(config.to_dict())[field]  # fits(low) or low == 0; not fits(high)
+    low, high = 0, flatten_paths(config.to_dict())[field]  # fits(low) or low == 0; not fits(high)
     while high - low > 1:
         middle = (low + high) // 2
         low, high = (middle, high) if fits(middle) else (low, middle)

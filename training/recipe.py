@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import runs
+from training import checks
 
 # Fields (or whole sections) that may change on any resume: they change no number the run
 # trains to. `history` is config.json's own record of extensions.
@@ -82,8 +83,8 @@ def changes(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, list]:
     (0, '', False: an option that did not exist was off). `model.dtype='auto'` matches any saved
     dtype: the trainer resolves 'auto' to the dtype a run was trained with.
     """
-    old, new = _flatten(saved), _flatten(now)
-    defaults = _flatten(OLDER_RUN_DEFAULTS)
+    old, new = checks.flatten_paths(saved), checks.flatten_paths(now)
+    defaults = checks.flatten_paths(OLDER_RUN_DEFAULTS)
     out = {}
     for path, value in new.items():
         if is_operational(path) or (path == "model.dtype" and value == "auto"):
@@ -185,13 +186,3 @@ def write_config(workdir: str | os.PathLike, config, step: int) -> dict[str, lis
 
 def _as_dict(config) -> dict[str, Any]:
     return json.loads(config.to_json()) if hasattr(config, "to_json") else dict(config)
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
