@@ -133,7 +133,8 @@ def test_a_process_that_never_starts_is_named(tmp_path):
     ]
 
 
-def test_a_dead_process_stops_the_others_at_once(tmp_path):
+def _two_training(tmp_path):
+    """Processes 0 and 1 of one long run, once it trains (its metrics file exists)."""
     port, workdir = _free_port(), tmp_path / "run"
     args = _args(workdir, steps=100_000)
     first = _start(args, 0, port=port, log=tmp_path / "p0.log")
@@ -141,6 +142,11 @@ def test_a_dead_process_stops_the_others_at_once(tmp_path):
     deadline = time.monotonic() + 180
     while not (workdir / runs.METRICS_FILE).exists() and time.monotonic() < deadline:
         time.sleep(0.2)
+    return first, second
+
+
+def test_a_dead_process_stops_the_others_at_once(tmp_path):
+    first, second = _two_training(tmp_path)
     second.kill()  # SIGKILL: no goodbye
     killed = time.monotonic()
     first.wait(timeout=60)
@@ -152,13 +158,7 @@ def test_a_dead_process_stops_the_others_at_once(tmp_path):
 def test_killing_process_0_stops_the_others_with_one_line(tmp_path):
     # Process 0 also hosts JAX's coordination service: its death made process 1's JAX client
     # log a dozen lines and abort, racing the watcher's line.
-    port, workdir = _free_port(), tmp_path / "run"
-    args = _args(workdir, steps=100_000)
-    first = _start(args, 0, port=port, log=tmp_path / "p0.log")
-    second = _start(args, 1, port=port, log=tmp_path / "p1.log")
-    deadline = time.monotonic() + 180
-    while not (workdir / runs.METRICS_FILE).exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    first, second = _two_training(tmp_path)
     logged = len((tmp_path / "p1.log").read_bytes())
     first.kill()  # SIGKILL: no goodbye
     second.wait(timeout=60)
