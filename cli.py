@@ -6,6 +6,7 @@ what they all do the same way lives here.
 
 import difflib
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -142,6 +143,7 @@ def run(
       define_flags: defines the entry point's flags.
     """
     name = name or _program_name()
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, KeyboardInterrupt
 
     def fail(message: str, status: int) -> NoReturn:
         hint = " (see --help)" if status == 2 else ""
@@ -287,5 +289,16 @@ def _run_as_entry_point() -> bool:
     return bool(main_file) and os.path.abspath(main_file).startswith(REPO + os.sep)
 
 
+def _interrupted_at_once(signum, frame) -> None:
+    """SIGINT before `run`: ends the process in one line at once. A KeyboardInterrupt raised
+    here could land in a callback (a garbage-collection hook of JAX's) and be ignored."""
+    del signum, frame
+    if _verbose():
+        raise KeyboardInterrupt
+    print(f"{_program_name()}: interrupted", file=sys.stderr, flush=True)
+    os._exit(INTERRUPTED_EXIT_CODE)
+
+
 if _run_as_entry_point():  # entry points import cli first (see train.py)
     sys.excepthook = _interrupted_while_importing
+    signal.signal(signal.SIGINT, _interrupted_at_once)
