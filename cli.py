@@ -101,6 +101,13 @@ def repo_path(relative: str) -> str:
     return os.path.join(REPO, relative)
 
 
+def retired_flag(name: str, replacement: str) -> None:
+    """Defines --NAME, a flag the program no longer takes: given, the command fails in one line
+    naming what replaced it (exit 2)."""
+    flags.DEFINE_string(name, None, f"Replaced by {replacement}.")
+    flags.register_validator(name, lambda value: value is None, f"--{name} is now {replacement}")
+
+
 def define_verbose_flag() -> None:
     """Defines --verbose for the entry point calling this (call it from its `__main__` block).
 

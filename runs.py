@@ -43,7 +43,13 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     path = pathlib.Path(workdir) / CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(f"{workdir} is not a training run: it has no {CONFIG_FILE}.")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    config = json.loads(path.read_text())
+    if "model_type" in config and "tokenizer" not in config:  # Hugging Face's config.json
+        raise FileNotFoundError(
+            f"{workdir} is not a training run but a Hugging Face model directory: name it "
+            f"hf:{workdir}."
+        )
+    return ml_collections.ConfigDict(config)
 
 
 def load_results(workdir: str | os.PathLike) -> dict[str, Any] | None:

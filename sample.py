@@ -4,7 +4,7 @@ r"""Samples from a compressor's implied distribution: text, image rows or audio.
     python sample.py --compressor=lzma --mode=image --prompt_file=photo.jpg --output=out.png
     python sample.py --compressor=zstd --mode=audio --prompt_file=in.wav --num_bytes=4000 \
         --output=out.wav
-    python sample.py --compressor=lm --workdir=RUN_DIR --prompt_file=PROMPT --num_bytes=200 \
+    python sample.py --compressor=lm --model=RUN_DIR --prompt_file=PROMPT --num_bytes=200 \
         --output=OUT
 
 Modes: `text` writes the sampled bytes (without the prompt) and prints them with each byte
@@ -31,7 +31,10 @@ MODES = ("text", "image", "audio")
 def _define_flags() -> None:
     """Defines the flags (only when run as a script: tests import this module beside others)."""
     flags.DEFINE_string("compressor", "gzip", "gzip, lzma, zstd, bzip2, brotli or lm.")
-    flags.DEFINE_string("workdir", "", "Training run directory, for --compressor=lm.")
+    flags.DEFINE_string("model", "", "The model of --compressor=lm: RUN_DIR, a byte-level run.")
+    import cli
+
+    cli.retired_flag("workdir", "--model=RUN_DIR")
     flags.DEFINE_string("prompt_file", None, "Prompt: bytes, an image or a WAV.")
     flags.DEFINE_integer("num_bytes", 200, "Bytes (audio: samples) to sample.")
     flags.DEFINE_integer("seed", 0, "Random seed; equal seeds give equal output.")
@@ -49,7 +52,7 @@ def _define_flags() -> None:
 
 def make_sampler(
     compressor: str,
-    workdir: str = "",
+    model: str = "",
     seed: int = 0,
     temperature: float = 1.0,
     lookahead: int = 1,
@@ -60,17 +63,17 @@ def make_sampler(
     """Returns (sample_fn(context, num_bytes) -> bytes, close_fn), one seeded stream of draws.
 
     Raises:
-      ValueError: unknown compressor, lm without a workdir, lookahead > 1 with lm, bad values.
+      ValueError: unknown compressor, lm without a model, lookahead > 1 with lm, bad values.
     """
     from compressors import generative
 
     generative.check_sampling_args(0, temperature, lookahead, context_bytes)
     if compressor == "lm":
-        if not workdir:
-            raise ValueError("--compressor=lm needs --workdir=RUN_DIR (a train.py run).")
+        if not model:
+            raise ValueError("--compressor=lm needs --model=RUN_DIR (a train.py run).")
         if lookahead != 1:
             raise ValueError("--lookahead applies to classical compressors only.")
-        lm = generative.LanguageModelSampler(workdir, context_bytes)
+        lm = generative.LanguageModelSampler(model, context_bytes)
         calls = iter(range(1 << 62))  # a fresh seed per call, derived from --seed
 
         def sample_lm(context: bytes, num_bytes: int) -> bytes:
@@ -233,7 +236,7 @@ def run(
     if compressor != "lm" and compressor not in generative.GENERATIVE_COMPRESSORS:
         raise ValueError(
             f"Unknown compressor {compressor!r}: choose from "
-            f"{list(generative.GENERATIVE_COMPRESSORS)} or lm (with --workdir)."
+            f"{list(generative.GENERATIVE_COMPRESSORS)} or lm (with --model)."
         )
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
@@ -301,7 +304,7 @@ def main(argv):
         mode=FLAGS.mode,
         image_width=FLAGS.image_width,
         image_height=FLAGS.image_height,
-        workdir=FLAGS.workdir,
+        model=FLAGS.model,
         seed=FLAGS.seed,
         temperature=FLAGS.temperature,
         lookahead=FLAGS.lookahead,

@@ -10,16 +10,16 @@ lengths up to its training context (by its log-loss by default, --coded for the 
 coder writes), gzip -9 and LZMA2 with their headers counted per chunk. Image chunks are patches
 of 32 rows of L / 32 pixels (data.sources).
 
-Runs `eval_compress.evaluate` for each (dataset, L) with results in --workdir, then writes
+Runs `compressors.evaluation.evaluate` for each (dataset, L) with results in --workdir, then writes
 OUT/PREFIX.csv (dataset, modality, compressor, chunk_size, raw_rate, ...) and OUT/PREFIX.png (one
 panel per dataset, raw rate against L on a log2 axis), and prints the rates as a Markdown table.
 """
 
 import pathlib
 
-import eval_compress
 import runs
 from analysis import plots
+from compressors import evaluation
 from configs import eval as eval_config
 
 DEFAULT_LENGTHS = (64, 128, 256, 512, 1024, 2048)
@@ -76,7 +76,7 @@ def study(
             config.lm.coded = coded
             config.lm.log_loss = True
             config.lm.chunks_per_device = max(1, 8192 // length)
-            for record in eval_compress.evaluate(config, workdir):
+            for record in evaluation.evaluate(config, workdir):
                 rows.append(
                     {
                         **{k: record.get(k) for k in FIELDS},

@@ -11,7 +11,7 @@ Rows, each with compressed bytes, ratio, bits per byte, compress and decompress 
 that decompression gave back the input exactly:
 
 * `portable` and `float`: compress.py's default path and its `--noportable` one, each direction its
-  own process (`python compress.py compress|decompress --workdir=RUN IN OUT`), as a user runs it,
+  own process (`python compress.py compress|decompress --model=RUN IN OUT`), as a user runs it,
   with `--lanes` chunks coded together and JAX's persistent compilation cache off, so every process
   compiles its own programs. Start-up (Python, JAX, loading the model, compiling, and coding one
   group) is the wall time of the same command on the input's first group alone (`--lanes` chunks
@@ -153,7 +153,7 @@ def model_row(
 
     first_group = data[: lanes * runs.load_config(run).model.context_length]
     env = dict(os.environ, LMC_COMPILE_CACHE="")  # no persistent cache: each process compiles
-    common = [f"--workdir={run}", "--noprogress", "--force"]
+    common = [f"--model={run}", "--noprogress", "--force"]
     extra = [f"--lanes={lanes}"] + (["--noportable"] if path == "float" else [])
     base = [sys.executable, COMPRESS_PY]
     times, results = {"startup_bytes": len(first_group)}, {}

@@ -14,9 +14,9 @@ reached as it goes, and one that fails, times out or is skipped leaves its figur
 reason under `notes`:
 
 * `model`: trains the round-trip model (3.2M, bf16, pydocs) a few hundred steps; writes a run.
-* `compress_portable`, `compress_float`: `compress.compress_file` twice with the default
+* `compress_portable`, `compress_float`: `lm_stream.compress_file` twice with the default
   (integer) path and the float path: speed, and the two streams must be equal (`deterministic`).
-* `decompress_portable`, `decompress_float`: in another process, `compress.decompress_file`
+* `decompress_portable`, `decompress_float`: in another process, `lm_stream.decompress_file`
   twice, compared with the input byte for byte and by sha256 (`roundtrip_exact`), speed, and a
   re-encode in that process must give the same stream.
 * `attention`: cuDNN flash attention against XLA's, bf16, 3.2M: the largest log-prob difference

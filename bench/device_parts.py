@@ -169,30 +169,37 @@ def _device_memory_bytes() -> int:
     return int(stats.get("bytes_limit") or device_report.ram_bytes() or 1 << 30)
 
 
-def _coder_lanes(cfg, chunk: int, portable: bool, num_chunks: int) -> int:
+def _net(cfg, path: str):
+    """The coder's model on a coding path: 'portable' (the integer twin) or 'float'."""
+    from models import coding_model
+
+    if path == "portable":
+        return coding_model.IntegerTransformer(cfg)
+    return coding_model.FloatTransformer(cfg)
+
+
+def _coder_lanes(net, chunk: int, num_chunks: int) -> int:
     """The coder's default lanes for this device (`lm_coder.default_lanes`: from its memory),
     at most the chunks there are."""
     from models import lm_coder
 
-    return int(max(1, min(num_chunks, lm_coder.default_lanes(cfg, chunk, portable))))
+    return int(max(1, min(num_chunks, lm_coder.default_lanes(net, chunk))))
 
 
-def _kv_traffic(cfg, chunk: int, portable: bool) -> dict:
+def _kv_traffic(net, chunk: int) -> dict:
     """What one chunk's coding reads from the KV cache: positions summed over its steps (each
     block of steps reads the cache up to the block's end) and bytes per position (all layers,
     keys and values, from the cache the coder allocates)."""
     import jax
 
-    from models import integer, lm_coder, transformer
-
-    blocks = lm_coder.CoderShape(1, chunk, portable=portable).attention_blocks
+    cfg = net.config
+    blocks = net.attention_blocks(chunk)
     block_len = -(-chunk // blocks)
     positions = sum(
         (min(chunk, first + block_len) - first) * min(chunk, first + block_len)
         for first in range(0, chunk, block_len)
     )
-    init = integer.init_cache if portable else transformer.init_cache
-    cache = jax.eval_shape(lambda: init(cfg, 1, chunk))
+    cache = jax.eval_shape(lambda: net.init_cache(None, 1, chunk, ""))
     leaves = jax.tree_util.tree_leaves(cache)
     per_position = sum(x.size * x.dtype.itemsize for x in leaves) / chunk
     return {
@@ -223,15 +230,16 @@ def _same_file(a: str, b: str) -> bool:
 def part_compress(ctx: part_runner.Context, path: str) -> dict:
     """compress_file twice with one path: the second call is timed, and its stream must equal
     the first's."""
-    import compress
+    from compressors import lm_stream
 
     run, portable = _ensure_run(ctx), path == "portable"
     cfg = _run_model_config(run)
     src = _input_file(ctx, cfg.context_length)
     num_chunks = -(-os.path.getsize(src) // cfg.context_length)
-    lanes = _coder_lanes(cfg, cfg.context_length, portable, num_chunks)
-    ctx.report("lanes chosen", lanes=lanes, **_kv_traffic(cfg, cfg.context_length, portable))
-    first = compress.compress_file(run, src, _stream(ctx, path, "a"), lanes, portable=portable)
+    net = _net(cfg, path)
+    lanes = _coder_lanes(net, cfg.context_length, num_chunks)
+    ctx.report("lanes chosen", lanes=lanes, **_kv_traffic(net, cfg.context_length))
+    first = lm_stream.compress_file(run, src, _stream(ctx, path, "a"), lanes, portable=portable)
     ctx.report(
         "first encode (compile included)",
         first_seconds=first["seconds"],
@@ -243,7 +251,7 @@ def part_compress(ctx: part_runner.Context, path: str) -> dict:
         raw_chunks=first["raw_chunks"],
         input_sha256=_sha256(src),
     )
-    second = compress.compress_file(run, src, _stream(ctx, path, "b"), lanes, portable=portable)
+    second = lm_stream.compress_file(run, src, _stream(ctx, path, "b"), lanes, portable=portable)
     same = _same_file(_stream(ctx, path, "a"), _stream(ctx, path, "b"))
     values = {
         "mb_per_s": second["mb_per_s"],
@@ -260,8 +268,8 @@ def part_decompress(ctx: part_runner.Context, path: str) -> dict:
     """decompress_file in this process (not the compressing one), twice (the second timed),
     each output compared with the input byte for byte and by sha256; then a re-encode here
     must give the compressing process's stream."""
-    import compress
     from coding import container, range_coder
+    from compressors import lm_stream
 
     stream, run = _stream(ctx, path, "a"), os.path.join(ctx.work, "run")
     if not os.path.exists(stream):
@@ -273,7 +281,7 @@ def part_decompress(ctx: part_runner.Context, path: str) -> dict:
             return _with_note(ctx, values, "no time for a second (timed) decode")
         out = os.path.join(ctx.work, f"restored_{path}_{which}")
         try:
-            result = compress.decompress_file(run, stream, out, force=True)
+            result = lm_stream.decompress_file(run, stream, out, force=True)
         except (container.FormatError, range_coder.CorruptStreamError) as e:
             return {"exact": False, "error": f"{type(e).__name__}: {e}"}
         values["exact"] = values.get("exact", True) and _same_file(src, out)
@@ -288,7 +296,7 @@ def part_decompress(ctx: part_runner.Context, path: str) -> dict:
         with open(stream, "rb") as f:
             lanes = container.ContainerReader(f).header.group_chunks
         again = _stream(ctx, path, "c")
-        compress.compress_file(run, src, again, lanes, portable=path == "portable", force=True)
+        lm_stream.compress_file(run, src, again, lanes, portable=path == "portable", force=True)
         values["reencode_identical"] = _same_file(stream, again)
     return values
 
@@ -417,7 +425,7 @@ def part_eval(ctx: part_runner.Context) -> dict:
     # the device's memory, at most max_rows.
     per_row = chunk * (40 * cfg.width + 12 * cfg.vocab_size)
     rows = int(max(1, min(s.max_rows, _device_memory_bytes() // 8 // per_row)))
-    lanes = _coder_lanes(cfg, chunk, False, lm_coder.MAX_LANES)
+    lanes = _coder_lanes(_net(cfg, "float"), chunk, lm_coder.MAX_LANES)
     lm = language_model.LanguageModelCompressor(run, chunks_per_device=rows, lanes=lanes)
     chunks = _corpus_chunks(chunk)
     block = rows * len(lm.devices)
@@ -426,7 +434,7 @@ def part_eval(ctx: part_runner.Context) -> dict:
     ctx.report("log-loss timed", rows=rows, log_loss_mb_per_s=n * chunk / 1e6 / seconds)
     lm.code(chunks(lanes), chunk)  # compile
     n, seconds = _timed_passes(lambda: len(lm.code(chunks(lanes), chunk)[0]), s.timed_s, ctx)
-    traffic = _kv_traffic(lm.model_cfg, chunk, False)
+    traffic = _kv_traffic(_net(lm.model_cfg, "float"), chunk)
     flops = 2 * lm.num_params + 2 * cfg.num_layers * chunk * cfg.width
     return {
         "lanes": lanes,

@@ -13,10 +13,10 @@ One warm-up call on the first blocks compiles the programs and is not timed. Wit
 model is `--size`'s preset with randomly initialised weights, written to a temporary run
 (throughput does not depend on the weights' values).
 
-Classical compressors: `eval_compress.evaluate` for each one alone, chunked over `--workers`
-processes and, separately, unchunked (one stream), timed by the wall clock (worker start-up
-included: use a dataset of some MB); `compute_mb_per_s` divides by the summed compression time
-instead, one core's speed.
+Classical compressors: `compressors.evaluation.evaluate` for each one alone, chunked over
+`--workers` processes and, separately, unchunked (one stream), timed by the wall clock (worker
+start-up included: use a dataset of some MB); `compute_mb_per_s` divides by the summed
+compression time instead, one core's speed.
 
 Prints one JSON line per measurement and a table; `--out` appends the JSON lines to a file.
 """
@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging  # noqa: E402
 
-import eval_compress  # noqa: E402
+from compressors import evaluation  # noqa: E402
 from configs import eval as eval_config  # noqa: E402
 from data import sources  # noqa: E402
 
@@ -149,7 +149,7 @@ def bench_classical() -> list[dict]:
             )
             with tempfile.TemporaryDirectory() as out:
                 start = time.perf_counter()
-                (record,) = eval_compress.evaluate(config, out)
+                (record,) = evaluation.evaluate(config, out)
                 seconds = time.perf_counter() - start
             results.append(
                 {

@@ -31,23 +31,26 @@ _LANES = flags.DEFINE_integer("lanes", 16, "Chunks coded together.")
 _PATHS = flags.DEFINE_list("paths", [], "Coding paths to measure (default all).")
 _OUT = flags.DEFINE_string("out", "", "Append JSON lines here too.")
 
-PATHS = {
-    "float, 1 table": {"low_bits": 0},
-    "float, 2 nibbles": {"low_bits": 4},
-    "float, bf16 cache": {"kv_dtype": "bfloat16"},
-    "float, int8 cache": {"kv_dtype": "int8"},
-    "integer (portable)": {"portable": True},
+PATHS = {  # the coder's shape options, and whether the model's integer twin codes
+    "float, 1 table": ({"low_bits": 0}, False),
+    "float, 2 nibbles": ({"low_bits": 4}, False),
+    "float, bf16 cache": ({"kv_dtype": "bfloat16"}, False),
+    "float, int8 cache": ({"kv_dtype": "int8"}, False),
+    "integer (portable)": ({}, True),
 }
 
 
-def measure(model_cfg, params, chunks: list[bytes], path: str) -> dict:
-    """Per-chunk overheads of one coding path over `chunks` (see the module docstring)."""
+def measure(model, chunks: list[bytes], path: str) -> dict:
+    """Per-chunk overheads of one coding path over `chunks` (see the module docstring), for a
+    `models.coding_model.CodingModel`."""
     from coding import container
     from models import lm_coder
 
-    size = model_cfg.context_length
-    shape = lm_coder.CoderShape(_LANES.value, size, **PATHS[path])
-    coder = lm_coder.LMCoder(model_cfg, params, shape)
+    options, portable = PATHS[path]
+    model = model.exact() if portable else model
+    size = model.net.context_length
+    shape = lm_coder.CoderShape(_LANES.value, size, **options)
+    coder = lm_coder.LMCoder(model.net, model.params, shape)
     coded = list(coder.encode_chunks(chunks))
     file = io.BytesIO()
     writer = container.ContainerWriter(file, bytes(300), size, sum(map(len, chunks)), shape.lanes)
@@ -73,17 +76,18 @@ def measure(model_cfg, params, chunks: list[bytes], path: str) -> dict:
 
 def main(argv):
     del argv
-    from compressors import language_model
+    from compressors import language_model, model_names
     from data import sources
 
     lm = language_model.LanguageModelCompressor(_RUN.value)
+    model = model_names.load(_RUN.value)
     size = lm.model_cfg.context_length
     rows = []
     for dataset in _DATASETS.value:
         chunks = list(sources.get_source(dataset).chunks(_CHUNKS.value, size))
         log_loss_bits = float(lm.log_loss(chunks, size).sum())
         for path in _PATHS.value or PATHS:
-            row = {"dataset": dataset, **measure(lm.model_cfg, lm.params, chunks, path)}
+            row = {"dataset": dataset, **measure(model, chunks, path)}
             n = row["chunks"]
             row["log_loss_bits"] = log_loss_bits
             row["quantisation_bytes_per_chunk"] = (row["table_bits"] - log_loss_bits) / 8 / n

@@ -37,9 +37,6 @@ import numpy as np
 
 from compressors import classical
 
-LM_PREFIX = "lm:"
-HF_PREFIX = "hf:"
-MODEL_PREFIXES = (LM_PREFIX, HF_PREFIX)
 COMPRESSORS: dict[str, Callable] = dict(classical.CLASSICAL)
 
 
@@ -59,9 +56,22 @@ COMPRESSORS["lm"] = _lm
 COMPRESSORS["hf"] = _hf
 
 
-def is_model(name: str) -> bool:
-    """Whether a compressor name is a model (`lm:RUN_DIR` or `hf:PATH`)."""
-    return name.startswith(MODEL_PREFIXES)
+def model_compressor(name: str) -> type:
+    """The compressor class of a model entry (`lm:RUN_DIR` or `hf:PATH`), by its kind
+    (`model_names.parse`): what the evaluator asks of a model is the class's (its `NAME` in
+    `COMPRESSORS`, `options`, `check`, `identity`, `COUNTS`, `record_fields`). Imports JAX.
+
+    Raises:
+      ValueError: a prefix without its path.
+    """
+    from compressors import language_model, model_names, pretrained_model
+
+    kind, _ = model_names.parse(name)
+    classes = {
+        "run": language_model.LanguageModelCompressor,
+        "hf": pretrained_model.PretrainedCompressor,
+    }
+    return classes[kind]
 
 
 def parse_names(spec: str) -> list[str]:
@@ -74,12 +84,13 @@ def parse_names(spec: str) -> list[str]:
     if not names:
         raise ValueError("No compressors given: e.g. --config.compressors=gzip,lzma,lm:RUN_DIR.")
     for name in names:
-        if is_model(name):
-            if not name.split(":", 1)[1]:
-                if name.startswith(LM_PREFIX):
-                    raise ValueError("lm needs a training run: lm:RUN_DIR.")
-                raise ValueError("hf needs a model directory: hf:PATH.")
-        elif name not in classical.CLASSICAL:
+        if name in classical.CLASSICAL:
+            continue
+        from compressors import model_names  # imports JAX: not for classical names
+
+        if model_names.is_model(name):
+            model_names.parse(name)  # a prefix without its path fails, naming what it needs
+        else:
             raise ValueError(
                 f"Unknown compressor {name!r}: choose from {list(classical.CLASSICAL)}, "
                 "lm:RUN_DIR (a train.py workdir) or hf:PATH (a Hugging Face model directory)."

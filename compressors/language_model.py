@@ -10,7 +10,7 @@ others, as in the paper):
   coder's flush included; no container header). With `verify=True` every group is decoded back
   and compared with its input (`LMCoder.encode_chunks`).
 
-`rate` runs either or both over a dataset and times them; eval_compress.py turns that into
+`rate` runs either or both over a dataset and times them; `compressors.evaluation` turns that into
 records.
 
 Exactness across devices. The coder's integer tables must be bit-identical between encoder and
@@ -22,7 +22,7 @@ while it runs). The coded bytes therefore equal the single-device run's (tested 
 devices), and each group is verified on the device that coded it.
 
 Multi-host: this class uses the local devices only; the caller gives each host its share of the
-chunks and sums the totals across hosts (eval_compress.py).
+chunks and sums the totals across hosts (`compressors.evaluation`).
 """
 
 import collections
@@ -42,15 +42,48 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import runs
+from compressors import model_names
 from data import sources
-from models import lm_coder, transformer
-from training import checkpoints
+from models import coding_model, lm_coder, transformer
 
 VerificationError = lm_coder.VerificationError
 
 
 class RatedModel:
-    """A model compressor's `rate`: its subclasses give the two passes (`_passes`)."""
+    """A model compressor's `rate`, and what the evaluator (`compressors.evaluation`) asks of a
+    model entry: each kind's subclass gives the two passes (`_passes`) and its own answers.
+
+    Attributes:
+      NAME: its key in `compressors.COMPRESSORS`.
+      COUNTS: what `rate` reports beyond bits and bytes, summed over hosts into a record.
+    """
+
+    NAME: str = ""
+    COUNTS: tuple[str, ...] = ()
+
+    @classmethod
+    def options(cls, config) -> dict:
+        """The constructor's keyword arguments from an eval config (configs/eval.py)."""
+        raise NotImplementedError
+
+    @classmethod
+    def check(cls, config, name: str) -> None:
+        """Fails before any work when model `name` cannot rate `config`'s chunks (reads no
+        weights)."""
+        raise NotImplementedError
+
+    @classmethod
+    def identity(cls, config, name: str, load: Callable[[], "RatedModel"]) -> dict:
+        """The fields that say what a record of model `name` rates under `config` beyond its
+        data: its fingerprint and every setting that changes its figures, as resolved (the
+        lanes and dtype a default stands for). `load()` builds the compressor (once); it is
+        called only where the parameters are needed."""
+        raise NotImplementedError
+
+    def record_fields(self, counts: dict, coded: bool) -> dict:
+        """This model's own fields of its record, from `COUNTS` summed over hosts; `coded`:
+        whether the coded pass ran."""
+        raise NotImplementedError
 
     def _passes(self, chunks, chunk_size: int, verify: bool, prefetch: int):
         """(log-loss pass, coded pass): functions of a progress updater returning results."""
@@ -102,7 +135,8 @@ class LanguageModelCompressor(RatedModel):
       workdir: a train.py run directory.
       step: checkpoint step; None for the newest.
       chunks_per_device: rows per device in each forward pass of `log_loss`.
-      lanes: chunks per coder group (per device) in `code`.
+      lanes: chunks per coder group (per device) in `code`; 0: as many as the device's memory
+        holds (`lm_coder.default_lanes`, 64 on a CPU).
       devices: devices to use; default all local devices.
       dtype: compute dtype to use instead of the run's ('' keeps it), e.g. 'bfloat16'.
       attention: attention implementation instead of the run's ('' keeps it): 'xla', 'cudnn'.
@@ -114,6 +148,8 @@ class LanguageModelCompressor(RatedModel):
       FileNotFoundError: not a run, or no checkpoint.
       ValueError: the run's tokenizer is not byte-level, or bad sizes.
     """
+
+    NAME = "lm"
 
     def __init__(
         self,
@@ -128,28 +164,28 @@ class LanguageModelCompressor(RatedModel):
         attention_blocks: int = 0,
         portable: bool = False,
     ):
-        if chunks_per_device < 1 or lanes < 1:
-            raise ValueError(f"chunks_per_device={chunks_per_device}, lanes={lanes}: need >= 1.")
+        if chunks_per_device < 1 or lanes < 0:
+            raise ValueError(
+                f"chunks_per_device={chunks_per_device} must be >= 1, lanes={lanes} >= 0."
+            )
         config = runs.load_config(workdir)
         if config.tokenizer != "bytes":  # chunks are rated byte by byte, as in the paper
             raise ValueError(
                 f"{workdir} uses the {config.tokenizer} tokenizer: eval_compress rates "
                 "byte-level runs (tokenizer 'bytes') only."
             )
-        model_cfg, params, self.step = checkpoints.restore_params(workdir, step)
-        self.model_cfg = dataclasses.replace(
-            model_cfg,
-            dtype=dtype or model_cfg.dtype,
-            attention=attention or model_cfg.attention,
-        )
+        model = model_names.load(os.fspath(workdir), step=step, dtype=dtype)
+        if attention:
+            net_config = dataclasses.replace(model.net.config, attention=attention)
+            model.net = coding_model.FloatTransformer(net_config)
+        self.model_cfg, params, self.step = model.net.config, model.params, model.step
         self.workdir = str(workdir)
         self.size = config.get("size", "")
-        self.num_params = transformer.num_params(params)
+        self.num_params = model.num_params
         self.chunks_per_device, self.lanes = chunks_per_device, lanes
-        # Only passed when set, so the coder's own default (and older coders) keep working.
-        self._shape_options = {"attention_blocks": attention_blocks} if attention_blocks else {}
-        if portable:
-            self._shape_options["portable"] = True
+        self.attention_blocks = attention_blocks
+        # The coder's model: the float one, or its integer twin (compress.py's default).
+        self.coding = model.exact() if portable else model
         self.devices = list(devices or jax.local_devices())
         self.params = params
         self._mesh = jax.sharding.Mesh(np.array(self.devices), ("data",))
@@ -160,6 +196,61 @@ class LanguageModelCompressor(RatedModel):
             self._chunk_bits_fn, in_shardings=(replicated, split, split), out_shardings=split
         )
         self._coders: dict[tuple[int, int], lm_coder.LMCoder] = {}
+
+    @classmethod
+    def options(cls, config) -> dict:
+        lm = config.lm
+        return dict(
+            step=None if lm.step < 0 else lm.step,
+            chunks_per_device=lm.chunks_per_device,
+            lanes=lm.lanes,
+            dtype=config.dtype,
+            attention=lm.attention,
+            attention_blocks=lm.attention_blocks,
+            portable=lm.portable,
+        )
+
+    @classmethod
+    def check(cls, config, name: str) -> None:
+        """The run's config exists and its context holds `config.chunk_size` bytes."""
+        context = runs.load_config(model_names.parse(name)[1]).model.context_length
+        if config.chunk_size > context:
+            raise ValueError(
+                f"{name}: chunks of {config.chunk_size} bytes do not fit the model's context of "
+                f"{context}: use --config.chunk_size={context} (or less) for it."
+            )
+
+    @classmethod
+    def identity(cls, config, name: str, load: Callable[[], RatedModel]) -> dict:
+        """The checkpoint's step and fingerprint (of its loaded parameters, as compress.py's
+        streams name it), dtype and attention; on the float coded path the coder's lanes and
+        attention blocks too (the integer path codes the same bytes whatever its shape)."""
+        from compressors import fingerprints
+
+        lm = load()
+        float_coded = config.lm.coded and not lm.coding.net.exact  # exact: any shape, same bytes
+        return dict(
+            lanes=lm.coder_lanes(config.chunk_size) if float_coded else None,
+            attention_blocks=config.lm.attention_blocks if float_coded else None,
+            model_sha256=fingerprints.run_fingerprint(lm.workdir, lm.step, lm.params)[1],
+            lm_step=lm.step,
+            dtype=lm.model_cfg.dtype,
+            attention=lm.model_cfg.attention,
+            coded_path=lm.coding.path,
+        )
+
+    def record_fields(self, counts: dict, coded: bool) -> dict:
+        return dict(
+            coded_path=self.coding.path,
+            lm_workdir=self.workdir,
+            lm_size=self.size,
+            lm_step=self.step,
+        )
+
+    def coder_lanes(self, chunk_size: int) -> int:
+        """Chunks per coder group for chunks of `chunk_size` bytes: `lanes`, or for 0 as many as
+        the device's memory holds (`lm_coder.default_lanes`, as compress.py's `--lanes=0`)."""
+        return self.lanes or lm_coder.default_lanes(self.coding.net, chunk_size)
 
     def _check_chunk_size(self, chunk_size: int) -> None:
         context = self.model_cfg.context_length
@@ -214,11 +305,10 @@ class LanguageModelCompressor(RatedModel):
         self._check_chunk_size(chunk_size)
         key = (chunk_size, device_index)
         if key not in self._coders:
-            shape = lm_coder.CoderShape(
-                lanes=self.lanes, chunk_tokens=chunk_size, **self._shape_options
-            )
-            params = jax.device_put(self.params, self.devices[device_index])
-            self._coders[key] = lm_coder.LMCoder(self.model_cfg, params, shape)
+            blocks = {"attention_blocks": self.attention_blocks} if self.attention_blocks else {}
+            shape = lm_coder.CoderShape(self.coder_lanes(chunk_size), chunk_size, **blocks)
+            params = jax.device_put(self.coding.params, self.devices[device_index])
+            self._coders[key] = lm_coder.LMCoder(self.coding.net, params, shape)
         return self._coders[key]
 
     def code(
@@ -245,7 +335,8 @@ class LanguageModelCompressor(RatedModel):
             if progress:
                 progress(num_bytes)
 
-        batches = sources.prefetch(itertools.batched(chunks, self.lanes), prefetch)
+        lanes = self.coder(chunk_size, 0).shape.lanes
+        batches = sources.prefetch(itertools.batched(chunks, lanes), prefetch)
         try:
             first = 0
             for g, batch in enumerate(batches):

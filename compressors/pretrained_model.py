@@ -39,6 +39,7 @@ import functools
 import itertools
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
@@ -46,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from compressors import language_model
+from compressors import language_model, model_names
 from data import pretrained_tokenizers as tokenizers
 from data import sources
 from models import lm_coder, pretrained
@@ -101,12 +102,13 @@ class PretrainedCompressor(language_model.RatedModel):
     Args:
       model_dir: config.json, *.safetensors and tokenizer.json or tokenizer.model.
       top_k: k of the paper's top-k coding; 0 codes under the whole vocabulary.
-      dtype: 'float32' or 'bfloat16' (parameters and compute).
+      dtype: 'float32' or 'bfloat16' (parameters and compute); '' is float32.
       rows: pieces per forward pass of `log_loss`.
-      lanes: pieces per coder group of `code`.
+      lanes: pieces per coder group of `code`; 0: as many as the device's memory holds
+        (`lm_coder.default_lanes` for pieces of `max_tokens`, 64 on a CPU).
       max_tokens: tokens per piece; 0: the model's context.
       attention_blocks: the coder's (`models.lm_coder.CoderShape`); 0: by its length
-        (`lm_coder.auto_attention_blocks`).
+        (`PretrainedNet.attention_blocks`).
       shard: split the parameters over the local devices (None: only when they do not fit one).
 
     Raises:
@@ -114,6 +116,12 @@ class PretrainedCompressor(language_model.RatedModel):
       ValueError: unsupported architecture, tokenizer and model that do not belong together,
         bad sizes.
     """
+
+    NAME = "hf"
+    COUNTS = (
+        "tokens", "pieces", "split_chunks", "escapes", "table_bits",
+        "utf8_chunks", "latin1_chunks", "byte_tokens_chunks", "raw_chunks",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -127,16 +135,19 @@ class PretrainedCompressor(language_model.RatedModel):
         attention_blocks: int = 0,
         shard: bool | None = None,
     ):
-        if rows < 1 or lanes < 1 or top_k < 0 or max_tokens < 0:
+        if rows < 1 or lanes < 0 or top_k < 0 or max_tokens < 0:
             raise ValueError(
-                f"rows={rows}, lanes={lanes} must be >= 1; top_k={top_k}, "
+                f"rows={rows} must be >= 1; lanes={lanes}, top_k={top_k}, "
                 f"max_tokens={max_tokens} >= 0."
             )
         check_model_dir(model_dir)
         self.model_dir = str(model_dir)
         self.tokenizer = tokenizers.load_tokenizer(model_dir)
         self.model, self.params = pretrained.load(
-            model_dir, start_token=self.tokenizer.bos_token_id, dtype=dtype, shard=shard
+            model_dir,
+            start_token=self.tokenizer.bos_token_id,
+            dtype=dtype or "float32",
+            shard=shard,
         )
         self.tokenizer.check_model_vocab(self.model.vocab_size)
         context = self.model.context_length
@@ -145,11 +156,73 @@ class PretrainedCompressor(language_model.RatedModel):
         self.max_tokens = max_tokens or context
         if top_k > self.model.vocab_size:
             raise ValueError(f"top_k={top_k} exceeds the vocabulary of {self.model.vocab_size}.")
-        self.top_k, self.rows, self.lanes = top_k, rows, lanes
+        self.top_k, self.rows = top_k, rows
+        self.lanes = lanes or lm_coder.default_lanes(self.model, self.max_tokens)
         self.attention_blocks = attention_blocks
         self.num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(self.params))
         self.devices = list(jax.local_devices())
         self._coders: dict[int, lm_coder.LMCoder] = {}
+
+    @classmethod
+    def options(cls, config) -> dict:
+        hf = config.hf
+        return dict(
+            top_k=hf.top_k,
+            dtype=config.dtype,
+            rows=config.lm.chunks_per_device,
+            lanes=config.lm.lanes,
+            max_tokens=hf.max_tokens,
+            attention_blocks=hf.attention_blocks,
+        )
+
+    @classmethod
+    def check(cls, config, name: str) -> None:
+        """The directory holds a supported config, its weights and a tokenizer."""
+        check_model_dir(model_names.parse(name)[1])
+
+    @classmethod
+    def identity(cls, config, name: str, load: Callable) -> dict:
+        """The checkpoint's files' fingerprint, dtype, top_k, tokens per piece and on the coded
+        path the coder's lanes and attention blocks, all without loading the model (`load` is
+        not called)."""
+        from compressors import fingerprints
+
+        path = model_names.parse(name)[1]
+        dtype = config.dtype or "float32"
+        model_config = pretrained.read_config(path, dtype)
+        max_tokens = config.hf.max_tokens or model_config.context_length
+        coded = config.lm.coded
+        lanes = config.lm.lanes or lm_coder.default_lanes(
+            pretrained.PretrainedNet(model_config, None), max_tokens
+        )  # as the constructor resolves them
+        return dict(
+            lanes=lanes if coded else None,
+            attention_blocks=config.hf.attention_blocks if coded else None,
+            model_sha256=fingerprints.hf_fingerprint(path),
+            dtype=dtype,
+            top_k=config.hf.top_k,
+            max_tokens=max_tokens,
+        )
+
+    def record_fields(self, counts: dict, coded: bool) -> dict:
+        """The counts, the checkpoint and its settings; prints a note when chunks were split."""
+        fields = {k: int(v) for k, v in counts.items() if k != "table_bits"}
+        fields.update(
+            coded_path="float",
+            hf_path=self.model_dir,
+            model_type=self.model.config.model_type,
+            top_k=self.top_k,
+            max_tokens=self.max_tokens,
+            table_bytes=counts["table_bits"] / 8 if coded else None,
+        )
+        if fields["split_chunks"]:
+            print(
+                f"Note: hf:{self.model_dir}: {fields['split_chunks']} chunks had more than "
+                f"{self.max_tokens} tokens (the model's context) and were coded as consecutive "
+                "pieces, each after its own start token (recorded as split_chunks).",
+                file=sys.stderr,
+            )
+        return fields
 
     def tokenize(self, chunk: bytes) -> Tokenized:
         """A chunk's tokens, split into pieces of at most `max_tokens` (step 1 and 3)."""
@@ -198,7 +271,7 @@ class PretrainedCompressor(language_model.RatedModel):
                 lanes=self.lanes,
                 chunk_tokens=chunk_tokens,
                 attention_blocks=min(
-                    self.attention_blocks or lm_coder.auto_attention_blocks(chunk_tokens, True),
+                    self.attention_blocks or self.model.attention_blocks(chunk_tokens),
                     chunk_tokens,
                 ),
                 top_k=self.top_k,
@@ -251,7 +324,7 @@ class PretrainedCompressor(language_model.RatedModel):
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def _piece_bits(model: pretrained.CodingModel, params, tokens, lengths):
+def _piece_bits(model: pretrained.PretrainedNet, params, tokens, lengths):
     """Sum of -log2 p over each row's first `lengths` tokens: float32 [rows]."""
     log_probs = model.apply(params, tokens)
     nll = -jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]

@@ -40,6 +40,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.progress = True
     c.distributed = False  # call jax.distributed.initialize() (multi-host).
     c.overwrite = False  # rate again even records WORKDIR holds of the same data, model, settings
+    c.dtype = ""  # models' compute dtype: 'float32' or 'bfloat16'; '' keeps the model's own
+    # (a run's; float32 for hf:PATH). 'bfloat16' is faster on a GPU.
 
     c.data = ml_collections.ConfigDict()
     c.data.path = ""  # a local enwik8/enwik9 file for the enwik datasets.
@@ -52,8 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.lm = ml_collections.ConfigDict()
     c.lm.step = -1  # checkpoint step; -1: the newest.
     c.lm.chunks_per_device = 8  # rows per device per forward pass (log-loss path).
-    c.lm.lanes = 16  # chunks per coder group on each device (coded path).
-    c.lm.dtype = ""  # compute dtype; '' keeps the run's ('bfloat16' is faster on a GPU).
+    c.lm.lanes = 0  # chunks per coder group on each device (coded path); 0: as many as the
+    # device's memory holds (64 on a CPU), as compress.py's --lanes=0.
+    c.lm.dtype = ml_collections.config_dict.placeholder(str)  # moved: --config.dtype
     c.lm.attention = ""  # '' keeps the run's; 'cudnn' forces flash attention on a GPU.
     c.lm.attention_blocks = 0  # the coder's attention blocks (models.lm_coder); 0: its default.
     c.lm.log_loss = True  # rate by the model's log-loss (parallel pass).
@@ -62,11 +65,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.lm.portable = False  # code with the integer-only model (compress.py's default) instead.
     c.lm.prefetch = 4  # blocks loaded ahead by a background thread.
 
-    # hf:PATH entries (compressors/pretrained_model.py); lm.log_loss, coded, verify, lanes,
-    # chunks_per_device (rows of the log-loss pass) and prefetch apply to them too.
+    # hf:PATH entries (compressors/pretrained_model.py); dtype and lm.log_loss, coded, verify,
+    # lanes, chunks_per_device (rows of the log-loss pass) and prefetch apply to them too.
     c.hf = ml_collections.ConfigDict()
     c.hf.top_k = 100  # the paper's top-k coding with an escape; 0: the whole vocabulary, exact.
-    c.hf.dtype = "float32"  # or 'bfloat16' (parameters and compute).
+    c.hf.dtype = ml_collections.config_dict.placeholder(str)  # moved: --config.dtype
     c.hf.max_tokens = 0  # tokens per piece of a chunk; 0: the model's context (longer: split).
     c.hf.attention_blocks = 0  # the coder's attention blocks (each compiles once); 0: auto.
     return c.lock()

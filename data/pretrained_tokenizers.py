@@ -10,7 +10,7 @@ BOS (`PretrainedTokenizer.bos_token_id`): config.json's `bos_token_id`, else
 tokenizer_config.json's `bos_token` looked up in the vocabulary, else None. GPT-2's is
 `<|endoftext|>` (50256). With None the model has no start token and the first token of a
 sequence is coded under a uniform distribution over the model's vocabulary
-(`models.pretrained.CodingModel` with `start_token=None`).
+(`models.pretrained.PretrainedNet` with `start_token=None`).
 
 Byte protocol, per chunk (`encode_chunk` / `decode_chunk`; the mode is one small int per chunk
 that the container must store):

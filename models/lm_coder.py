@@ -19,13 +19,15 @@ once per attention block: one executable per coder and block) on inputs of *the 
   decoder searches the same table for it. A single `encoding` flag, an argument rather than a
   trace-time constant, selects which symbol is kept, so it cannot change the compiled program.
 
-On the portable path the tables are exact integers whatever the program, so its encoder takes them
-all from one parallel pass of the integer model (`integer.tables`, `LMCoder._parallel_intervals`)
-instead; the decoder still runs the steps, and the stream is the same byte for byte.
+A model whose tables are exact integers whatever the program (`Net.exact`: our integer model, the
+portable path) has its encoder take them all from one parallel pass (`Net.parallel`,
+`LMCoder._parallel_intervals`) instead; the decoder still runs the steps, and the stream is the
+same byte for byte.
 
-The model is our Transformer (`models.transformer`, or its integer twin on the portable path) or a
-pretrained checkpoint (`models.pretrained.CodingModel`); tokens are coded under one table, two
-factorised steps (`coding.factorized`) or the paper's top-k tables with an escape (`coding.topk`).
+The model is any `models.coding_model.Net` (our Transformer, its integer twin, a pretrained
+checkpoint); the coder never asks which. A float model's tokens are coded under one table, two
+factorised steps (`coding.factorized`) or the paper's top-k tables with an escape (`coding.topk`),
+as `coding.tables` quantises them.
 The range coder's bytes are produced after the scan by `coding.range_coder.encode_jax_core` from the
 recorded intervals; decoding reads them inside the scan, one step per token, on the device, without
 a host round trip. Each chunk's payload is its coded bytes, about 0.3 bytes above the model's ideal
@@ -36,7 +38,6 @@ import dataclasses
 import functools
 import hashlib
 import itertools
-import math
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -44,8 +45,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coding import factorized, quantize, range_coder, topk
-from models import integer, pretrained, transformer
+from coding import range_coder
+from coding import tables as coding_tables
+from models import transformer
 
 MAX_LANES = 1 << 16
 MAX_ATTENTION_BLOCKS = 16  # each block is a scan of its own: compile time grows with them
@@ -54,7 +56,7 @@ CPU_PARALLEL_BYTES = 1 << 30  # the portable encoder's parallel pass, per call, 
 
 @dataclasses.dataclass(frozen=True)
 class CoderShape:
-    """What fixes the compiled program: part of the stream format.
+    """What fixes the compiled program besides the model: part of the stream format.
 
     Attributes:
       lanes: chunks coded together in one group.
@@ -66,16 +68,14 @@ class CoderShape:
         steps, its high bits then its low `k` bits (`coding.factorized`), which for bytes (k = 4:
         two 16-symbol tables) costs less: the `+1` floor every symbol needs in a table takes
         16/2**16 of the mass instead of 256/2**16 (0.03 against 0.58 bytes per 2048-byte chunk
-        of text, BENCHMARKS.md). -1 (the default) chooses: `default_low_bits` on the float path,
-        0 on the portable one (its integer model makes whole tables).
-      portable: compute the tables with the integer-only model (`models.integer`): the same on
-        every machine, device and instruction set, and whatever the lanes or blocks.
-      kv_dtype: the float path's KV cache: '' (the compute dtype), 'bfloat16' or 'int8' (half
-        or a quarter of the memory a decode step reads, which bounds a GPU's speed; what each
-        costs in bits/byte is in BENCHMARKS.md). Our own Transformers only.
+        of text, BENCHMARKS.md). -1 (the default) lets the model choose (`Net.table_spec`: the
+        cheapest by `coding.tables.default_low_bits` for float models, 0 for exact ones).
+      kv_dtype: a float Transformer's KV cache: '' (the compute dtype), 'bfloat16' or 'int8'
+        (half or a quarter of the memory a decode step reads, which bounds a GPU's speed; what
+        each costs in bits/byte is in BENCHMARKS.md).
       top_k: 0 codes every token under the whole vocabulary; k > 0 under the paper's top-k
         tables with an escape (`coding.topk`: a rank step, then the id's digits when escaped;
-        low_bits must then be 0 or -1). Float path only.
+        low_bits must then be 0 or -1). Float models only.
     """
 
     lanes: int
@@ -83,17 +83,11 @@ class CoderShape:
     precision_bits: int = 16
     attention_blocks: int = 8
     low_bits: int = -1
-    portable: bool = False
     kv_dtype: str = ""
     top_k: int = 0
 
     def check(self, context_length: int, vocab_size: int) -> None:
         """Raises ValueError unless this shape fits a model of this context and vocabulary."""
-        if self.portable and (self.low_bits or self.precision_bits != integer.PRECISION_BITS):
-            raise ValueError(
-                f"the portable path codes one table of 2**{integer.PRECISION_BITS} per token "
-                f"(precision_bits={integer.PRECISION_BITS}, low_bits=0), got {self}."
-            )
         if not 1 <= self.chunk_tokens <= context_length:
             raise ValueError(
                 f"chunk of {self.chunk_tokens} tokens does not fit the model's context of "
@@ -108,104 +102,62 @@ class CoderShape:
                 f"attention_blocks must lie in [1, {min(MAX_ATTENTION_BLOCKS, self.chunk_tokens)}]"
                 f", got {self.attention_blocks}."
             )
-        if self.kv_dtype not in transformer.KV_DTYPES or (self.portable and self.kv_dtype):
+        if self.kv_dtype not in transformer.KV_DTYPES:
             raise ValueError(f"kv_dtype must be one of {transformer.KV_DTYPES} (float path only).")
-        if self.top_k:
-            if self.portable or self.low_bits:
-                raise ValueError("top_k codes on the float path, with low_bits 0.")
-            topk.check_topk(vocab_size, self.top_k, self.precision_bits, topk.DEFAULT_DIGIT_BITS)
-        elif self.low_bits:
-            factorized.check_factorization(vocab_size, self.precision_bits, self.low_bits)
-        else:
-            quantize.check_table_shape(vocab_size, self.precision_bits)
+        spec = coding_tables.TableSpec(self.precision_bits, self.low_bits, self.top_k)
+        coding_tables.check_spec(spec, vocab_size)
+
+    def to_dict(self) -> dict:
+        """The fields as a stream's settings record them (`from_dict` reads them back)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "CoderShape":
+        """Reads `to_dict`'s fields, typed; raises KeyError, TypeError or ValueError on
+        missing or malformed ones."""
+        return cls(
+            int(fields["lanes"]),
+            int(fields["chunk_tokens"]),
+            int(fields["precision_bits"]),
+            int(fields["attention_blocks"]),
+            int(fields["low_bits"]),
+            kv_dtype=str(fields.get("kv_dtype", "")),
+            top_k=int(fields.get("top_k", 0)),
+        )
 
 
-def default_lanes(model_cfg: transformer.TransformerConfig, chunk_tokens: int, portable: bool):
+def default_lanes(net, chunk_tokens: int) -> int:
     """Lanes that fill this device: on a GPU or TPU as many as a quarter of its memory holds
     (up to 2,048: per-step launch overhead needs hundreds to thousands), on a CPU 64."""
     device = jax.local_devices()[0]
     limit = (device.memory_stats() or {}).get("bytes_limit")
     if device.platform == "cpu" or not limit:
         return 64
-    probe = LMCoder(model_cfg, None, CoderShape(1, chunk_tokens, portable=portable))
+    probe = LMCoder(net, None, CoderShape(1, chunk_tokens, attention_blocks=1))
     return int(max(1, min(2048, limit // 4 // probe.memory_bytes())))
-
-
-def floor_cost_bits(vocab_size: int, precision_bits: int = 16, low_bits: int = 0) -> float:
-    """Bits per token that the quantiser's `+1` floor costs at most: each table of n symbols
-    keeps n of its 2**precision_bits for the floor, -log2(1 - n / 2**precision_bits)."""
-    total = 1 << precision_bits
-    sizes = [vocab_size] if not low_bits else [factorized.num_groups(vocab_size, low_bits)]
-    sizes += [1 << low_bits] if low_bits else []
-    return float(sum(-math.log2(1 - n / total) for n in sizes))
-
-
-def auto_attention_blocks(chunk_tokens: int, pretrained: bool = False) -> int:
-    """Attention blocks for a chunk length: each block is one more program to compile, and
-    saves attention work and, for chunks shorter than the coder's length, whole steps. Byte
-    chunks fill their coder: one block per 256 tokens, at most 8. Pretrained tokens vary (about
-    600 for 2048 bytes of text): one per 128, at most `MAX_ATTENTION_BLOCKS`."""
-    per, most = (128, MAX_ATTENTION_BLOCKS) if pretrained else (256, MAX_ATTENTION_BLOCKS // 2)
-    return max(1, min(most, chunk_tokens // per))
-
-
-def default_low_bits(vocab_size: int, precision_bits: int = 16) -> int:
-    """The cheapest coding of a vocabulary by `floor_cost_bits`: one table (0), or two steps of
-    high and low bits (the low bits' count returned). Bytes: two nibbles (4), 0.0007 bits per
-    token against 0.0057 for one table; 32,000 ids: 8 low bits, 0.008 against 0.97."""
-    options = [0] if vocab_size <= quantize.max_vocab(precision_bits) else []
-    for low_bits in range(1, precision_bits):
-        try:
-            factorized.check_factorization(vocab_size, precision_bits, low_bits)
-        except ValueError:
-            continue
-        options.append(low_bits)
-    if not options:
-        raise ValueError(f"a vocabulary of {vocab_size} does not fit {precision_bits}-bit tables")
-    return min(options, key=lambda k: (floor_cost_bits(vocab_size, precision_bits, k), k))
 
 
 class LMCoder:
     """Encodes and decodes groups of `lanes` token chunks with one model.
 
     Args:
-      cfg: the model: our Transformer's architecture, or a `models.pretrained.CodingModel`
-        (a pretrained checkpoint's, which reads its start token first; float path only).
+      net: the model's computation (`models.coding_model.Net`: our float Transformer, its
+        integer twin, a pretrained checkpoint, or any other implementation).
       params: its parameters.
       shape: lanes, chunk length and precision (stored in the stream).
 
     Raises:
-      ValueError: a chunk longer than the model's context, or bad lanes / precision.
+      ValueError: a chunk longer than the model's context, bad lanes / precision, or tables
+        the model cannot code with.
     """
 
-    def __init__(
-        self,
-        cfg: transformer.TransformerConfig | pretrained.CodingModel,
-        params: Any,
-        shape: CoderShape,
-    ):
-        if isinstance(cfg, pretrained.CodingModel) and cfg.is_transformer:
-            cfg = cfg.config  # our own Transformer: the same program as when given directly
-        self.pretrained = isinstance(cfg, pretrained.CodingModel)
-        if self.pretrained and (shape.portable or shape.kv_dtype):
-            raise ValueError(
-                "pretrained models code on the float path, their KV cache in their own dtype "
-                "(no portable path, no kv_dtype)."
-            )
-        if shape.portable and params is not None and not isinstance(params, integer.IntegerParams):
-            params = integer.quantize_params(cfg, params)
-        if shape.low_bits < 0:
-            auto = shape.portable or shape.top_k
-            low_bits = 0 if auto else default_low_bits(cfg.vocab_size, shape.precision_bits)
-            shape = dataclasses.replace(shape, low_bits=low_bits)
-        shape.check(cfg.context_length, cfg.vocab_size)
-        self.cfg, self.params, self.shape = cfg, params, shape
-        self.factorized = shape.low_bits > 0
-        if shape.top_k:
-            self.steps_per_token = topk.steps_per_token(cfg.vocab_size)
-        else:
-            self.steps_per_token = factorized.STEPS_PER_TOKEN if self.factorized else 1
-        self._model = None if self.pretrained else transformer.Transformer(cfg)
+    def __init__(self, net, params: Any, shape: CoderShape):
+        spec = net.table_spec(shape.precision_bits, shape.low_bits, shape.top_k, shape.kv_dtype)
+        shape = dataclasses.replace(shape, low_bits=spec.low_bits)
+        shape.check(net.context_length, net.vocab_size)
+        self.net, self.params, self.shape, self.spec = net, params, shape, spec
+        self.factorized = spec.low_bits > 0
+        self.steps_per_token = spec.steps_per_token(net.vocab_size)
 
     @property
     def capacity_bytes(self) -> int:
@@ -217,105 +169,15 @@ class LMCoder:
         """About the most one group takes on the device (a stream's lanes cost its decoder this
         much; see README). Per lane, measured against XLA's own accounting of the block program
         (`tests/lm_coder_test.py`): the carry twice (a block's call returns a new one while its
-        argument lives: the KV cache and the coder's stream), every layer's keys and values
-        widened to 32 bits at the query heads' width as attention reads them, the recorded
-        intervals twice (as scanned, then in coding order), a layer's attention weights, and a
-        step's vectors over the vocabulary and the model's widths."""
-        c, s = self.cfg, self.shape
-        if self.pretrained:
-            p = c.config
-            layers, heads, vocab = p.num_layers, p.num_heads, p.vocab_size
-            itemsize = jnp.dtype(p.dtype).itemsize
-            position = p.num_kv_heads * p.head_dim * itemsize
-            query_width, hidden = p.num_heads * p.head_dim, max(p.hidden_size, p.intermediate_size)
-        else:
-            layers, heads, vocab = c.num_layers, c.num_heads, c.vocab_size
-            kv = "int16" if s.portable else s.kv_dtype or str(transformer.compute_dtype(c.dtype))
-            position = c.width * (1 if kv == "int8" else jnp.dtype(kv).itemsize)
-            if s.portable or kv == "int8":
-                position += heads * 4  # an int32 exponent or float32 scale per head
-            query_width, hidden = c.width, c.width * c.mlp_ratio
-        length, steps = s.chunk_tokens, s.chunk_tokens * self.steps_per_token
-        carry = 2 * layers * length * position + self.capacity_bytes + 64
-        widened = 2 * layers * length * query_width * 4
+        argument lives: the KV cache and the coder's stream), the model's other live memory in
+        a step (`Net.work_bytes`: keys and values widened as attention reads them, a layer's
+        attention weights, vectors over the vocabulary and the widths), and the recorded
+        intervals twice (as scanned, then in coding order)."""
+        s, length = self.shape, self.shape.chunk_tokens
+        steps = length * self.steps_per_token
+        carry = self.net.cache_bytes(length, s.kv_dtype) + self.capacity_bytes + 64
         recorded = 2 * (length * 9 + steps * 8)  # symbol, bits, escape; start and freq per step
-        step = 8 * length * heads + (28 if s.portable else 20) * vocab + 4 * hidden
-        return s.lanes * (2 * carry + widened + recorded + step)
-
-    def _intervals(self, probs, symbols):
-        """Coder intervals of `symbols` [lanes] under `probs` [lanes, vocab]."""
-        bits = self.shape.precision_bits
-        if self.shape.top_k:
-            return topk.intervals_jax(probs, symbols, self.shape.top_k, bits)  # [lanes, steps]
-        if self.factorized:
-            starts, freqs = factorized.intervals_jax(
-                probs[:, None], symbols[:, None], bits, self.shape.low_bits
-            )
-            return starts, freqs  # [lanes, 2]
-        table = quantize.quantize_jax(probs, bits)
-        starts, freqs = range_coder.symbol_intervals_jax(table, symbols, bits)
-        return starts[:, None], freqs[:, None]
-
-    def _decode_symbol(self, state, probs):
-        bits = self.shape.precision_bits
-        if self.shape.top_k:
-            return topk.decode_step_jax(state, probs, self.shape.top_k, bits)
-        if self.factorized:
-            return factorized.decode_step_jax(state, probs, bits, self.shape.low_bits)
-        return range_coder.decode_step_jax(state, quantize.quantize_jax(probs, bits), bits)
-
-    def _float_step(self, params, prev, t, cache, kv_length):
-        """The float model's step: its probabilities, quantised inside the coder's functions.
-
-        Returns:
-          (decode(state) -> (symbols, state), intervals(symbols) -> (starts, freqs),
-          bits(symbols) -> the model's -log2 p, escaped(symbols) -> bool (top-k escapes),
-          the new cache).
-        """
-        if self.pretrained:
-            log_probs, cache = self.cfg.decode(params, prev, t, cache, kv_length)
-        else:
-            log_probs, cache = self._model.apply(
-                {"params": params}, prev, t, cache, kv_length, method=transformer.Transformer.decode
-            )
-        probs = jnp.exp(log_probs)
-
-        def bits(symbol):
-            return -jnp.take_along_axis(log_probs, symbol[:, None], axis=1)[:, 0] / math.log(2)
-
-        def escaped(symbol):
-            if not self.shape.top_k:
-                return jnp.zeros(symbol.shape, bool)
-            return topk.is_escape_jax(probs, symbol, self.shape.top_k)
-
-        return (
-            lambda state: self._decode_symbol(state, probs),
-            lambda symbol: self._intervals(probs, symbol),
-            bits,
-            escaped,
-            cache,
-        )
-
-    def _integer_step(self, params, prev, t, cache, kv_length):
-        """The integer model's step: its frequency tables directly (models.integer)."""
-        tables, cache = integer.decode_step(params, prev, t, cache, kv_length)
-        total = jnp.float32(1 << integer.PRECISION_BITS)
-
-        def intervals(symbol):
-            starts, freqs = range_coder.symbol_intervals_jax(tables, symbol, integer.PRECISION_BITS)
-            return starts[:, None], freqs[:, None]
-
-        def bits(symbol):
-            freq = jnp.take_along_axis(tables, symbol[:, None], axis=1)[:, 0]
-            return -jnp.log2(freq.astype(jnp.float32) / total)
-
-        return (
-            lambda state: range_coder.decode_step_jax(state, tables, integer.PRECISION_BITS),
-            intervals,
-            bits,
-            lambda symbol: jnp.zeros(symbol.shape, bool),
-            cache,
-        )
+        return s.lanes * (2 * carry + self.net.work_bytes(length) + recorded)
 
     def blocks(self) -> list[tuple[int, int]]:
         """The attention blocks: (first, last) steps of each, `attention_blocks` of them."""
@@ -326,12 +188,7 @@ class LMCoder:
     def _start(self, params, data, num_bytes, num_steps):
         """The carry before step 0: an empty cache, previous tokens 0, the decoder's state."""
         lanes, length = data.shape[0], self.shape.chunk_tokens
-        if self.shape.portable:
-            cache = integer.init_cache(params, lanes, length)
-        elif self.pretrained:
-            cache = self.cfg.init_cache(lanes, length)
-        else:
-            cache = transformer.init_cache(self.cfg, lanes, length, self.shape.kv_dtype)
+        cache = self.net.init_cache(params, lanes, length, self.shape.kv_dtype)
         decoder = range_coder.decode_init_jax(data, num_bytes, num_steps)
         return cache, jnp.zeros(lanes, jnp.int32), decoder
 
@@ -351,17 +208,17 @@ class LMCoder:
           (carry, (symbols [t, lanes], starts and freqs [t, lanes, k], the model's bits
           [t, lanes], top-k escapes [t, lanes])) for the block's t steps and k coder steps a token.
         """
-        model_step = self._integer_step if self.shape.portable else self._float_step
 
         def step(carry, t):
             cache, prev, decoder = carry
-            decode, intervals, bits_of, escaped, cache = model_step(params, prev, t, cache, last)
-            decoded, decoder = decode(decoder)
+            tables, cache = self.net.step(params, prev, t, cache, last, self.spec)
+            decoded, decoder = tables.decode(decoder)
             active = t < lengths
             symbol = jnp.where(active, jnp.where(encoding, tokens[:, t], decoded), 0)
-            starts, freqs = intervals(symbol)
-            bits = jnp.where(active, bits_of(symbol), 0.0)
-            return (cache, symbol, decoder), (symbol, starts, freqs, bits, active & escaped(symbol))
+            starts, freqs = tables.intervals(symbol)
+            bits = jnp.where(active, tables.bits(symbol), 0.0)
+            escaped = active & tables.escaped(symbol)
+            return (cache, symbol, decoder), (symbol, starts, freqs, bits, escaped)
 
         return jax.lax.scan(step, carry, jnp.arange(first, last, dtype=jnp.int32))
 
@@ -385,7 +242,7 @@ class LMCoder:
         """
         lanes = tokens.shape[0]
         num_steps = np.where(encoding, 0, lengths * self.steps_per_token)  # known: nothing to read
-        carry = _start_jit(self.params, data, num_bytes, num_steps, cfg=self.cfg, shape=self.shape)
+        carry = _start_jit(self.params, data, num_bytes, num_steps, net=self.net, shape=self.shape)
         decoding = ~encoding if not encoding.all() else encoding  # the encoder: every lane
         needed = int(np.max(lengths, initial=0, where=decoding))
         outputs = []
@@ -394,7 +251,7 @@ class LMCoder:
                 break
             carry, out = _block_jit(
                 self.params, carry, tokens, lengths, encoding, first, last,
-                cfg=self.cfg, shape=self.shape,
+                net=self.net, shape=self.shape,
             )  # fmt: skip
             outputs.append(out)
         symbols_tl, starts_tlk, freqs_tlk, bits_tl, escaped_tl = (
@@ -419,32 +276,22 @@ class LMCoder:
         return lengths
 
     def parallel_rows(self, length: int | None = None) -> int:
-        """Rows per call of the portable encoder's parallel pass (`_parallel_intervals`): as
-        many of the group's lanes as a quarter of the device's memory holds by
-        `parallel_row_bytes` (on a CPU, `CPU_PARALLEL_BYTES`)."""
+        """Rows per call of the parallel encoder (`_parallel_intervals`): as many of the
+        group's lanes as a quarter of the device's memory holds by the net's
+        `parallel_row_bytes` (measured against XLA's own accounting in
+        `tests/parallel_encoder_test.py`; on a CPU, `CPU_PARALLEL_BYTES`)."""
         device = jax.local_devices()[0]
         limit = (device.memory_stats() or {}).get("bytes_limit")
         budget = CPU_PARALLEL_BYTES if device.platform == "cpu" or not limit else limit // 4
-        per_row = self.parallel_row_bytes(length or self.shape.chunk_tokens)
+        per_row = self.net.parallel_row_bytes(length or self.shape.chunk_tokens)
         return int(max(1, min(self.shape.lanes, budget // per_row)))
 
-    def parallel_row_bytes(self, length: int) -> int:
-        """About what one row of `length` tokens takes in the portable parallel pass, measured
-        against XLA's own accounting (`tests/parallel_encoder_test.py`): a layer's attention
-        (about 20 bytes per head and pair of positions: int32 scores, probabilities, weights),
-        and at each position the tables over the vocabulary and the MLP's activations."""
-        c = self.cfg
-        attention = 24 * c.num_heads * length * length
-        vocab = 8 * c.vocab_size * length
-        hidden = 16 * c.width * c.mlp_ratio * length
-        return attention + vocab + hidden
-
     def _parallel_intervals(self, tokens: np.ndarray, lengths: np.ndarray):
-        """The portable encoder's intervals from one parallel pass of the integer model.
+        """The encoder's intervals from one parallel pass of a model with exact tables.
 
-        `integer.tables` gives every position's table at once, bit for bit the tables that
-        `_integer_step` computes step by step (`tests/integer_test.py`): the coder sees the
-        same intervals, so the stream is the same. Rows go `parallel_rows` at a time, each
+        `Net.parallel` gives every position's table at once; exact tables are bit for bit
+        those its `step` computes (`tests/integer_test.py`): the coder sees the same intervals,
+        so the stream is the same. Rows go `parallel_rows` at a time, each
         call padded to the group's longest chunk rounded up to an attention block (few
         compiled lengths); positions past a chunk's length code nothing.
 
@@ -453,12 +300,13 @@ class LMCoder:
           lengths: int32 [lanes].
 
         Returns:
-          (starts, freqs uint32 [lanes, chunk_tokens], zero past each length; the tables'
-          bits float32 [lanes]).
+          (starts, freqs uint32 [lanes, chunk_tokens * steps per token], zero past each
+          length; the tables' bits float32 [lanes]).
         """
         lanes, chunk = tokens.shape
-        starts = np.zeros((lanes, chunk), np.uint32)
-        freqs = np.zeros((lanes, chunk), np.uint32)
+        k = self.steps_per_token
+        starts = np.zeros((lanes, chunk * k), np.uint32)
+        freqs = np.zeros((lanes, chunk * k), np.uint32)
         bits = np.zeros(lanes, np.float32)
         longest = int(lengths.max(initial=0))
         if not longest:
@@ -472,9 +320,11 @@ class LMCoder:
             count = min(rows, lanes - first)
             part_tokens[:count] = tokens[first : first + count, :length]
             part_lengths[:count] = lengths[first : first + count]
-            s, f, b = _parallel_intervals_jit(self.params, part_tokens, part_lengths)
-            starts[first : first + count, :length] = np.asarray(s)[:count]
-            freqs[first : first + count, :length] = np.asarray(f)[:count]
+            s, f, b = _parallel_intervals_jit(
+                self.params, part_tokens, part_lengths, net=self.net, spec=self.spec
+            )
+            starts[first : first + count, : length * k] = np.asarray(s)[:count]
+            freqs[first : first + count, : length * k] = np.asarray(f)[:count]
             bits[first : first + count] = np.asarray(b)[:count]
         return starts, freqs, bits
 
@@ -485,8 +335,9 @@ class LMCoder:
           tokens: int [lanes, chunk_tokens] ids; entries past each chunk's length are ignored.
           lengths: int [lanes] tokens per chunk (0 for padding rows).
           parallel: compute the tables in one parallel pass (`_parallel_intervals`) rather than
-            step by step as the decoder does; None: on the portable path, whose stream is the
-            same either way (the float model's parallel and step floats differ). Portable only.
+            step by step as the decoder does; None: when the model's tables are exact, whose
+            stream is the same either way (a float model's parallel and step floats differ).
+            Exact tables only.
 
         Returns:
           `GroupCode`: a payload per lane and its code lengths.
@@ -496,12 +347,12 @@ class LMCoder:
         if tokens.shape != (self.shape.lanes, self.shape.chunk_tokens):
             raise ValueError(f"tokens must be [{self.shape.lanes}, {self.shape.chunk_tokens}].")
         valid = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
-        if np.any(valid & ((tokens < 0) | (tokens >= self.cfg.vocab_size))):
-            raise ValueError(f"token ids must lie in [0, {self.cfg.vocab_size}).")
+        if np.any(valid & ((tokens < 0) | (tokens >= self.net.vocab_size))):
+            raise ValueError(f"token ids must lie in [0, {self.net.vocab_size}).")
         tokens = np.where(valid, tokens, 0)
-        parallel = self.shape.portable if parallel is None else parallel
-        if parallel and not self.shape.portable:
-            raise ValueError("only the portable path encodes in parallel.")
+        parallel = self.net.exact if parallel is None else parallel
+        if parallel and not self.net.exact:
+            raise ValueError("only the portable path (exact tables) encodes in parallel.")
         if parallel:
             starts, freqs, bits = self._parallel_intervals(tokens, lengths)
             escapes = np.zeros(self.shape.lanes, np.int32)
@@ -733,34 +584,36 @@ def group_chunks(
         yield Group(tokens, lengths, len(batch))
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "shape"))
-def _start_jit(params, data, num_bytes, num_steps, *, cfg, shape):
-    """`LMCoder._start`, jitted and shared by every coder of the same cfg and shape."""
-    return LMCoder(cfg, None, shape)._start(params, data, num_bytes, num_steps)
+@functools.partial(jax.jit, static_argnames=("net", "shape"))
+def _start_jit(params, data, num_bytes, num_steps, *, net, shape):
+    """`LMCoder._start`, jitted and shared by every coder of the same net and shape."""
+    return LMCoder(net, None, shape)._start(params, data, num_bytes, num_steps)
 
 
-@functools.partial(jax.jit, static_argnames=("first", "last", "cfg", "shape"))
-def _block_jit(params, carry, tokens, lengths, encoding, first, last, *, cfg, shape):
-    """`LMCoder._block`: one executable per (architecture, coder shape, block) in a process,
-    run by encoder and decoder alike."""
-    return LMCoder(cfg, None, shape)._block(params, carry, tokens, lengths, encoding, first, last)
+@functools.partial(jax.jit, static_argnames=("first", "last", "net", "shape"))
+def _block_jit(params, carry, tokens, lengths, encoding, first, last, *, net, shape):
+    """`LMCoder._block`: one executable per (net, coder shape, block) in a process, run by
+    encoder and decoder alike."""
+    return LMCoder(net, None, shape)._block(params, carry, tokens, lengths, encoding, first, last)
 
 
 _finish_jit = jax.jit(range_coder.decode_finish_jax)
 
 
-@jax.jit
-def _parallel_intervals_jit(params, tokens, lengths):
-    """Intervals of `tokens` [rows, length] under the integer model's tables, all positions in
-    one pass (`LMCoder._parallel_intervals`): (starts, freqs, zero past each length; bits
-    [rows], as `LMCoder._integer_step` counts them)."""
-    tables = integer.tables(params, tokens)
-    starts, freqs = range_coder.symbol_intervals_jax(tables, tokens, integer.PRECISION_BITS)
-    active = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
-    total = jnp.float32(1 << integer.PRECISION_BITS)
-    bits = jnp.where(active, -jnp.log2(freqs.astype(jnp.float32) / total), 0.0)
+@functools.partial(jax.jit, static_argnames=("net", "spec"))
+def _parallel_intervals_jit(params, tokens, lengths, *, net, spec):
+    """Intervals of `tokens` [rows, length] under the model's tables, all positions in one pass
+    (`LMCoder._parallel_intervals`): (starts, freqs [rows, length * steps per token], zero past
+    each length; the tables' bits [rows])."""
+    rows, length = tokens.shape
+    tables = net.parallel(params, tokens, spec)
+    starts, freqs = tables.intervals(tokens.reshape(-1))
+    active = jnp.arange(length)[None, :] < lengths[:, None]
+    bits = jnp.where(active, tables.bits(tokens.reshape(-1)).reshape(rows, length), 0.0)
+    steps = jnp.repeat(active, starts.shape[-1], axis=1)
     zero = jnp.zeros((), jnp.uint32)
-    return jnp.where(active, starts, zero), jnp.where(active, freqs, zero), bits.sum(-1)
+    starts, freqs = (x.reshape(rows, -1) for x in (starts, freqs))
+    return jnp.where(steps, starts, zero), jnp.where(steps, freqs, zero), bits.sum(-1)
 
 
 def params_sha256(description: bytes, params: Any) -> bytes:

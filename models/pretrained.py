@@ -2,9 +2,9 @@
 
 A model directory in the Hugging Face layout holds `config.json` and its weights as
 `model.safetensors`, or as shards listed by `model.safetensors.index.json`. `load` reads both and
-returns a `CodingModel` (the architecture, hashable, so it can be a static jit argument) and the
-parameters (a nested dict of device arrays). `CodingModel.from_transformer` wraps our own
-`models.transformer.Transformer` behind the same interface, so one coder serves both.
+returns a `PretrainedNet` (the architecture, hashable, so it can be a static jit argument; it
+implements `models.coding_model.Net`, so the coder runs it as it runs our own models) and the
+parameters (a nested dict of device arrays).
 
 Supported architectures (dispatch on `model_type`, else on `architectures[0]`):
 
@@ -41,7 +41,7 @@ uniform and the model at position p reads token p to predict token p + 1.
 
 The parts: `models/pretrained_config.py` (config.json, rotary scaling), `models/llama.py` and
 `models/gpt2.py` (the families, on `models/pretrained_layers.py`), `models/pretrained_loading.py`
-(safetensors, name mapping, sharding); this module holds `CodingModel` and `load`, and re-exports
+(safetensors, name mapping, sharding); this module holds `PretrainedNet` and `load`, and re-exports
 the rest.
 """
 
@@ -53,7 +53,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from models import transformer
+from models import coding_model
 from models.gpt2 import GPT2
 from models.llama import Llama
 from models.pretrained_config import (
@@ -67,9 +67,9 @@ from models.pretrained_loading import Params, load_params, safetensors_files
 
 __all__ = [  # the public API; callers import this module only
     "GPT2",
-    "CodingModel",
     "Llama",
     "PretrainedConfig",
+    "PretrainedNet",
     "config_from_hf",
     "load",
     "read_config",
@@ -81,26 +81,22 @@ _MODULES = {"llama": Llama, "gpt2": GPT2}
 
 
 # ----------------------------------------------------------------------------------------------
-# The common coding interface
+# The coding interface (`models.coding_model.Net`)
 
 
 @dataclasses.dataclass(frozen=True)
-class CodingModel:
-    """What a coder needs from a model; hashable (a static jit argument), parameters apart.
+class PretrainedNet(coding_model.FloatNet):
+    """A checkpoint's computation as the coder runs it (`models.coding_model.Net`); hashable (a
+    static jit argument), parameters apart.
 
     Attributes:
-      config: `transformer.TransformerConfig` (our own models) or `PretrainedConfig`.
-      start_token: the id read before the first token (our Transformer: 0; pretrained: BOS),
-        or None: the first token's distribution is uniform (see the module docstring).
+      config: the checkpoint's `PretrainedConfig`.
+      start_token: the id read before the first token (BOS), or None: the first token's
+        distribution is uniform (see the module docstring).
     """
 
-    config: transformer.TransformerConfig | PretrainedConfig
+    config: PretrainedConfig
     start_token: int | None = 0
-
-    @classmethod
-    def from_transformer(cls, cfg: transformer.TransformerConfig) -> "CodingModel":
-        """Wraps our own Transformer (start token 0, as its `__call__` shifts in)."""
-        return cls(cfg, 0)
 
     @property
     def vocab_size(self) -> int:
@@ -112,25 +108,49 @@ class CodingModel:
         return self.config.context_length
 
     @property
-    def is_transformer(self) -> bool:
-        """Whether this wraps our own Transformer (`from_transformer`)."""
-        return isinstance(self.config, transformer.TransformerConfig)
+    def dtype(self) -> str:
+        return str(self.config.dtype)
 
     def _module(self):
-        if self.is_transformer:
-            return transformer.Transformer(self.config)
         return _MODULES[self.config.family](self.config)
 
-    def init_cache(self, batch_size: int, length: int | None = None) -> Cache:
-        """Empty KV cache: per layer k{i} and v{i} of [batch, length, kv_heads, head_dim]."""
-        if self.is_transformer:
-            return transformer.init_cache(self.config, batch_size, length)
+    def table_spec(self, precision_bits, low_bits, top_k, kv_dtype):
+        if kv_dtype:
+            raise ValueError(
+                "pretrained models keep their KV cache in their own dtype (no kv_dtype)."
+            )
+        return super().table_spec(precision_bits, low_bits, top_k, kv_dtype)
+
+    def attention_blocks(self, chunk_tokens: int) -> int:
+        """Pretrained tokens vary (about 600 for 2048 bytes of text): one block per 128, at most
+        16, so short chunks skip more of the coder's steps."""
+        return coding_model.default_attention_blocks(chunk_tokens, per=128, most=16)
+
+    def init_cache(self, params, lanes: int, length: int | None = None, kv_dtype: str = ""):
+        """Empty KV cache: per layer k{i} and v{i} of [lanes, length, kv_heads, head_dim]."""
         cfg = self.config
-        shape = (batch_size, length or cfg.context_length, cfg.num_kv_heads, cfg.head_dim)
+        shape = (lanes, length or cfg.context_length, cfg.num_kv_heads, cfg.head_dim)
         dtype = jnp.dtype(cfg.dtype)
         return {
             f"{kind}{i}": jnp.zeros(shape, dtype) for i in range(cfg.num_layers) for kind in "kv"
         }
+
+    def cache_bytes(self, length: int, kv_dtype: str = "") -> int:
+        p = self.config
+        position = p.num_kv_heads * p.head_dim * jnp.dtype(p.dtype).itemsize
+        return 2 * p.num_layers * length * position
+
+    def work_bytes(self, length: int) -> int:
+        p = self.config
+        widened = 2 * p.num_layers * length * p.num_heads * p.head_dim * 4
+        hidden = max(p.hidden_size, p.intermediate_size)
+        return widened + 8 * length * p.num_heads + 20 * p.vocab_size + 4 * hidden
+
+    def parallel_row_bytes(self, length: int) -> int:
+        p = self.config
+        attention = 24 * p.num_heads * length * length
+        hidden = 16 * max(p.hidden_size, p.intermediate_size) * length
+        return attention + 8 * p.vocab_size * length + hidden
 
     def _uniform(self, shape):
         return jnp.full(shape + (self.vocab_size,), -math.log(self.vocab_size), jnp.float32)
@@ -145,8 +165,6 @@ class CodingModel:
         Returns:
           float32 [batch, length, vocab].
         """
-        if self.is_transformer:
-            return self._module().apply({"params": params}, tokens)
         if self.start_token is None:
             log_probs = self._module().apply({"params": params}, tokens)[:, :-1]
             return jnp.concatenate([self._uniform((tokens.shape[0], 1)), log_probs], axis=1)
@@ -167,7 +185,7 @@ class CodingModel:
         Args:
           params: the model's parameters.
           prev_tokens: int32 [batch], the token at index - 1; ignored at index 0, where the
-            start token is read (our Transformer reads prev_tokens as given: feed 0 there).
+            start token is read.
           index: scalar int32 position whose distribution is returned.
           cache: from `init_cache`.
           kv_length: static bound (> index) on the filled cache; attention reads only that much.
@@ -177,10 +195,6 @@ class CodingModel:
         """
         module = self._module()
         method = type(module).decode
-        if self.is_transformer:
-            return module.apply(
-                {"params": params}, prev_tokens, index, cache, kv_length, method=method
-            )
         if self.start_token is None:  # position p reads token p and predicts token p + 1
             position = jnp.maximum(index - 1, 0)
             log_probs, cache = module.apply(
@@ -210,7 +224,7 @@ def load(
     dtype: str = "float32",
     shard: bool | None = None,
     devices: Sequence[jax.Device] | None = None,
-) -> tuple[CodingModel, Params]:
+) -> tuple[PretrainedNet, Params]:
     """Loads a Hugging Face model directory.
 
     Args:
@@ -222,7 +236,7 @@ def load(
       devices: devices to use (default: all local devices).
 
     Returns:
-      (CodingModel, params): params a nested dict of device arrays named as the checkpoint.
+      (PretrainedNet, params): params a nested dict of device arrays named as the checkpoint.
 
     Raises:
       FileNotFoundError: no config.json, no safetensors file, or a missing shard.
@@ -233,6 +247,6 @@ def load(
         raise ValueError(
             f"start_token {start_token} is outside the vocabulary [0, {cfg.vocab_size})"
         )
-    model = CodingModel(cfg, start_token)
+    model = PretrainedNet(cfg, start_token)
     shapes = model.param_shapes()
     return model, load_params(model_dir, cfg, shapes, shard=shard, devices=devices)

@@ -10,7 +10,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 ENTRY_POINTS = {
     "train.py": ["--workdir", "--config"],
     "train_addition.py": ["--workdir", "--config"],
-    "compress.py": ["--workdir", "--lanes", "--force"],
+    "compress.py": ["--model", "--lanes", "--force"],
     "eval_compress.py": ["--workdir", "--config", "--all"],
     "sample.py": ["--compressor", "--prompt_file", "--output"],
     "sweep.py": ["--sweep", "--mode", "--slurm"],
@@ -96,14 +96,14 @@ def test_compress_errors_are_one_line(tmp_path):
     src.write_bytes(b"hello")
     base = [REPO / "compress.py", "compress", "--noprogress"]
     _one_line(
-        _run(*base, f"--workdir={tmp_path}/nope", src, out, cwd=tmp_path), 1, "not a training run"
+        _run(*base, f"--model={tmp_path}/nope", src, out, cwd=tmp_path), 1, "not a training run"
     )
+    _one_line(_run(*base, "--model=x", tmp_path / "missing", out, cwd=tmp_path), 1, "no input file")
     _one_line(
-        _run(*base, "--workdir=x", tmp_path / "missing", out, cwd=tmp_path), 1, "no input file"
+        _run(*base, "--model=x", src, tmp_path / "no/dir/out", cwd=tmp_path), 1, "no directory"
     )
-    _one_line(
-        _run(*base, "--workdir=x", src, tmp_path / "no/dir/out", cwd=tmp_path), 1, "no directory"
-    )
+    # The flag it replaced names its replacement.
+    _one_line(_run(*base, "--workdir=x", src, out, cwd=tmp_path), 2, "--workdir is now --model")
     assert not out.exists()
 
 

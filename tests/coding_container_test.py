@@ -361,8 +361,10 @@ def test_stale_partials_of_a_killed_run_are_removed(tmp_path):
 
 
 _KILL_WHILE_WRITING = """
-import sys, time
+import signal, sys, time
 from coding import container
+# Ctrl-C as in a terminal, even where a shell started the tests in the background (SIGINT ignored).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 with container.atomic_output(sys.argv[1]) as f:
     f.write(b"half")
     f.flush()

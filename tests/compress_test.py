@@ -12,17 +12,17 @@ import wave
 import numpy as np
 import pytest
 
-import compress
 import train
 from coding import container
+from compressors import lm_stream
 from configs import default
 from data import corpus
-from models import lm_coder
+from models import coding_model, numerics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The test model's context, and the chunk of the full-context tests. Short, so that training and
 # compiling stay cheap, but above the 256-byte chunks of the other tests and long enough for two
-# attention blocks (lm_coder.auto_attention_blocks): the same code path as a 2048-byte context.
+# attention blocks (coding_model.default_attention_blocks): the code path of a 2048-byte context.
 CHUNK = 512
 
 
@@ -69,8 +69,8 @@ def test_bpe_run_round_trip(tmp_path_factory, tmp_path, data):
 def _round_trip(run, tmp_path, data: bytes, lanes=3, chunk_size=256):
     src, packed, out = tmp_path / "in", tmp_path / "in.lmc", tmp_path / "out"
     src.write_bytes(data)
-    summary = compress.compress_file(run, src, packed, lanes=lanes, chunk_size=chunk_size)
-    compress.decompress_file(run, packed, out)
+    summary = lm_stream.compress_file(run, src, packed, lanes=lanes, chunk_size=chunk_size)
+    lm_stream.decompress_file(run, packed, out)
     assert out.read_bytes() == data
     return summary
 
@@ -120,7 +120,7 @@ def test_round_trip_lengths_full_context(run, tmp_path, length):
     data = corpus.pydocs_bytes()[:length]
     s = _round_trip(run, tmp_path, data, lanes=2, chunk_size=CHUNK)
     assert s["num_chunks"] == math.ceil(length / CHUNK)
-    assert lm_coder.auto_attention_blocks(CHUNK) > 1  # the blocked path of long contexts
+    assert coding_model.default_attention_blocks(CHUNK) > 1  # the blocked path of long contexts
 
 
 @pytest.mark.parametrize("length", [255, 256, 257, 5 * 256 + 3])
@@ -140,14 +140,14 @@ def test_lanes_are_part_of_the_stream(run, tmp_path, lanes):
 def packed(run, tmp_path):
     src = tmp_path / "in"
     src.write_bytes(_text())
-    compress.compress_file(run, src, tmp_path / "in.lmc", lanes=2, chunk_size=256)
+    lm_stream.compress_file(run, src, tmp_path / "in.lmc", lanes=2, chunk_size=256)
     return tmp_path / "in.lmc"
 
 
 def _decompress_fails(run, path, match):
     out = path.parent / "restored"
     with pytest.raises(ValueError, match=match):
-        compress.decompress_file(run, path, out)
+        lm_stream.decompress_file(run, path, out)
     assert not out.exists()
     assert not list(path.parent.glob(".restored*"))  # no partial file either
 
@@ -182,14 +182,14 @@ def test_wrong_model(other_run, packed):
 def test_chunk_larger_than_context_fails(run, tmp_path):
     (tmp_path / "in").write_bytes(b"abc")
     with pytest.raises(ValueError, match="context"):
-        compress.compress_file(run, tmp_path / "in", tmp_path / "out", chunk_size=CHUNK + 1)
+        lm_stream.compress_file(run, tmp_path / "in", tmp_path / "out", chunk_size=CHUNK + 1)
     assert not (tmp_path / "out").exists()
 
 
 def test_cli_error_is_one_line_and_leaves_nothing(run, packed):
     packed.write_bytes(packed.read_bytes()[:-3])
     out = packed.parent / "restored"
-    result = _cli("decompress", f"--workdir={run}", packed, out)
+    result = _cli("decompress", f"--model={run}", packed, out)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "compress.py: truncated trailer (the original's sha256)"
@@ -211,10 +211,10 @@ def test_cli_round_trip(run, tmp_path):
     src = tmp_path / "in.bin"
     src.write_bytes(_image_like())
     packed, out = tmp_path / "x.lmc", tmp_path / "x"
-    result = _cli("compress", f"--workdir={run}", "--chunk_size=256", src, packed)
+    result = _cli("compress", f"--model={run}", "--chunk_size=256", src, packed)
     assert result.returncode == 0, result.stderr
     assert "bits/byte" in result.stdout and "MB/s" in result.stdout
-    result = _cli("decompress", f"--workdir={run}", packed, out)
+    result = _cli("decompress", f"--model={run}", packed, out)
     assert result.returncode == 0, result.stderr
     assert out.read_bytes() == src.read_bytes()
 
@@ -238,22 +238,22 @@ def test_an_existing_output_is_kept_unless_forced(run, tmp_path):
     src.write_bytes(_text()[:500])
     out.write_bytes(b"precious")
     with pytest.raises(FileExistsError, match="--force"):
-        compress.compress_file(run, src, out)
+        lm_stream.compress_file(run, src, out)
     assert out.read_bytes() == b"precious"
-    compress.compress_file(run, src, out, force=True)
+    lm_stream.compress_file(run, src, out, force=True)
     assert out.read_bytes()[:8] == container.MAGIC
 
 
 def test_cli_pipes_round_trip(run, tmp_path):
     data = _text()[:700]
     packed = subprocess.run(
-        [sys.executable, "compress.py", "compress", f"--workdir={run}", "--noprogress", "-", "-"],
+        [sys.executable, "compress.py", "compress", f"--model={run}", "--noprogress", "-", "-"],
         cwd=REPO, input=data, capture_output=True, timeout=300,
     )  # fmt: skip
     assert packed.returncode == 0, packed.stderr.decode()[-2000:]
     assert b"bits/byte" in packed.stderr  # the summary goes to stderr
     restored = subprocess.run(
-        [sys.executable, "compress.py", "decompress", f"--workdir={run}", "--noprogress", "-",
+        [sys.executable, "compress.py", "decompress", f"--model={run}", "--noprogress", "-",
          "-"],
         cwd=REPO, input=packed.stdout, capture_output=True, timeout=300,
     )  # fmt: skip
@@ -295,7 +295,7 @@ def _rewrite_info(path, **changes):
 def test_forged_or_foreign_streams_are_refused_up_front(run, tmp_path, changes, message):
     packed = tmp_path / "float.lmc"
     (tmp_path / "in").write_bytes(_text())
-    compress.compress_file(run, tmp_path / "in", packed, lanes=2, chunk_size=256, portable=False)
+    lm_stream.compress_file(run, tmp_path / "in", packed, lanes=2, chunk_size=256, portable=False)
     _rewrite_info(packed, **changes)
     start = time.monotonic()
     _decompress_fails(run, packed, message)
@@ -367,20 +367,20 @@ def test_streams_across_instruction_sets(run, tmp_path):
     src = tmp_path / "in"
     src.write_bytes(_text()[:1500])
     old = tmp_path / "sse.lmc"
-    made = _cli_env("compress", f"--workdir={run}", "--chunk_size=256", "--lanes=3", src, old,
+    made = _cli_env("compress", f"--model={run}", "--chunk_size=256", "--lanes=3", src, old,
                     isa="SSE4_2")  # fmt: skip
     assert made.returncode == 0, made.stderr[-2000:]
-    compress.decompress_file(run, old, tmp_path / "out1")
+    lm_stream.decompress_file(run, old, tmp_path / "out1")
     assert (tmp_path / "out1").read_bytes() == src.read_bytes()
     new = tmp_path / "default.lmc"
-    compress.compress_file(run, src, new, lanes=2, chunk_size=256)
-    back = _cli_env("decompress", f"--workdir={run}", new, tmp_path / "out2", isa="SSE4_2")
+    lm_stream.compress_file(run, src, new, lanes=2, chunk_size=256)
+    back = _cli_env("decompress", f"--model={run}", new, tmp_path / "out2", isa="SSE4_2")
     assert back.returncode == 0, back.stderr[-2000:]
     assert (tmp_path / "out2").read_bytes() == src.read_bytes()
     float_old = tmp_path / "sse_float.lmc"
-    made = _cli_env("compress", f"--workdir={run}", "--chunk_size=256", "--noportable", src,
+    made = _cli_env("compress", f"--model={run}", "--chunk_size=256", "--noportable", src,
                     float_old, isa="SSE4_2")  # fmt: skip
     assert made.returncode == 0, made.stderr[-2000:]
-    if compress.numerics.cpu_isa() != "SSE4_2":
+    if numerics.cpu_isa() != "SSE4_2":
         _decompress_fails(run, float_old, r"made for SSE4_2 code and this CPU runs \w+ code: "
                           r"decode with XLA_FLAGS=--xla_cpu_max_isa=SSE4_2")  # fmt: skip

@@ -109,10 +109,10 @@ def test_kv_roofline_matches_the_closed_form():
 
 
 def test_kv_traffic_counts_the_coders_blocks():
-    from models import transformer
+    from models import coding_model, transformer
 
     cfg = transformer.TransformerConfig(num_layers=4, width=256, num_heads=8, dtype="bfloat16")
-    traffic = device_parts._kv_traffic(cfg, 2048, portable=False)
+    traffic = device_parts._kv_traffic(coding_model.FloatTransformer(cfg), 2048)
     blocks = traffic["attention_blocks"]
     block = 2048 // blocks
     assert traffic["kv_positions_read_per_chunk"] == block * block * blocks * (blocks + 1) // 2

@@ -1,4 +1,5 @@
-"""eval_compress.py end to end: rates against direct computations, devices, 7-bit, CLI, errors."""
+"""eval_compress.py and its evaluator (compressors/evaluation.py) end to end: rates against
+direct computations, devices, 7-bit, records reused or rated again, CLI, errors."""
 
 import csv
 import dataclasses
@@ -16,14 +17,14 @@ import numpy as np
 import pytest
 
 import compressors
-import eval_compress
 import train
 from analysis import tables
-from compressors import fingerprints, language_model
+from compressors import evaluation, fingerprints, language_model, pretrained_model
 from configs import default
 from configs import eval as eval_config
 from data import corpus, sources
 from models import lm_coder, transformer
+from tests import hf_fixtures
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CHUNK = 1024  # the test model's context; long enough that the 4-byte flush is < 1% of a chunk
@@ -67,15 +68,15 @@ def _by_key(records):
 
 
 def test_rates_formula():
-    rates = eval_compress.rates(compressed_bytes=100, raw_bytes=1000, num_params=50)
+    rates = evaluation.rates(compressed_bytes=100, raw_bytes=1000, num_params=50)
     assert rates == {"raw_rate": 0.1, "adjusted_rate": (100 + 2 * 50) / 1000, "bits_per_byte": 0.8}
     with pytest.raises(ValueError, match="no bytes"):
-        eval_compress.rates(1, 0)
+        evaluation.rates(1, 0)
 
 
 def test_chunked_and_unchunked_gzip_lzma_equal_direct_computation(tmp_path, text_file):
     config = _config(dataset=f"file:{text_file}", compressors="gzip,lzma", chunk_size=CHUNK)
-    records = _by_key(eval_compress.evaluate(config, tmp_path))
+    records = _by_key(evaluation.evaluate(config, tmp_path))
     data = text_file.read_bytes()
     chunks = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
     for name, compress in (("gzip", lambda b: gzip.compress(b, 9)), ("lzma", lzma.compress)):
@@ -102,7 +103,7 @@ def test_seven_bit_accounting_for_classical(tmp_path):
         dataset=f"file:{path}", compressors="gzip", chunking="chunked", seven_bit="ascii"
     )
     config.seven_bit_all = True
-    (record,) = eval_compress.evaluate(config, tmp_path)
+    (record,) = evaluation.evaluate(config, tmp_path)
     chunks = [data[i : i + 2048] for i in range(0, len(data), 2048)]
     masked = [compressors.mask_ascii(c) for c in chunks]
     missed = sum(m for _, m in masked)
@@ -137,7 +138,7 @@ def lm_records(run, text_file, tmp_path_factory):
         dataset=f"file:{text_file}", compressors=f"gzip,lm:{run}", **LM_OPTIONS, workers=1
     )
     config.lm.verify = True
-    return eval_compress.evaluate(config, tmp_path_factory.mktemp("eval"))
+    return evaluation.evaluate(config, tmp_path_factory.mktemp("eval"))
 
 
 def _lm(run, shared_models):
@@ -150,6 +151,7 @@ def _lm(run, shared_models):
         dtype="",
         attention="",
         attention_blocks=LM_OPTIONS.get("lm.attention_blocks", 0),
+        portable=False,
     )
 
 
@@ -179,12 +181,12 @@ def test_lm_adjusted_rate_charges_two_bytes_per_parameter(run, lm_records):
 _FOUR_DEVICES = """
 import json, sys
 import jax
-import eval_compress
+from compressors import evaluation
 from configs import eval as eval_config
 assert jax.local_device_count() == 4, jax.devices()
 config = eval_config.get_config()
 config.update_from_flattened_dict(json.loads(sys.argv[1]))
-print("RECORDS" + json.dumps(eval_compress.evaluate(config, sys.argv[2])))
+print("RECORDS" + json.dumps(evaluation.evaluate(config, sys.argv[2])))
 """
 
 
@@ -238,7 +240,7 @@ def test_lm_shift_mode_scales_log_loss_by_8_over_7(run, shared_models, tmp_path)
         dataset=f"file:{path}", compressors=f"lm:{run}", seven_bit="paper", **LM_OPTIONS
     )
     config.lm.coded = False
-    (record,) = eval_compress.evaluate(config, tmp_path)
+    (record,) = evaluation.evaluate(config, tmp_path)
     assert (record["modality"], record["seven_bit"]) == ("binary", "shift")
     assert record["missed_bits"] == record["raw_bytes"] and record["rate_from"] == "log_loss"
     lm = _lm(run, shared_models)
@@ -253,7 +255,7 @@ def test_lm_paper_mode_masks_a_text_file_to_ascii(run, shared_models, enwik5_pat
         dataset=f"file:{enwik5_path}", compressors=f"lm:{run}", seven_bit="paper", **LM_OPTIONS
     )
     config.lm.coded = False
-    (record,) = eval_compress.evaluate(config, tmp_path)
+    (record,) = evaluation.evaluate(config, tmp_path)
     data = enwik5_path.read_bytes()
     assert (record["modality"], record["seven_bit"]) == ("text", "ascii")  # as enwik9's
     assert record["missed_bits"] == sum(b >= 128 for b in data) > 0
@@ -267,14 +269,14 @@ def test_lm_paper_mode_masks_a_text_file_to_ascii(run, shared_models, enwik5_pat
 def test_chunk_longer_than_context_fails(run, text_file, tmp_path):
     config = _config(dataset=f"file:{text_file}", compressors=f"lm:{run}", chunk_size=2 * CHUNK)
     with pytest.raises(ValueError, match="context of 1024"):
-        eval_compress.evaluate(config, tmp_path)
+        evaluation.evaluate(config, tmp_path)
 
 
 def test_missing_dataset_and_bad_compressor_fail_clearly(tmp_path):
     with pytest.raises(sources.SourceError, match="No such file"):
-        eval_compress.evaluate(_config(dataset="file:/no/such/file"), tmp_path)
+        evaluation.evaluate(_config(dataset="file:/no/such/file"), tmp_path)
     with pytest.raises(ValueError, match="Unknown compressor 'zip'"):
-        eval_compress.evaluate(_config(compressors="gzip,zip"), tmp_path)
+        evaluation.evaluate(_config(compressors="gzip,zip"), tmp_path)
     assert not (tmp_path / "results.jsonl").exists()
 
 
@@ -310,11 +312,11 @@ def test_cli_prints_the_table_and_writes_results(tmp_path):
 
 def test_results_merge_replaces_same_key(tmp_path):
     config = _config(dataset="images", compressors="gzip,png", num_chunks=8, chunking="chunked")
-    eval_compress.evaluate(config, tmp_path)
+    evaluation.evaluate(config, tmp_path)
     config.compressors = "png,flac"
-    eval_compress.evaluate(config, tmp_path)
+    evaluation.evaluate(config, tmp_path)
     config.num_chunks = 4  # another dataset size: a new row
-    eval_compress.evaluate(config, tmp_path)
+    evaluation.evaluate(config, tmp_path)
     with open(tmp_path / "results.csv") as f:
         rows = [(r["compressor"], r["num_chunks"]) for r in csv.DictReader(f)]
     assert rows == [("gzip", "8"), ("png", "8"), ("flac", "8"), ("png", "4"), ("flac", "4")]
@@ -333,21 +335,21 @@ def test_non_byte_run_is_refused(run, tmp_path):
 
 def test_records_are_kept_skipped_and_redone_on_request(tmp_path, monkeypatch):
     config = _config(dataset="images", compressors="gzip,png", num_chunks=4, chunking="chunked")
-    first = eval_compress.evaluate(config, tmp_path)
+    first = evaluation.evaluate(config, tmp_path)
     calls = []
-    real = eval_compress._evaluate_classical
+    real = evaluation._evaluate_classical
     monkeypatch.setattr(
-        eval_compress, "_evaluate_classical", lambda c, s, n: calls.append(n) or real(c, s, n)
+        evaluation, "_evaluate_classical", lambda c, s, n: calls.append(n) or real(c, s, n)
     )
     config.compressors = "gzip,png,flac"
-    again = eval_compress.evaluate(config, tmp_path)
+    again = evaluation.evaluate(config, tmp_path)
     assert calls == [["flac"]]  # gzip and png were there already
     assert [r["compressor"] for r in again] == ["flac", "gzip", "png"] or {
         r["compressor"] for r in again
     } == {"gzip", "png", "flac"}
     assert {r["compressor"]: r for r in again}["gzip"] == first[0]
     config.overwrite = True
-    eval_compress.evaluate(config, tmp_path)
+    evaluation.evaluate(config, tmp_path)
     assert calls[-1] == ["gzip", "png", "flac"]
 
 
@@ -355,19 +357,19 @@ def test_a_later_failure_keeps_the_finished_records(run, text_file, tmp_path, mo
     def boom(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(eval_compress, "_evaluate_lm", boom)
+    monkeypatch.setattr(evaluation, "_evaluate_lm", boom)
     config = _config(dataset=f"file:{text_file}", compressors=f"gzip,lm:{run}", **LM_OPTIONS)
     with pytest.raises(KeyboardInterrupt):
-        eval_compress.evaluate(config, tmp_path)
+        evaluation.evaluate(config, tmp_path)
     kept = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert {r["compressor"] for r in kept} == {"gzip"}
 
 
 def test_a_short_context_model_fails_before_any_work(run, text_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(eval_compress, "_evaluate_classical", lambda *a: pytest.fail("worked"))
+    monkeypatch.setattr(evaluation, "_evaluate_classical", lambda *a: pytest.fail("worked"))
     config = _config(dataset=f"file:{text_file}", compressors=f"gzip,lm:{run}", chunk_size=4096)
     with pytest.raises(ValueError, match=r"context of 1024: use --config.chunk_size=1024"):
-        eval_compress.evaluate(config, tmp_path)
+        evaluation.evaluate(config, tmp_path)
 
 
 def test_cli_errors_are_one_line(tmp_path):
@@ -376,6 +378,9 @@ def test_cli_errors_are_one_line(tmp_path):
         (["--config.compressors=gzip,zip"], 1, "Unknown compressor 'zip'"),
         (["--config.datset=x"], 2, 'no such config field: datset. Did you mean "dataset"'),
         (["--config.dataset=file:/no/such"], 1, "No such file"),
+        (["--config.lm.dtype=bfloat16"], 1, "--config.lm.dtype is now --config.dtype"),
+        (["--config.hf.dtype=float32"], 1, "--config.hf.dtype is now --config.dtype"),
+        (["--config.dtype=float16"], 1, "--config.dtype='float16': give float32 or bfloat16"),
     ]:
         result = _cli(*args, f"--workdir={tmp_path}")
         assert result.returncode == status, (args, result.stderr)
@@ -387,10 +392,54 @@ def test_the_integer_path_can_be_rated_too(run, text_file, tmp_path):
     config = _config(dataset=f"file:{text_file}", compressors=f"lm:{run}", **LM_OPTIONS)
     config.lm.portable = True
     config.lm.verify = True
-    (record,) = eval_compress.evaluate(config, tmp_path)
+    (record,) = evaluation.evaluate(config, tmp_path)
     assert record["coded_path"] == "integer" and record["verified"]
     # The log-loss is the float model's; the integer tables code within a few percent of it.
     assert abs(record["coded_bytes"] - record["log_loss_bytes"]) <= 0.03 * record["log_loss_bytes"]
+
+
+def test_default_lanes_and_dtype_are_recorded_as_they_resolve(run, text_file, shared_models):
+    """lanes 0 means compress.py's --lanes=0 (from the device's memory: 64 on a CPU) and dtype ''
+    the run's own; a record made with the values they resolve to is the same record."""
+    name, source = f"lm:{run}", sources.get_source(f"file:{text_file}")
+
+    def identity(**overrides):
+        config = _config(dataset=f"file:{text_file}", compressors=name, **overrides)
+        options = language_model.LanguageModelCompressor.options(config)
+        return evaluation._identity(config, source, name, {}, lambda: shared_models(run, **options))
+
+    auto = identity(chunk_size=CHUNK)
+    assert (eval_config.get_config().lm.lanes, eval_config.get_config().dtype) == (0, "")
+    lm = _lm(run, shared_models)
+    assert auto["lanes"] == lm_coder.default_lanes(lm.coding.net, CHUNK)
+    if jax.default_backend() == "cpu":
+        assert auto["lanes"] == 64
+    assert auto["dtype"] == lm.model_cfg.dtype == "float32"
+    assert identity(chunk_size=CHUNK, dtype="float32", **{"lm.lanes": auto["lanes"]}) == auto
+    assert identity(chunk_size=CHUNK, **{"lm.portable": True})["lanes"] is None  # integer path
+
+
+def test_an_hf_identity_resolves_dtype_and_lanes_without_loading(tmp_path):
+    model_dir = tmp_path / "gpt2"
+    model_dir.mkdir()
+    config = hf_fixtures.gpt2_config(n_positions=32)
+    hf_fixtures.write_model(model_dir, config, hf_fixtures.random_weights(config, seed=1))
+    hf_fixtures.write_bpe_tokenizer(model_dir)
+    name, source = f"hf:{model_dir}", sources.get_source("pydocs")
+
+    def identity(**overrides):
+        config = _config(compressors=name, **overrides)
+        return evaluation._identity(config, source, name, {}, lambda: pytest.fail("loaded"))
+
+    auto = identity()
+    assert (auto["dtype"], auto["max_tokens"], auto["top_k"]) == ("float32", 32, 100)
+    assert auto["model_sha256"] == fingerprints.hf_fingerprint(model_dir)
+    # The float32 record an older run made under --config.hf.dtype=float32 is reused.
+    assert identity(dtype="float32", **{"lm.lanes": auto["lanes"]}) == auto
+    assert identity(dtype="bfloat16")["dtype"] == "bfloat16"
+    assert identity(**{"lm.coded": False})["lanes"] is None
+    hf = pretrained_model.PretrainedCompressor(model_dir, lanes=0, dtype="")
+    assert (hf.lanes, hf.model.dtype) == (auto["lanes"], "float32")  # as the identity says
 
 
 def _log_loss_config(run, text_file, **overrides):
@@ -400,17 +449,17 @@ def _log_loss_config(run, text_file, **overrides):
 
 
 def _stream_fingerprint(run, step):
-    """The model fingerprint compress.py writes into its streams."""
-    import compress  # a script: imported where needed
+    """The model fingerprint compress.py writes into its streams (compressors.lm_stream)."""
+    from compressors import model_names
 
-    return compress._load(run, step).fingerprint
+    return model_names.load(run, step=step).fingerprint
 
 
 def test_a_newer_checkpoint_is_rated_again(run, text_file, tmp_path, capsys):
     old = _by_key(
-        eval_compress.evaluate(_log_loss_config(run, text_file, **{"lm.step": 10}), tmp_path)
+        evaluation.evaluate(_log_loss_config(run, text_file, **{"lm.step": 10}), tmp_path)
     )
-    new = _by_key(eval_compress.evaluate(_log_loss_config(run, text_file), tmp_path))
+    new = _by_key(evaluation.evaluate(_log_loss_config(run, text_file), tmp_path))
     old, new = old[f"lm:{run}", "chunked"], new[f"lm:{run}", "chunked"]
     assert (old["lm_step"], new["lm_step"]) == (10, 20)
     assert new["model_sha256"] == _stream_fingerprint(run, None)  # as streams name it
@@ -425,11 +474,11 @@ def test_a_newer_checkpoint_is_rated_again(run, text_file, tmp_path, capsys):
 
 
 def test_an_identical_run_reuses_and_says_when_made(run, text_file, tmp_path, capsys, monkeypatch):
-    first = eval_compress.evaluate(_log_loss_config(run, text_file), tmp_path)
+    first = evaluation.evaluate(_log_loss_config(run, text_file), tmp_path)
     capsys.readouterr()
     for name in ("_evaluate_lm", "_evaluate_classical"):
-        monkeypatch.setattr(eval_compress, name, lambda *a: pytest.fail("rated again"))
-    again = eval_compress.evaluate(_log_loss_config(run, text_file), tmp_path)
+        monkeypatch.setattr(evaluation, name, lambda *a: pytest.fail("rated again"))
+    again = evaluation.evaluate(_log_loss_config(run, text_file), tmp_path)
     assert again == first
     made = sorted(r["created"] for r in first)
     when = made[0] + (f" to {made[-1]}" if made[-1] != made[0] else "")
@@ -439,12 +488,12 @@ def test_an_identical_run_reuses_and_says_when_made(run, text_file, tmp_path, ca
 
 
 def _spy(monkeypatch) -> list[str]:
-    """Records the rating functions eval_compress calls, in order."""
+    """Records the rating functions the evaluator calls, in order."""
     rated = []
     for name in ("_evaluate_classical", "_evaluate_lm"):
-        real = getattr(eval_compress, name)
+        real = getattr(evaluation, name)
         spy = lambda *a, real=real, name=name: rated.append(name) or real(*a)  # noqa: E731
-        monkeypatch.setattr(eval_compress, name, spy)
+        monkeypatch.setattr(evaluation, name, spy)
     return rated
 
 
@@ -453,16 +502,16 @@ def test_a_changed_setting_or_file_is_rated_again(run, text_file, tmp_path, caps
     data.write_bytes(text_file.read_bytes())
     config = _log_loss_config(run, data)
     rated = _spy(monkeypatch)
-    first = _by_key(eval_compress.evaluate(config, tmp_path))
+    first = _by_key(evaluation.evaluate(config, tmp_path))
     assert rated == ["_evaluate_classical", "_evaluate_lm"]
     config.lm.coded = True  # the coded figure too: a record of the log-loss alone is not enough
-    coded = _by_key(eval_compress.evaluate(config, tmp_path))[f"lm:{run}", "chunked"]
+    coded = _by_key(evaluation.evaluate(config, tmp_path))[f"lm:{run}", "chunked"]
     assert rated[2:] == ["_evaluate_lm"]  # gzip was reused
     assert coded["passes"] == "log_loss+coded" and coded["coded_bytes"] > 0
     assert "differs in passes (log_loss -> log_loss+code" in capsys.readouterr().err
     other = corpus.pydocs_bytes()[300_000:]
     data.write_bytes(other[: len(text_file.read_bytes())])  # same size, other content
-    changed = _by_key(eval_compress.evaluate(config, tmp_path))
+    changed = _by_key(evaluation.evaluate(config, tmp_path))
     assert rated[3:] == ["_evaluate_classical", "_evaluate_lm"]
     for key in first:
         assert changed[key]["dataset_sha256"] != first[key]["dataset_sha256"], key
@@ -502,12 +551,12 @@ def test_images_from_a_path_are_rated_again_when_a_file_changes(tmp_path, monkey
     Image.fromarray(pixels).save(folder / "a.png")
     config = _config(dataset=f"images:{folder}", compressors="gzip", chunking="chunked")
     rated = _spy(monkeypatch)
-    first = _by_key(eval_compress.evaluate(config, tmp_path / "out"))
-    eval_compress.evaluate(config, tmp_path / "out")
+    first = _by_key(evaluation.evaluate(config, tmp_path / "out"))
+    evaluation.evaluate(config, tmp_path / "out")
     assert rated == ["_evaluate_classical"]  # the same files: reused
     assert "Reused 1 record" in capsys.readouterr().err
     Image.fromarray(255 - pixels).save(folder / "a.png")
-    changed = _by_key(eval_compress.evaluate(config, tmp_path / "out"))
+    changed = _by_key(evaluation.evaluate(config, tmp_path / "out"))
     assert rated == ["_evaluate_classical"] * 2
     key = ("gzip", "chunked")
     assert changed[key]["dataset_files"] != first[key]["dataset_files"]

@@ -6,9 +6,9 @@ import io
 
 import pytest
 
-import compress
 from coding import container
-from models import lm_coder
+from compressors import lm_stream, model_names
+from models import coding_model
 from tests import lm_coder_test
 from tests.compress_test import _decompress_fails, _rewrite_info, _text, _train
 
@@ -22,7 +22,7 @@ def _info(run, tmp_path, portable):
     """The description of a genuine stream of this run (its fingerprint and environment)."""
     (tmp_path / "genuine").write_bytes(_text()[:600])
     packed = tmp_path / "genuine.lmc"
-    compress.compress_file(
+    lm_stream.compress_file(
         run, tmp_path / "genuine", packed, lanes=2, chunk_size=256, portable=portable
     )
     with open(packed, "rb") as f:
@@ -33,7 +33,7 @@ def _forge(info, lanes, chunk, original, payload=b""):
     """A stream of `original` in chunks of `chunk` bytes, `lanes` per group, every chunk coded
     as `payload`, with valid checksums (that of each group's original bytes included)."""
     coder = dict(info.coder, lanes=lanes, chunk_tokens=chunk)
-    coder["attention_blocks"] = lm_coder.auto_attention_blocks(chunk)
+    coder["attention_blocks"] = coding_model.default_attention_blocks(chunk)
     file = io.BytesIO()
     described = container.StreamInfo(info.model, coder, info.environment).pack()
     writer = container.ContainerWriter(file, described, chunk, len(original), lanes)
@@ -63,7 +63,7 @@ def test_lanes_of_empty_payloads_are_refused_without_model_work(run, tmp_path, m
     assert calls == [[], []]
     # What it decodes to, zeros, it decodes to exactly, still without the model.
     forged.write_bytes(_forge(info, 1 << 16, 1, bytes(1 << 16)))
-    compress.decompress_file(run, forged, tmp_path / "zeros")
+    lm_stream.decompress_file(run, forged, tmp_path / "zeros")
     assert (tmp_path / "zeros").read_bytes() == bytes(1 << 16) and calls == [[], []]
 
 
@@ -73,16 +73,16 @@ def test_memory_estimate_of_forged_lanes_covers_their_allocation(run, tmp_path):
     info = _info(run, tmp_path, True)
     with open(tmp_path / "genuine.lmc", "rb") as f:
         header = container.ContainerReader(f).header
-    m = compress._load(run, None)
+    m = model_names.load(run).exact()
     for lanes, chunk in ((1 << 16, 1), (256, 256)):
         coder_info = container.StreamInfo(
             info.model,
             dict(info.coder, lanes=lanes, chunk_tokens=chunk,
-                 attention_blocks=lm_coder.auto_attention_blocks(chunk)),
+                 attention_blocks=coding_model.default_attention_blocks(chunk)),
             info.environment,
         )  # fmt: skip
         forged = container.Header(header.info, chunk, lanes * chunk, lanes)
-        coder = compress._coder_for(coder_info, forged, m)
+        coder = lm_stream.coder_for(coder_info, forged, m)
         assert lm_coder_test._xla_bytes(coder) <= coder.memory_bytes()
 
 
@@ -90,7 +90,7 @@ def test_unaffordable_lanes_are_refused_before_the_model_runs(run, tmp_path, mon
     info = _info(run, tmp_path, True)
     forged = tmp_path / "forged.lmc"
     forged.write_bytes(_forge(info, 1 << 16, 1, b"\x01" * (1 << 16), payload=b"\x80"))
-    monkeypatch.setattr(compress, "_device_memory_bytes", lambda: 256 << 20)
+    monkeypatch.setattr(lm_stream, "_device_memory_bytes", lambda: 256 << 20)
     calls = _count_model_calls(monkeypatch)
     _decompress_fails(run, forged, r"65536 lanes need about 0\.\d GiB to decode, more than half")
     assert calls == [[], []]
@@ -102,7 +102,7 @@ def test_attention_blocks_other_than_compress_writes_are_refused(run, tmp_path, 
     # More blocks decode the same tokens with one compiled program each: refused up front.
     (tmp_path / "in").write_bytes(_text()[:1000])
     packed = tmp_path / "in.lmc"
-    compress.compress_file(run, tmp_path / "in", packed, lanes=2, chunk_size=256)
+    lm_stream.compress_file(run, tmp_path / "in", packed, lanes=2, chunk_size=256)
     _rewrite_info(packed, **{"coder.attention_blocks": blocks})
     calls = _count_model_calls(monkeypatch)
     _decompress_fails(run, packed, rf"attention_blocks={blocks}, where compress writes 1 for")

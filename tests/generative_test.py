@@ -122,7 +122,7 @@ def test_bad_arguments(tmp_path):
         sample.run("gzip", str(prompt), out, lookahead=0)
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         sample.run("gzip", str(tmp_path / "missing.txt"), out)
-    with pytest.raises(ValueError, match="needs --workdir"):
+    with pytest.raises(ValueError, match="needs --model"):
         sample.run("lm", str(prompt), out)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         generative.sample_bytes(run_length, b"", 1, temperature=-1.0)

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from configs import default
-from models import lm_coder, transformer
+from models import coding_model, integer, lm_coder, pretrained, transformer
+from tests import hf_fixtures as fixtures
+
+
+def _net(model_cfg, params, portable=False):
+    """(net, params) of our float model or, `portable`, its integer twin."""
+    if portable:
+        net = coding_model.IntegerTransformer(model_cfg)
+        return net, integer.quantize_params(model_cfg, params)
+    return coding_model.FloatTransformer(model_cfg), params
 
 
 def _coder(vocab_size, lanes=3, chunk=24, **model):
@@ -15,7 +24,7 @@ def _coder(vocab_size, lanes=3, chunk=24, **model):
     model_cfg = dataclasses.replace(model_cfg, context_length=32, **model)
     params = transformer.init_params(model_cfg, jax.random.key(0))
     return lm_coder.LMCoder(
-        model_cfg, params, lm_coder.CoderShape(lanes, chunk, attention_blocks=3)
+        *_net(model_cfg, params), lm_coder.CoderShape(lanes, chunk, attention_blocks=3)
     )
 
 
@@ -131,7 +140,7 @@ def test_bytes_as_one_table_or_two_nibbles(low_bits):
     model_cfg = dataclasses.replace(model_cfg, context_length=32)
     params = transformer.init_params(model_cfg, jax.random.key(0))
     shape = lm_coder.CoderShape(2, 24, attention_blocks=3, low_bits=low_bits)
-    coder = lm_coder.LMCoder(model_cfg, params, shape)
+    coder = lm_coder.LMCoder(*_net(model_cfg, params), shape)
     assert coder.steps_per_token == (2 if low_bits else 1)
     chunks = [np.random.default_rng(5).integers(0, 256, 24) for _ in range(2)]
     coded = list(coder.encode_chunks(chunks, verify=True))
@@ -147,21 +156,23 @@ def test_portable_path_round_trips_and_ignores_the_group_layout():
     chunks = [rng.integers(0, 256, n) for n in (24, 9, 24)]
     payloads = {}
     for lanes, blocks in ((3, 3), (1, 1)):
-        shape = lm_coder.CoderShape(lanes, 24, attention_blocks=blocks, portable=True)
-        coder = lm_coder.LMCoder(model_cfg, params, shape)
+        shape = lm_coder.CoderShape(lanes, 24, attention_blocks=blocks)
+        coder = lm_coder.LMCoder(*_net(model_cfg, params, portable=True), shape)
         coded = list(coder.encode_chunks(chunks, verify=True))
         payloads[lanes] = [c.payload for c in coded]
     # Integer tables do not depend on the batch or the program: the same bytes every way.
     assert payloads[1] == payloads[3]
     with pytest.raises(ValueError, match="portable path codes one table"):
-        lm_coder.LMCoder(model_cfg, params, lm_coder.CoderShape(1, 24, low_bits=4, portable=True))
+        lm_coder.LMCoder(*_net(model_cfg, params, True), lm_coder.CoderShape(1, 24, low_bits=4))
 
 
 def test_auto_attention_blocks():
     # Byte chunks fill the coder: a block per 256 tokens; pretrained pieces vary: one per 128.
-    auto = lm_coder.auto_attention_blocks
-    assert [auto(24), auto(256), auto(2048), auto(8192)] == [1, 1, 8, 8]
-    assert [auto(48, True), auto(257, True), auto(2049, True), auto(4097, True)] == [1, 2, 16, 16]
+    ours = coding_model.FloatTransformer(transformer.TransformerConfig()).attention_blocks
+    assert [ours(24), ours(256), ours(2048), ours(8192)] == [1, 1, 8, 8]
+    theirs = pretrained.PretrainedNet(pretrained.config_from_hf(fixtures.llama_config()))
+    auto = theirs.attention_blocks
+    assert [auto(48), auto(257), auto(2049), auto(4097)] == [1, 2, 16, 16]
 
 
 def _count_calls(monkeypatch, name):
@@ -177,9 +188,9 @@ def _count_calls(monkeypatch, name):
 
 
 @pytest.mark.parametrize(
-    "shape", [{"low_bits": 4}, {"low_bits": 0}, {"low_bits": 0, "portable": True}]
+    "shape, portable", [({"low_bits": 4}, False), ({"low_bits": 0}, False), ({"low_bits": 0}, True)]
 )
-def test_empty_payloads_decode_to_zeros_without_the_model(monkeypatch, shape):
+def test_empty_payloads_decode_to_zeros_without_the_model(monkeypatch, shape, portable):
     # An empty stream is the value 0, the first symbol of any table: every step decodes token 0,
     # so lanes with nothing to read cost no model work (a forged group of them none at all).
     config = default.get_config("size=test")
@@ -187,7 +198,7 @@ def test_empty_payloads_decode_to_zeros_without_the_model(monkeypatch, shape):
     model_cfg = dataclasses.replace(model_cfg, context_length=32)
     params = transformer.init_params(model_cfg, jax.random.key(0))
     coder = lm_coder.LMCoder(
-        model_cfg, params, lm_coder.CoderShape(3, 24, attention_blocks=3, **shape)
+        *_net(model_cfg, params, portable), lm_coder.CoderShape(3, 24, attention_blocks=3, **shape)
     )
     tokens = np.zeros((3, 24), np.int32)
     tokens[1, :5] = np.random.default_rng(7).integers(1, 256, 5)
@@ -221,12 +232,12 @@ def _xla_bytes(coder):
     lanes, length = coder.shape.lanes, coder.shape.chunk_tokens
     lane = jax.ShapeDtypeStruct((lanes,), jnp.int32)
     data = jax.ShapeDtypeStruct((lanes, coder.capacity_bytes), jnp.uint8)
-    start = functools.partial(lm_coder._start_jit, cfg=coder.cfg, shape=coder.shape)
+    start = functools.partial(lm_coder._start_jit, net=coder.net, shape=coder.shape)
     carry = jax.eval_shape(lambda d, n, s: start(coder.params, d, n, s), data, lane, lane)
     first, last = coder.blocks()[-1]
     program = lm_coder._block_jit.lower(
         coder.params, carry, jax.ShapeDtypeStruct((lanes, length), jnp.int32), lane,
-        jax.ShapeDtypeStruct((lanes,), bool), first, last, cfg=coder.cfg, shape=coder.shape,
+        jax.ShapeDtypeStruct((lanes,), bool), first, last, net=coder.net, shape=coder.shape,
     ).compile().memory_analysis()  # fmt: skip
     params = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(coder.params))
     used = program.argument_size_in_bytes + program.output_size_in_bytes
@@ -234,16 +245,16 @@ def _xla_bytes(coder):
 
 
 @pytest.mark.parametrize(
-    "chunk, shape",
+    "chunk, shape, portable",
     [
-        (1, {"portable": True}),
-        (256, {"portable": True}),
-        (256, {}),
-        (256, {"kv_dtype": "bfloat16"}),
-        (256, {"kv_dtype": "int8"}),
+        (1, {}, True),
+        (256, {}, True),
+        (256, {}, False),
+        (256, {"kv_dtype": "bfloat16"}, False),
+        (256, {"kv_dtype": "int8"}, False),
     ],
 )
-def test_memory_estimate_covers_what_xla_allocates(chunk, shape):
+def test_memory_estimate_covers_what_xla_allocates(chunk, shape, portable):
     # The decoder refuses a stream whose lanes its device cannot hold by this estimate: it must
     # not fall short of the real allocation (the KV cache is live twice across a block call,
     # attention widens it), nor overshoot it much.
@@ -251,7 +262,8 @@ def test_memory_estimate_covers_what_xla_allocates(chunk, shape):
     model_cfg = transformer.TransformerConfig.from_config(config.model, 256)
     model_cfg = dataclasses.replace(model_cfg, context_length=256)
     params = transformer.init_params(model_cfg, jax.random.key(0))
-    blocks = lm_coder.auto_attention_blocks(chunk)
-    coder = lm_coder.LMCoder(model_cfg, params, lm_coder.CoderShape(64, chunk, 16, blocks, **shape))
+    blocks = coding_model.FloatTransformer(model_cfg).attention_blocks(chunk)
+    net, params = _net(model_cfg, params, portable)
+    coder = lm_coder.LMCoder(net, params, lm_coder.CoderShape(64, chunk, 16, blocks, **shape))
     actual = _xla_bytes(coder)
     assert actual <= coder.memory_bytes() <= 2.5 * actual

@@ -14,6 +14,7 @@ import pytest
 import compress
 import paths
 import sample
+from compressors import lm_stream
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NO_RUN = "/no/such/run"  # any work would fail on it: an error about paths came first
@@ -51,9 +52,9 @@ def test_an_output_that_is_the_input_is_refused(aliased, tmp_path):
     os.link(src, tmp_path / "hard.bin")
     for out in (alias, tmp_path / "hard.bin"):
         with pytest.raises(ValueError, match="is the input file"):
-            compress.compress_file(NO_RUN, src, out, force=True)
+            lm_stream.compress_file(NO_RUN, src, out, force=True)
         with pytest.raises(ValueError, match="is the input file"):
-            compress.decompress_file(NO_RUN, src, out, force=True)
+            lm_stream.decompress_file(NO_RUN, src, out, force=True)
         with pytest.raises(ValueError, match="is the input file"):
             sample.run("gzip", str(src), str(out), num_bytes=1, force=True, workers=0)
     assert src.read_bytes() == original
@@ -64,7 +65,7 @@ def test_cli_refuses_a_symlinked_output_in_one_line(aliased):
     original = src.read_bytes()
     for mode in ("compress", "decompress"):
         result = subprocess.run(
-            [sys.executable, "compress.py", mode, "--workdir=x", "--force", "--noprogress",
+            [sys.executable, "compress.py", mode, "--model=x", "--force", "--noprogress",
              str(src), str(alias)],
             cwd=REPO, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
@@ -82,17 +83,17 @@ def test_directories_are_refused_before_any_work(tmp_path):
     folder.mkdir()
     for force in (False, True):
         with pytest.raises(IsADirectoryError, match="folder is a directory: name a file"):
-            compress.compress_file(NO_RUN, src, folder, force=force)
+            lm_stream.compress_file(NO_RUN, src, folder, force=force)
         with pytest.raises(IsADirectoryError, match="folder is a directory: name a file"):
-            compress.decompress_file(NO_RUN, src, folder, force=force)
+            lm_stream.decompress_file(NO_RUN, src, folder, force=force)
         with pytest.raises(IsADirectoryError, match="folder is a directory: name a file"):
             sample.run("gzip", str(src), str(folder), force=force, workers=0)
     with pytest.raises(IsADirectoryError, match="is a directory: name a file"):
-        compress.compress_file(NO_RUN, src, f"{tmp_path}/new/", force=True)
+        lm_stream.compress_file(NO_RUN, src, f"{tmp_path}/new/", force=True)
     with pytest.raises(IsADirectoryError, match="folder is a directory: give a file as INPUT"):
-        compress.compress_file(NO_RUN, folder, tmp_path / "out")
+        lm_stream.compress_file(NO_RUN, folder, tmp_path / "out")
     with pytest.raises(IsADirectoryError, match="folder is a directory: give a file as INPUT"):
-        compress.decompress_file(NO_RUN, folder, tmp_path / "out")
+        lm_stream.decompress_file(NO_RUN, folder, tmp_path / "out")
     with pytest.raises(IsADirectoryError, match="folder' is a directory"):
         sample.run("gzip", str(folder), str(tmp_path / "out"), workers=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "in.bin"]
@@ -113,9 +114,9 @@ def test_negative_counts_are_refused_in_one_line(tmp_path):
     src.write_bytes(b"x")
     for name in ("lanes", "chunk_size", "top_k"):
         with pytest.raises(ValueError, match=f"--{name}=-1: give 0"):
-            compress.compress_file(NO_RUN, src, tmp_path / "out", **{name: -1})
+            lm_stream.compress_file(NO_RUN, src, tmp_path / "out", **{name: -1})
     result = subprocess.run(
-        [sys.executable, "compress.py", "compress", "--workdir=x", "--lanes=-1", str(src),
+        [sys.executable, "compress.py", "compress", "--model=x", "--lanes=-1", str(src),
          str(tmp_path / "out")],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -138,14 +139,14 @@ def test_fifos_are_written_into_not_replaced(run, tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     reader, got = _read_fifo(fifo)
-    s = compress.compress_file(run, src, fifo, force=True)
+    s = lm_stream.compress_file(run, src, fifo, force=True)
     reader.join(timeout=60)
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     assert len(got[0]) == s["compressed_bytes"]
     packed = tmp_path / "packed.lmc"
     packed.write_bytes(got[0])
     reader, got = _read_fifo(fifo)
-    compress.decompress_file(run, packed, fifo)  # no --force: nothing is replaced
+    lm_stream.decompress_file(run, packed, fifo)  # no --force: nothing is replaced
     reader.join(timeout=60)
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     assert got[0] == src.read_bytes()

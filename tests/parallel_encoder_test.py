@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from models import integer, lm_coder, transformer
+from models import coding_model, integer, lm_coder, transformer
 
 CHUNK = 32
 
@@ -31,8 +31,8 @@ def _model():
 
 def _coder(lanes=4, chunk=CHUNK, blocks=4):
     cfg, params = _model()
-    shape = lm_coder.CoderShape(lanes, chunk, attention_blocks=blocks, portable=True)
-    return lm_coder.LMCoder(cfg, params, shape)
+    shape = lm_coder.CoderShape(lanes, chunk, attention_blocks=blocks)
+    return lm_coder.LMCoder(coding_model.IntegerTransformer(cfg), params, shape)
 
 
 def _inputs(kind: str, size: int) -> bytes:
@@ -106,7 +106,7 @@ def test_group_of_every_length_and_rows_split_by_memory(monkeypatch):
     tokens = np.frombuffer(data, np.uint8).reshape(CHUNK + 1, CHUNK).astype(np.int32)
     lengths = np.arange(CHUNK + 1, dtype=np.int32)[::-1].copy()
     step = coder.encode_group(tokens, lengths, parallel=False)
-    monkeypatch.setattr(lm_coder, "CPU_PARALLEL_BYTES", 3 * coder.parallel_row_bytes(CHUNK))
+    monkeypatch.setattr(lm_coder, "CPU_PARALLEL_BYTES", 3 * coder.net.parallel_row_bytes(CHUNK))
     if jax.local_devices()[0].platform == "cpu":
         assert coder.parallel_rows(CHUNK) == 3
     assert coder.encode_group(tokens, lengths).payloads == step.payloads
@@ -126,7 +126,8 @@ def test_short_groups_run_a_shorter_pass_with_the_same_bytes():
 def test_float_path_keeps_its_step_encoder():
     cfg, _ = _model()
     params = transformer.init_params(cfg, jax.random.key(0))
-    coder = lm_coder.LMCoder(cfg, params, lm_coder.CoderShape(2, CHUNK, attention_blocks=4))
+    net = coding_model.FloatTransformer(cfg)
+    coder = lm_coder.LMCoder(net, params, lm_coder.CoderShape(2, CHUNK, attention_blocks=4))
     with pytest.raises(ValueError, match="only the portable path"):
         coder.encode_group(np.zeros((2, CHUNK)), np.array([3, 0]), parallel=True)
 
@@ -137,7 +138,11 @@ def test_parallel_row_estimate_covers_what_xla_allocates():
     rows = jax.ShapeDtypeStruct((8, 64), jnp.int32)
     program = (
         lm_coder._parallel_intervals_jit.lower(
-            coder.params, rows, jax.ShapeDtypeStruct((8,), jnp.int32)
+            coder.params,
+            rows,
+            jax.ShapeDtypeStruct((8,), jnp.int32),
+            net=coder.net,
+            spec=coder.spec,
         )
         .compile()
         .memory_analysis()
@@ -145,4 +150,4 @@ def test_parallel_row_estimate_covers_what_xla_allocates():
     params = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(coder.params))
     used = program.argument_size_in_bytes + program.output_size_in_bytes
     actual = used + program.temp_size_in_bytes - params
-    assert actual <= 8 * coder.parallel_row_bytes(64) <= 4 * actual
+    assert actual <= 8 * coder.net.parallel_row_bytes(64) <= 4 * actual

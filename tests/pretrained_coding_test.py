@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-import compress
-import eval_compress
+import compressors
+from analysis import tables
 from coding import container
-from compressors import fingerprints, pretrained_model
+from compressors import evaluation, fingerprints, lm_stream, model_names, pretrained_model
 from configs import eval as eval_config
 from data import pretrained_tokenizers as tokenizers
 from models import lm_coder, pretrained
@@ -116,7 +116,7 @@ def test_eval_compress_rates_an_hf_model_with_and_without_top_k(gpt2_dir, tmp_pa
     config.update(num_chunks=4, chunk_size=128, progress=False, workers=1)
     config.lm.update(lanes=4, verify=True)
     config.hf.top_k = 8
-    records = eval_compress.evaluate(config, tmp_path)
+    records = evaluation.evaluate(config, tmp_path)
     (hf,) = [r for r in records if r["compressor"].startswith("hf:")]
     assert hf["top_k"] == 8 and hf["model_type"] == "gpt2" and hf["verified"]
     assert hf["num_params"] == pretrained_model.PretrainedCompressor(gpt2_dir).num_params
@@ -126,13 +126,13 @@ def test_eval_compress_rates_an_hf_model_with_and_without_top_k(gpt2_dir, tmp_pa
     assert 0 < hf["escapes"] <= hf["tokens"] and hf["log_loss_rate"] > 0
     config.hf.top_k = 0  # the whole vocabulary: its own record; the top-8 one is kept
     config.lm.verify = False
-    again = eval_compress.evaluate(config, tmp_path)
+    again = evaluation.evaluate(config, tmp_path)
     full = [r for r in again if r.get("top_k") == 0]
     assert len(full) == 1 and full[0]["escapes"] == 0
     assert full[0]["coded_bytes"] < hf["coded_bytes"]  # no escape costs
     saved = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert sorted(r.get("top_k") for r in saved if r["compressor"].startswith("hf:")) == [0, 8]
-    table = eval_compress.tables.format_table(saved)
+    table = tables.format_table(saved)
     assert "top-8" in table and "full" in table and "escaped the top 8" in table
 
 
@@ -141,8 +141,8 @@ def test_compress_round_trips_text_bytes_and_unreproducible_chunks(llama_dir, tm
     data = TEXT[:300] + FULL_WIDTH + RANDOM[:100] + b"two  spaces" * 4
     src.write_bytes(data)
     spec = f"hf:{llama_dir}"
-    summary = compress.compress_file(spec, src, packed, lanes=4, chunk_size=40, top_k=5)
-    compress.decompress_file(spec, packed, out)
+    summary = lm_stream.compress_file(spec, src, packed, lanes=4, chunk_size=40, top_k=5)
+    lm_stream.decompress_file(spec, packed, out)
     assert out.read_bytes() == data
     assert summary["num_chunks"] == 12
     reader = container.ContainerReader(open(packed, "rb"))
@@ -154,8 +154,8 @@ def test_compress_round_trips_text_bytes_and_unreproducible_chunks(llama_dir, tm
     assert any(not c.raw for c in chunks)  # some chunks the random model did shorten
     # bfloat16: recorded in the stream, which decompression follows.
     packed16 = tmp_path / "in16.lmc"
-    compress.compress_file(spec, src, packed16, lanes=4, chunk_size=40, dtype="bfloat16")
-    compress.decompress_file(spec, packed16, out, force=True)
+    lm_stream.compress_file(spec, src, packed16, lanes=4, chunk_size=40, dtype="bfloat16")
+    lm_stream.decompress_file(spec, packed16, out, force=True)
     assert out.read_bytes() == data
     info = container.StreamInfo.unpack(container.ContainerReader(open(packed16, "rb")).header.info)
     assert info.coder["dtype"] == "bfloat16" and info.coder["top_k"] == 0
@@ -169,26 +169,26 @@ def test_a_tokenizer_without_byte_tokens_stores_what_it_cannot_read(tmp_path):
     src, packed, out = tmp_path / "in", tmp_path / "in.lmc", tmp_path / "out"
     data = b"Hello world, hello world. " * 3 + "price: 5 €".encode() + RANDOM[:30]
     src.write_bytes(data)
-    summary = compress.compress_file(f"hf:{model_dir}", src, packed, lanes=2, chunk_size=32)
-    compress.decompress_file(f"hf:{model_dir}", packed, out)
+    summary = lm_stream.compress_file(f"hf:{model_dir}", src, packed, lanes=2, chunk_size=32)
+    lm_stream.decompress_file(f"hf:{model_dir}", packed, out)
     assert out.read_bytes() == data and summary["raw_chunks"] >= 1
 
 
 def test_wrong_model_and_bad_requests_are_one_clear_line(gpt2_dir, llama_dir, tmp_path):
     src, packed = tmp_path / "in", tmp_path / "in.lmc"
     src.write_bytes(TEXT[:100])
-    compress.compress_file(f"hf:{gpt2_dir}", src, packed, lanes=2)
+    lm_stream.compress_file(f"hf:{gpt2_dir}", src, packed, lanes=2)
     with pytest.raises(container.FormatError, match="different model"):
-        compress.decompress_file(f"hf:{llama_dir}", packed, tmp_path / "out")
+        lm_stream.decompress_file(f"hf:{llama_dir}", packed, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="float path only"):
-        compress.compress_file(f"hf:{gpt2_dir}", src, tmp_path / "p", portable=True)
+        lm_stream.compress_file(f"hf:{gpt2_dir}", src, tmp_path / "p", portable=True)
     with pytest.raises(ValueError, match="exceeds the model's context of 32"):
-        compress.compress_file(f"hf:{gpt2_dir}", src, tmp_path / "p", chunk_size=64)
+        lm_stream.compress_file(f"hf:{gpt2_dir}", src, tmp_path / "p", chunk_size=64)
     for args, message in [
         ([f"--model=hf:{tmp_path / 'none'}"], "no model directory"),
-        ([f"--model={gpt2_dir}"], "--model takes hf:PATH"),
-        ([f"--model=hf:{gpt2_dir}", f"--workdir={tmp_path}"], "one."),
+        ([f"--model={gpt2_dir}"], "not a training run"),
+        ([f"--model=hf:{gpt2_dir}", f"--workdir={tmp_path}"], "--workdir is now --model=RUN_DIR"),
     ]:
         result = subprocess.run(
             [sys.executable, "compress.py", "compress", *args, str(src), str(tmp_path / "x")],
@@ -208,14 +208,14 @@ def test_eval_compress_checks_hf_directories_before_any_work(gpt2_dir, tmp_path)
     config = eval_config.get_config()
     config.compressors = f"gzip,hf:{incomplete}"
     with pytest.raises(FileNotFoundError, match="no tokenizer.json or tokenizer.model"):
-        eval_compress.evaluate(config, tmp_path / "results")
+        evaluation.evaluate(config, tmp_path / "results")
     assert not (tmp_path / "results").exists()  # gzip did not run either
     unsupported = tmp_path / "bert"
     unsupported.mkdir()
     (unsupported / "config.json").write_text(json.dumps({"model_type": "bert"}))
     config.compressors = f"hf:{unsupported}"
     with pytest.raises(ValueError, match="llama"):
-        eval_compress.evaluate(config, tmp_path / "results")
+        evaluation.evaluate(config, tmp_path / "results")
 
 
 def test_hf_fingerprint_is_the_streams(gpt2_dir):
@@ -224,7 +224,7 @@ def test_hf_fingerprint_is_the_streams(gpt2_dir):
     digest.update(hashlib.sha256((gpt2_dir / "tokenizer.json").read_bytes()).hexdigest().encode())
     digest.update((gpt2_dir / "model.safetensors").read_bytes())
     assert fingerprints.hf_fingerprint(gpt2_dir) == digest.hexdigest()
-    assert compress._load(f"hf:{gpt2_dir}", None).fingerprint == digest.hexdigest()
+    assert model_names.load(f"hf:{gpt2_dir}").fingerprint == digest.hexdigest()
 
 
 def test_eval_compress_rates_an_hf_model_again_when_its_weights_change(
@@ -236,15 +236,15 @@ def test_eval_compress_rates_an_hf_model_again_when_its_weights_change(
     config.compressors = f"hf:{model_dir}"
     config.update(num_chunks=2, chunk_size=128, progress=False, workers=1)
     config.lm.coded = False
-    (first,) = eval_compress.evaluate(config, tmp_path / "results")
+    (first,) = evaluation.evaluate(config, tmp_path / "results")
     assert first["model_sha256"] == fingerprints.hf_fingerprint(model_dir)
     with monkeypatch.context() as patch:  # reused without loading the model
-        patch.setitem(eval_compress.compressors.COMPRESSORS, "hf", lambda *a, **k: pytest.fail())
-        assert eval_compress.evaluate(config, tmp_path / "results") == [first]
+        patch.setitem(compressors.COMPRESSORS, "hf", lambda *a, **k: pytest.fail())
+        assert evaluation.evaluate(config, tmp_path / "results") == [first]
     assert "Reused 1 record of" in capsys.readouterr().err
     model_config = json.loads((model_dir / "config.json").read_text())
     fixtures.write_model(model_dir, model_config, fixtures.random_weights(model_config, seed=5))
-    (again,) = eval_compress.evaluate(config, tmp_path / "results")
+    (again,) = evaluation.evaluate(config, tmp_path / "results")
     assert again["model_sha256"] != first["model_sha256"]
     assert again["log_loss_bytes"] != first["log_loss_bytes"]
     assert "differs in model_sha256" in capsys.readouterr().err

@@ -21,7 +21,7 @@ import pytest
 
 from compressors import mask_ascii
 from data import pretrained_tokenizers as tokenizers
-from models import pretrained, transformer
+from models import pretrained
 from tests import hf_fixtures as fixtures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -177,7 +177,7 @@ def _decode_all(model, params, tokens, blocks=2):
         log_probs, cache = model.decode(params, prev, t, cache, kv_length)
         return (cache, tokens[:, t]), log_probs
 
-    carry = (model.init_cache(batch, length), jnp.full((batch,), 7, jnp.int32))
+    carry = (model.init_cache(None, batch, length), jnp.full((batch,), 7, jnp.int32))
     outputs, block = [], -(-length // blocks)
     for first in range(0, length, block):
         last = min(length, first + block)
@@ -322,7 +322,7 @@ _SHARDED_SCRIPT = textwrap.dedent(
         tokens = np.random.default_rng(0).integers(0, 320, (2, 12)).astype(np.int32)
         a = np.asarray(jax.jit(one.apply)(params_one, tokens))
         b = np.asarray(jax.jit(four.apply)(params_four, tokens))
-        cache = four.init_cache(2, 12)
+        cache = four.init_cache(None, 2, 12)
         step = jax.jit(four.decode)
         first, cache = step(params_four, tokens[:, 0], np.int32(0), cache)
         second, _ = step(params_four, tokens[:, 0], np.int32(1), cache)
@@ -365,29 +365,6 @@ def test_parameters_shard_over_four_devices(tmp_path):
     assert gpt2["h_0/ln_1/weight"] == [[], 4]  # replicated
     for name in ("llama", "gpt2"):
         assert out[name]["apply"] < 1e-5 and out[name]["decode"] < 1e-5, out[name]
-
-
-def test_coding_model_wraps_our_transformer_unchanged():
-    cfg = transformer.TransformerConfig(num_layers=2, width=32, num_heads=2, context_length=16)
-    params = jax.jit(transformer.init_params, static_argnums=0)(cfg, jax.random.PRNGKey(0))
-    model = pretrained.CodingModel.from_transformer(cfg)
-    assert (model.vocab_size, model.context_length, model.start_token) == (256, 16, 0)
-    tokens = _tokens(256, (2, 16))
-    module = transformer.Transformer(cfg)
-    direct = jax.jit(lambda p, t: module.apply({"params": p}, t))(params, tokens)
-    np.testing.assert_array_equal(np.asarray(jax.jit(model.apply)(params, tokens)), direct)
-    cache = model.init_cache(2, 16)
-    assert jax.tree_util.tree_map(jnp.shape, cache) == jax.tree_util.tree_map(
-        jnp.shape, transformer.init_cache(cfg, 2, 16)
-    )
-    step = functools.partial(module.apply, method=transformer.Transformer.decode)
-    args = (jnp.zeros(2, jnp.int32), jnp.int32(0), cache)
-    ours, _ = jax.jit(model.decode, static_argnums=4)(params, *args, 8)
-    theirs, _ = jax.jit(step, static_argnums=4)({"params": params}, *args, 8)
-    np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
-    assert jax.tree_util.tree_structure(model.param_shapes()) == jax.tree_util.tree_structure(
-        params
-    )
 
 
 def test_rope_variants():

@@ -71,7 +71,7 @@ RULES = {
     "block_chunks": _int(1),
     "lm.step": _int(-1),
     "lm.chunks_per_device": _int(1),
-    "lm.lanes": _int(1, 1 << 16),
+    "lm.lanes": _int(0, 1 << 16),  # 0: from the device's memory
     "lm.attention_blocks": _int(0, 16),
     "lm.prefetch": _int(1),
 }
