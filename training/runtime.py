@@ -293,15 +293,17 @@ class Preemption:
 
     def _backstop(self) -> None:
         """Ends the process if the main thread did not take the signal (it is in native code),
-        or took it but is stuck before leaving the `with`."""
+        or took it but did not leave the `with`: stuck, or the exception was raised where Python
+        only reports it and goes on (a `__del__`, a garbage-collection callback such as JAX's),
+        so the stop line is printed here."""
         time.sleep(self.GRACE_S)
         if self._active and self._raised is None and not self._at_risk:
             stop = self._unsaved_stop()
             _exit_now(str(stop), stop.exit_status, self._cleanups)
         if self._raised is not None:
             time.sleep(self.EXIT_GRACE_S)
-            if self._active:
-                _exit_now(None, self._raised.exit_status, [])
+            if self._active:  # taken, but swallowed (raised in a __del__ or a callback) or stuck
+                _exit_now(str(self._raised), self._raised.exit_status, self._cleanups)
 
 
 def _exit_now(message: str | None, status: int, cleanups) -> None:
