@@ -60,12 +60,15 @@ def main(argv):
     FLAGS = flags.FLAGS  # noqa: N806
     if len(argv) != 4 or argv[1] not in ("compress", "decompress"):
         raise app.UsageError(
-            "usage: compress.py compress|decompress --model=RUN_DIR|hf:PATH INPUT OUTPUT"
+            "usage: compress.py compress|decompress --model=RUN_DIR|hf:PATH|online:SIZE INPUT "
+            "OUTPUT"
         )
-    if not FLAGS.model:
-        raise app.UsageError("give the model: --model=RUN_DIR (a training run) or hf:PATH.")
-    model = FLAGS.model
     mode, input_path, output_path = argv[1:]
+    if not FLAGS.model and mode == "compress":
+        raise app.UsageError(
+            "give the model: --model=RUN_DIR (a training run), hf:PATH or online:SIZE."
+        )
+    model = FLAGS.model or None  # decompress: an online stream names its model itself
     numerics.configure_coding()  # before JAX starts its backend
     cli.quiet_logging()
     common = {"step": FLAGS.step, "progress": FLAGS.progress, "force": FLAGS.force}
@@ -81,6 +84,7 @@ def main(argv):
             kv_dtype=FLAGS.kv_cache,
             top_k=FLAGS.top_k,
             dtype=FLAGS.dtype,
+            recipe=FLAGS.recipe,
             **common,
         )
     else:
@@ -95,10 +99,17 @@ def _define_flags() -> None:
     flags.DEFINE_string(
         "model",
         None,
-        "The model: RUN_DIR, a training run (its newest checkpoint, or --step), or hf:PATH, a "
-        "pretrained model in the Hugging Face layout.",
+        "The model: RUN_DIR, a training run (its newest checkpoint, or --step); hf:PATH, a "
+        "pretrained model in the Hugging Face layout; online:SIZE, a model that learns while it "
+        "codes (decompress needs no --model for it).",
     )
     cli.retired_flag("workdir", "--model=RUN_DIR")
+    flags.DEFINE_string(
+        "recipe",
+        "",
+        "online:SIZE models: refine the recipe, key=value,... over segment_bytes, lanes, steps, "
+        "replay, learning_rate, b1, b2, seed (compressors/online.py); recorded in the stream.",
+    )
     flags.DEFINE_enum(
         "dtype",
         "",

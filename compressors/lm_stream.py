@@ -89,6 +89,7 @@ def compress_file(
     kv_dtype: str = "",
     top_k: int = 0,
     dtype: str = "",
+    recipe: str = "",
 ) -> dict:
     """Compresses `input_path` into `output_path` ('-': standard input / output).
 
@@ -98,10 +99,11 @@ def compress_file(
     stream says which); `kv_dtype` ('bfloat16', 'int8') shrinks that path's KV cache, `top_k` > 0
     codes under the paper's top-k tables, `dtype` ('float32', 'bfloat16'; '' the model's own)
     is the float model's compute dtype (recorded; decompress follows the stream). `lanes` 0
-    picks them from the device's memory.
+    picks them from the device's memory (a model that learns while it codes fixes them).
 
     Args:
-      model: a model name (`compressors.model_names`): RUN_DIR or hf:PATH.
+      model: a model name (`compressors.model_names`): RUN_DIR, hf:PATH or online:SIZE.
+      recipe: an online model's refinements, `key=value,...` (`compressors.online.Recipe`).
 
     Returns:
       Summary: raw and compressed bytes, coded-payload bytes, chunks (and how many stored raw),
@@ -116,7 +118,9 @@ def compress_file(
     for flag, value in (("lanes", lanes), ("chunk_size", chunk_size), ("top_k", top_k)):
         if value < 0:
             raise ValueError(f"--{flag}={value}: give 0 (the default) or more.")
-    m = model_names.load(model, step=step, dtype=dtype)
+    m = model_names.load(model, step=step, dtype=dtype, recipe=recipe)
+    if lanes and m.lanes and lanes != m.lanes:
+        raise ValueError(f"{model} codes {m.lanes} lanes a group: set them in its recipe.")
     if portable or (portable is None and m.exact_twin is not None):
         if dtype or top_k or kv_dtype:
             raise ValueError(
@@ -133,7 +137,7 @@ def compress_file(
         # A pretrained tokenizer may add a token (SentencePiece's leading space); more tokens than
         # this and the chunk is coded as byte tokens, one per byte.
         max_tokens = m.chunk_tokens(chunk)
-        lanes = lanes or lm_coder.default_lanes(m.net, max_tokens)
+        lanes = lanes or m.lanes or lm_coder.default_lanes(m.net, max_tokens)
         shape = lm_coder.CoderShape(
             lanes=max(1, min(lanes, num_chunks)),
             chunk_tokens=max_tokens,
@@ -148,7 +152,7 @@ def compress_file(
         )
         with _bar(raw_bytes, "compress", progress) as bar:
             groups = itertools.batched(_pieces(src, chunk, digest, bar), shape.lanes)
-            ideal_bits, payload_bytes, num_raw = _write_groups(groups, m, coder, writer)
+            ideal_bits, payload_bytes, num_raw = _write_groups(groups, m, coder, writer, bar)
         writer.finish(digest.digest())
         compressed_bytes = writer.bytes_written
     seconds = time.perf_counter() - start
@@ -167,14 +171,17 @@ def compress_file(
     }
 
 
-def _write_groups(groups, m: coding_model.CodingModel, coder, writer) -> tuple:
-    """Codes each group of chunks and writes it; returns (the model's ideal bits, payload
-    bytes, chunks stored raw)."""
-    ideal_bits, payload_bytes, num_raw = 0.0, 0, 0
+def _write_groups(groups, m: coding_model.CodingModel, coder, writer, bar) -> tuple:
+    """Codes each group of chunks and writes it, the model learning from each group after it
+    (`CodingModel.learn`: nothing for most models); returns (the model's ideal bits, payload
+    bytes, chunks stored raw). The bar shows the bits per byte written so far."""
+    ideal_bits, payload_bytes, num_raw, seen = 0.0, 0, 0, 0
     columns = writer.header.columns
     for pieces in groups:
         tokens = [m.tokenize(p, coder.shape.chunk_tokens) for p in pieces]
         coded = list(coder.encode_chunks([ids for ids, _ in tokens]))
+        m.learn([ids for ids, _ in tokens])
+        coder.params = m.params
         raw = writer.write_group(
             [
                 p if mode == tokenizers.MODE_RAW else c.payload  # no tokens: stored as it is
@@ -187,6 +194,8 @@ def _write_groups(groups, m: coding_model.CodingModel, coder, writer) -> tuple:
         ideal_bits += sum(c.bits for c in coded)
         payload_bytes += sum(len(c.payload) for c in coded)
         num_raw += sum(raw)
+        seen += sum(map(len, pieces))
+        bar.set_postfix_str(f"{8 * writer.bytes_written / max(seen, 1):.3f} bits/byte")
     return ideal_bits, payload_bytes, num_raw
 
 
@@ -254,7 +263,7 @@ def _device_memory_bytes() -> int:
 
 
 def decompress_file(
-    model: str,
+    model: str | None,
     input_path: str,
     output_path: str,
     step: int | None = None,
@@ -262,7 +271,8 @@ def decompress_file(
     force: bool = False,
 ) -> dict:
     """Decompresses `input_path` (made by `compress_file` with the same model: a run's workdir
-    or `hf:PATH`) into `output_path`.
+    or `hf:PATH`; None for a stream that describes its model whole, an online model's) into
+    `output_path`.
 
     Raises:
       container.FormatError: wrong model or environment, truncated or corrupted stream (one
@@ -277,7 +287,10 @@ def decompress_file(
         dtype = str(info.coder.get("dtype", ""))  # a float model computes in the stream's dtype
         if dtype not in ("", "float32", "bfloat16"):
             raise container.FormatError(f"impossible stream settings: dtype {dtype!r}")
-        m = model_names.load(model, step=step, dtype=dtype)
+        if model is None:
+            m = model_names.from_stream(info.coder)
+        else:
+            m = model_names.load(model, step=step, dtype=dtype)
         start = time.perf_counter()
         if info.model != m.fingerprint:
             raise container.FormatError(
@@ -335,8 +348,9 @@ def _decode_groups(reader, coder, m: coding_model.CodingModel, out, progress: bo
                 for c in group.chunks
                 for ids in [m.tokenize(c.payload, max_tokens)[0] if c.raw else None]
             ]
-            blocks = []
+            blocks, decoded = [], []
             for c, tokens in zip(group.chunks, coder.decode_chunks(items), strict=True):
+                decoded.append(tokens)
                 try:
                     block = c.payload if c.raw else m.detokenize(tokens, c.mode)
                 except ValueError as e:
@@ -348,6 +362,8 @@ def _decode_groups(reader, coder, m: coding_model.CodingModel, out, progress: bo
                 blocks.append(block)
             original = b"".join(blocks)
             group.verify(original)
+            m.learn(decoded)  # as the encoder did after this group
+            coder.params = m.params
             digest.update(original)
             out.write(original)
             bar.update(len(original))

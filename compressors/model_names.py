@@ -4,6 +4,8 @@
   lm:RUN_DIR   the same, as a compressor list names it (`--config.compressors=gzip,lm:RUN_DIR`)
   hf:PATH      a Hugging Face model directory: config.json, *.safetensors, and tokenizer.json or
                tokenizer.model (models/pretrained.py lists the architectures)
+  online:SIZE  a model that learns while it codes, from a seeded start (compressors/online.py);
+               its stream holds the whole recipe, so it decompresses without naming a model
 
 compress.py, sample.py and the evaluator take these names and nothing else asks which kind of
 model a name is: what differs between kinds is in the `CodingModel` this module builds.
@@ -18,23 +20,31 @@ from models import coding_model
 
 HF_PREFIX = "hf:"
 LM_PREFIX = "lm:"
-KINDS = {"run": "a training run (RUN_DIR)", "hf": "a Hugging Face model directory (hf:PATH)"}
+ONLINE_PREFIX = "online:"
+KINDS = {
+    "run": "a training run (RUN_DIR)",
+    "hf": "a Hugging Face model directory (hf:PATH)",
+    "online": "an online model (online:SIZE)",
+}
 
 
 def parse(name: str) -> tuple[str, str]:
-    """(kind, path) of a model name: ('hf', PATH) for `hf:PATH`, ('run', RUN_DIR) for
-    `lm:RUN_DIR` or a bare RUN_DIR.
+    """(kind, path) of a model name: ('hf', PATH) for `hf:PATH`, ('online', SIZE) for
+    `online:SIZE`, ('run', RUN_DIR) for `lm:RUN_DIR` or a bare RUN_DIR.
 
     Raises:
       ValueError: a prefix without its path.
     """
     name = os.fspath(name)
-    for prefix, kind in ((HF_PREFIX, "hf"), (LM_PREFIX, "run")):
+    prefixes = ((HF_PREFIX, "hf"), (LM_PREFIX, "run"), (ONLINE_PREFIX, "online"))
+    for prefix, kind in prefixes:
         if name.startswith(prefix):
             if not name[len(prefix) :]:
-                what = {"hf": "a model directory: hf:PATH", "run": "a training run: lm:RUN_DIR"}[
-                    kind
-                ]
+                what = {
+                    "hf": "a model directory: hf:PATH",
+                    "run": "a training run: lm:RUN_DIR",
+                    "online": "a size: online:SIZE (e.g. online:200K)",
+                }[kind]
                 raise ValueError(f"{prefix[:-1]} needs {what}.")
             return kind, name[len(prefix) :]
     if not name:
@@ -59,20 +69,27 @@ def check(name: str) -> None:
         from compressors import pretrained_model
 
         pretrained_model.check_model_dir(path)
+    elif kind == "online":
+        from compressors import online
+
+        online.Recipe.parse(path)
     else:
         import runs
 
         runs.load_config(path)
 
 
-def load(name: str, *, step: int | None = None, dtype: str = "") -> coding_model.CodingModel:
+def load(
+    name: str, *, step: int | None = None, dtype: str = "", recipe: str = ""
+) -> coding_model.CodingModel:
     """Loads a model by name (see the module docstring).
 
     Args:
-      name: RUN_DIR, lm:RUN_DIR or hf:PATH.
+      name: RUN_DIR, lm:RUN_DIR, hf:PATH or online:SIZE.
       step: a training run's checkpoint (None: the newest).
       dtype: the compute dtype ('float32', 'bfloat16'); '' keeps the model's (a run's own,
         float32 for hf: models).
+      recipe: an online model's `key=value,...` refinements (`compressors.online.Recipe`).
 
     Raises:
       FileNotFoundError, ValueError: no such model, or options that do not apply to it.
@@ -80,6 +97,14 @@ def load(name: str, *, step: int | None = None, dtype: str = "") -> coding_model
     kind, path = parse(name)
     if dtype not in ("", "float32", "bfloat16"):
         raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}.")
+    if recipe and kind != "online":
+        raise ValueError("--recipe applies to online:SIZE models.")
+    if kind == "online":
+        if step is not None or dtype:
+            raise ValueError("--step and --dtype do not apply to online: models (see --recipe).")
+        from compressors import online
+
+        return online.load(online.Recipe.parse(path, recipe), name)
     if kind == "hf":
         if step is not None:
             raise ValueError("--step applies to training runs, not to hf: models.")
@@ -116,6 +141,25 @@ def _load_run(name: str, workdir: str, step: int | None, dtype: str) -> coding_m
     )
     model.exact_twin = lambda: coding_model.integer_twin(model)
     return model
+
+
+def from_stream(settings: dict) -> coding_model.CodingModel:
+    """The model a stream's settings describe whole (an online model's recipe), for decompress
+    without --model.
+
+    Raises:
+      ValueError: the stream's model must be named (a run or a checkpoint), or its recipe is
+        malformed or out of bounds.
+    """
+    if settings.get("model") != "online":
+        raise ValueError(
+            "this stream was made by "
+            f"{KINDS.get(settings.get('model'), 'a model')}: name it with --model"
+        )
+    from compressors import online
+
+    recipe = online.Recipe.from_dict(settings.get("online"))
+    return online.load(recipe, f"{ONLINE_PREFIX}{recipe.size}")
 
 
 MAX_PRETRAINED_CHUNK = 2048  # bytes per chunk by default for hf: models (the paper's chunks)

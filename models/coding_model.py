@@ -217,6 +217,11 @@ class CodingModel:
       num_params: parameters in the model.
       step: a training run's checkpoint step (None for other models).
       exact_twin: returns the model with exact tables, or raises ValueError naming why not.
+      lanes: the chunks a group must hold (0: any; a model that learns after every group fixes
+        them).
+      learner: a model that learns while it codes: `learner.learn(chunks)` trains on a group's
+        token arrays and returns the new parameters (`compressors.online`); None: a model whose
+        parameters never change.
     """
 
     name: str
@@ -233,6 +238,8 @@ class CodingModel:
     num_params: int = 0
     step: int | None = None
     exact_twin: Callable[[], "CodingModel"] | None = None
+    lanes: int = 0
+    learner: Any = None
     _fingerprint: str | None = None
 
     @property
@@ -256,6 +263,12 @@ class CodingModel:
         if self.exact_twin is None:
             raise ValueError(f"{self.name} codes on the float path only: drop --portable.")
         return self.exact_twin()
+
+    def learn(self, chunks: list[np.ndarray]) -> None:
+        """Called after every group coded or decoded, with its chunks' tokens in order: a model
+        that learns while it codes takes its training steps here (the same on both sides)."""
+        if self.learner is not None:
+            self.params = self.learner.learn(chunks)
 
     @property
     def path(self) -> str:
