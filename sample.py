@@ -296,22 +296,14 @@ def main(argv):
     cli.no_arguments(argv)
 
     cli.quiet_logging()
+    options = ("num_bytes", "mode", "image_width", "image_height", "model", "seed")
+    options += ("temperature", "lookahead", "num_continuations", "context_bytes", "workers")
     generated = run(
         FLAGS.compressor,
         FLAGS.prompt_file,
         FLAGS.output,
-        num_bytes=FLAGS.num_bytes,
-        mode=FLAGS.mode,
-        image_width=FLAGS.image_width,
-        image_height=FLAGS.image_height,
-        model=FLAGS.model,
-        seed=FLAGS.seed,
-        temperature=FLAGS.temperature,
-        lookahead=FLAGS.lookahead,
-        num_continuations=FLAGS.num_continuations,
-        context_bytes=FLAGS.context_bytes,
-        workers=FLAGS.workers,
         force=FLAGS.force,
+        **{name: FLAGS[name].value for name in options},
     )
     print(f"Sampled {len(generated)} bytes with {FLAGS.compressor}; wrote {FLAGS.output}.")
     if FLAGS.mode == "text":

@@ -82,9 +82,23 @@ def default_attention_blocks(chunk_tokens: int, per: int = 256, most: int = 8) -
 
 
 class FloatNet:
-    """What float nets share: tables quantised from log-probabilities (`coding.tables`)."""
+    """What float nets share: tables quantised from log-probabilities (`coding.tables`), and
+    the vocabulary, context and dtype of their `config`."""
 
     exact = False
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def context_length(self) -> int:
+        """Most tokens one sequence may have."""
+        return self.config.context_length
+
+    @property
+    def dtype(self) -> str:
+        return str(self.config.dtype)
 
     def table_spec(self, precision_bits, low_bits, top_k, kv_dtype):
         if low_bits < 0 and top_k:
@@ -108,18 +122,6 @@ class FloatTransformer(FloatNet):
     compute dtype, bfloat16 or int8 (`kv_dtype`)."""
 
     config: transformer.TransformerConfig
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def context_length(self) -> int:
-        return self.config.context_length
-
-    @property
-    def dtype(self) -> str:
-        return str(self.config.dtype)
 
     def attention_blocks(self, chunk_tokens: int) -> int:
         return default_attention_blocks(chunk_tokens)

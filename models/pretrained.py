@@ -98,19 +98,6 @@ class PretrainedNet(coding_model.FloatNet):
     config: PretrainedConfig
     start_token: int | None = 0
 
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def context_length(self) -> int:
-        """Most tokens one sequence may have (max_position_embeddings, or a sliding window)."""
-        return self.config.context_length
-
-    @property
-    def dtype(self) -> str:
-        return str(self.config.dtype)
-
     def _module(self):
         return _MODULES[self.config.family](self.config)
 
