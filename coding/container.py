@@ -3,7 +3,7 @@
 Our own format rather than a general archive (zip, zstd frames): groups follow the coder's lanes,
 and the checks name the chunk whose decoding went wrong, which needs a layout we control.
 
-Layout (version 4, the same as 3), integers little-endian:
+Layout (version 5, the same as 3 and 4), integers little-endian:
 
     header   magic (8 bytes) | version u16 | info_bytes u16 | chunk_size_bytes u32 |
              original_length_bytes u64 | group_chunks u32 | columns u8 |
@@ -51,10 +51,15 @@ from typing import Any, BinaryIO
 import numpy as np
 
 MAGIC = b"\x89LMC\r\n\x1a\n"  # Non-ASCII first byte and CR/LF/^Z catch text-mode mangling.
+# 5: models named by kind ('model': 'run', 'hf' or 'online', an online model's recipe under
+#    'online') and a float model's compute dtype ('dtype') for every kind; version 4's streams
+#    are version 5's without them, and decode. The layout is version 3's.
 # 4: the coder runs in per-block programs (skipping blocks past every chunk), top-k coding and
 #    pretrained models (coder fields 'top_k', 'model'); the layout is version 3's.
 # 3: grouped chunks, bit-packed columns, raw chunks, JSON info. 2: rANS-free v1.
-VERSION = 4
+VERSION = 5
+READABLE_VERSIONS = (4, 5)
+_READABLE = " and ".join(map(str, READABLE_VERSIONS))
 MAX_INFO_BYTES = 1024  # the fixed header stays under 1 KB
 MAX_CHUNK_SIZE_BYTES = 1 << 30
 MAX_GROUP_CHUNKS = 1 << 16
@@ -381,7 +386,7 @@ def read_header(file: BinaryIO) -> Header:
         raise FormatError(f"not a compressed container: bad magic bytes {fixed[: len(MAGIC)]!r}")
     if len(fixed) >= 10:
         (version,) = struct.unpack_from("<H", fixed, 8)
-        if version != VERSION:
+        if version not in READABLE_VERSIONS:
             raise FormatError(_version_message(version))
     if len(fixed) < _FIXED.size:
         raise FormatError(f"truncated header: expected {_FIXED.size} bytes, got {len(fixed)}")
@@ -408,13 +413,14 @@ def read_header(file: BinaryIO) -> Header:
 def _version_message(version: int) -> str:
     if version > VERSION:
         return (
-            f"unsupported container version {version} (this reader reads {VERSION}): made by a "
-            "newer release"
+            f"unsupported container version {version} (this reader reads {_READABLE}): made by "
+            "a newer release"
         )
     return (
-        f"unsupported container version {version} (this reader reads {VERSION}): streams of "
-        f"versions 1 (rANS) to {VERSION - 1} decode only with the release that wrote them "
-        "(version 3: its coder's floats came from one program per group, 4's from one per block)"
+        f"unsupported container version {version} (this reader reads {_READABLE}): "
+        f"streams of versions 1 (rANS) to {READABLE_VERSIONS[0] - 1} decode only with the "
+        "release that wrote them (version 3: its coder's floats came from one program per "
+        "group, 4's from one per block)"
     )
 
 

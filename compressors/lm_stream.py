@@ -90,6 +90,7 @@ def compress_file(
     top_k: int = 0,
     dtype: str = "",
     recipe: str = "",
+    trace: list | None = None,
 ) -> dict:
     """Compresses `input_path` into `output_path` ('-': standard input / output).
 
@@ -104,6 +105,8 @@ def compress_file(
     Args:
       model: a model name (`compressors.model_names`): RUN_DIR, hf:PATH or online:SIZE.
       recipe: an online model's refinements, `key=value,...` (`compressors.online.Recipe`).
+      trace: if given, (raw bytes read, stream bytes written) is appended after every group:
+        the learning curve of a model that learns while it codes.
 
     Returns:
       Summary: raw and compressed bytes, coded-payload bytes, chunks (and how many stored raw),
@@ -152,7 +155,7 @@ def compress_file(
         )
         with _bar(raw_bytes, "compress", progress) as bar:
             groups = itertools.batched(_pieces(src, chunk, digest, bar), shape.lanes)
-            ideal_bits, payload_bytes, num_raw = _write_groups(groups, m, coder, writer, bar)
+            ideal_bits, payload_bytes, num_raw = _write_groups(groups, m, coder, writer, bar, trace)
         writer.finish(digest.digest())
         compressed_bytes = writer.bytes_written
     seconds = time.perf_counter() - start
@@ -171,7 +174,7 @@ def compress_file(
     }
 
 
-def _write_groups(groups, m: coding_model.CodingModel, coder, writer, bar) -> tuple:
+def _write_groups(groups, m: coding_model.CodingModel, coder, writer, bar, trace) -> tuple:
     """Codes each group of chunks and writes it, the model learning from each group after it
     (`CodingModel.learn`: nothing for most models); returns (the model's ideal bits, payload
     bytes, chunks stored raw). The bar shows the bits per byte written so far."""
@@ -196,6 +199,8 @@ def _write_groups(groups, m: coding_model.CodingModel, coder, writer, bar) -> tu
         num_raw += sum(raw)
         seen += sum(map(len, pieces))
         bar.set_postfix_str(f"{8 * writer.bytes_written / max(seen, 1):.3f} bits/byte")
+        if trace is not None:
+            trace.append((seen, writer.bytes_written))
     return ideal_bits, payload_bytes, num_raw
 
 

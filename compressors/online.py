@@ -57,11 +57,11 @@ class Recipe:
     """
 
     size: str = "200K"
-    segment_bytes: int = 512
-    lanes: int = 8
-    steps: int = 1
-    replay: int = 8
-    learning_rate: float = 2e-3
+    segment_bytes: int = 256
+    lanes: int = 16
+    steps: int = 2
+    replay: int = 16
+    learning_rate: float = 3e-3
     b1: float = 0.9
     b2: float = 0.99
     seed: int = 0
