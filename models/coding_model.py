@@ -204,17 +204,21 @@ class CodingModel:
     """A net with its parameters and identity: what a model name resolves to.
 
     Attributes:
-      name: as the user gave it (`RUN_DIR`, `hf:PATH`).
-      kind: the stream's `model` field ('run', 'hf'): a stream is decoded by the same kind.
+      name: as the user gave it (`RUN_DIR`, `hf:PATH`, `online:SIZE`).
+      kind: the stream's `model` field ('run', 'hf', 'online'): a stream is decoded by the same
+        kind.
       net: the computation (`Net`).
       params: its parameters.
-      fingerprint: sha256 hex of everything that decides its tables (computed when first read).
+      fingerprint_fn: computes the sha256 hex of everything that decides its tables (read as
+        `fingerprint`, computed once).
       tokenize: (chunk bytes, most tokens) -> (token ids, mode); the mode
         `data.pretrained_tokenizers.MODE_RAW` stores the chunk as it is.
       detokenize: (token ids, mode) -> chunk bytes.
       columns: the container's per-chunk columns ((): byte tokens, one per byte;
         ('symbols',): token counts; ('symbols', 'mode'): and each chunk's tokenizer mode).
       chunk_bytes: bytes per chunk by default.
+      chunk_tokens_fn: the coder's tokens for a chunk of so many bytes (read as `chunk_tokens`;
+        raises ValueError for a chunk the model cannot take).
       settings: what else the stream records of it (e.g. the dtype a checkpoint ran in).
       num_params: parameters in the model.
       step: a training run's checkpoint step (None for other models).
