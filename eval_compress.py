@@ -39,28 +39,70 @@ Work is spread out: classical chunked compression over `workers` processes, unch
 threads, model chunks over all local devices (`compressors.language_model`); with several hosts
 each takes every process_count-th chunk for the models and totals are summed across hosts
 (classical compressors run on host 0). The evaluator itself is `compressors.evaluation`.
+
+Sharded (`compressors.shards`): `--shard=I/N` rates shard I of N (every N-th chunk from the I-th;
+the classical unchunked streams in shard 0) into WORKDIR/shards/I-of-N/, saving its progress
+after every `--config.shard_group` chunks and resuming from there when run again (SIGTERM or
+SIGUSR1 stops it after saving, with exit status 75). `--mode=slurm --shards=N [--slurm.*]`
+checks the config as a run does, then submits the N shards as one Slurm job array (requeued on
+preemption); `--mode=status --shards=N` shows each shard; `--mode=gather --shards=N` merges N
+complete shards into WORKDIR/results.jsonl and results.csv and prints the table.
 """
 
 import pathlib
+import sys
 
 from absl import app, flags
 
 import cli
 import runs
 from analysis import tables
-from compressors import evaluation
+from cluster import slurm
+from compressors import evaluation, shards
 
 
 def main(argv):
     cli.no_arguments(argv)
-    workdir = flags.FLAGS.workdir
+    FLAGS = flags.FLAGS  # noqa: N806
+    workdir = FLAGS.workdir
     if workdir is None:
         raise app.UsageError("--workdir is required.")
+    if FLAGS.mode != "run" and FLAGS.shard:
+        raise app.UsageError(f"--shard=I/N runs one shard here: leave out --mode={FLAGS.mode}.")
+    if FLAGS.mode == "run" and FLAGS.shards:
+        raise app.UsageError("--shards=N goes with --mode=slurm, status or gather.")
     cli.quiet_logging()
-    records = evaluation.evaluate(flags.FLAGS.config, workdir)
+    config = FLAGS.config
+    if FLAGS.mode == "slurm":
+        options = slurm.SlurmOptions.from_dict(slurm.given_flags(FLAGS))
+        submission = shards.submit(
+            config, workdir, FLAGS.shards, options, sys.argv[1:], FLAGS.python
+        )
+        print(f"Submitted job array {submission.job_id}: {FLAGS.shards} shards "
+              f"({submission.state_file.parent}).")  # fmt: skip
+        print("Watch: the same command with --mode=status; then merge with --mode=gather.")
+        return
+    if FLAGS.mode == "status":
+        print(shards.format_status(shards.status(config, workdir, FLAGS.shards)))
+        return
+    if FLAGS.mode == "gather":
+        records = shards.gather(config, workdir, FLAGS.shards)
+    elif FLAGS.shard:
+        index, count = shards.parse_shard(FLAGS.shard)
+        try:
+            records = evaluation.evaluate_shard(config, workdir, index, count)
+        except evaluation.ShardStopped as e:
+            print(f"eval_compress.py: {e}", file=sys.stderr, flush=True)
+            sys.exit(e.exit_status)
+        if evaluation.hosts()[0] == 0:
+            path = evaluation.shard_dir(workdir, index, count) / evaluation.RESULTS_JSONL
+            print(f"Shard {index}-of-{count}: {len(records)} records in {path}")
+        return
+    else:
+        records = evaluation.evaluate(config, workdir)
     if evaluation.hosts()[0] == 0:
         path = pathlib.Path(workdir) / evaluation.RESULTS_JSONL
-        shown = runs.read_jsonl(path) if flags.FLAGS.all else records
+        shown = runs.read_jsonl(path) if FLAGS.all else records
         print(tables.format_table(shown))
         print(f"Records: {path} and {path.with_name(evaluation.RESULTS_CSV)}")
 
@@ -73,6 +115,14 @@ def _define_flags() -> None:
     )
     flags.DEFINE_string("workdir", None, "Output directory for results.jsonl / results.csv.")
     flags.DEFINE_bool("all", False, "Show every record in --workdir, not only this run's.")
+    flags.DEFINE_enum(
+        "mode", "run", ["run", "slurm", "status", "gather"],
+        "run: rate here (one shard with --shard); slurm: submit --shards; status; gather.",
+    )  # fmt: skip
+    flags.DEFINE_string("shard", "", "I/N: rate shard I of N here (into WORKDIR/shards/I-of-N).")
+    flags.DEFINE_integer("shards", 0, "N, the number of shards (--mode=slurm, status, gather).")
+    flags.DEFINE_string("python", sys.executable, "Interpreter the Slurm shards use.")
+    slurm.define_flags()
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ from absl import flags
 
 import cli
 import runs
+from cluster import slurm
 from training import checks, recipe
 
 REPO = pathlib.Path(__file__).resolve().parent
@@ -388,12 +389,7 @@ def main(argv: list[str]) -> int:
     FLAGS = flags.FLAGS  # noqa: N806
     sweep = load_sweep(FLAGS.sweep)
     root = pathlib.Path(FLAGS.root).resolve()
-    given = {
-        name.split(".", 1)[1]: FLAGS[name].value
-        for name in FLAGS
-        if name.startswith("slurm.") and FLAGS[name].present
-    }
-    options = slurm_options(sweep, _none_for_empty(given))
+    options = slurm_options(sweep, slurm.given_flags(FLAGS))
     check_runs(sweep, root)  # every mode: nothing is run or submitted that train.py refuses
     if FLAGS.mode == "print":
         for run in expand(sweep):
@@ -417,49 +413,14 @@ def main(argv: list[str]) -> int:
     return 1 if failed else 0
 
 
-def _none_for_empty(values: dict[str, Any]) -> dict[str, Any]:
-    """Flags cannot say None: '' (and 0 for counts that may be None) mean 'not given'."""
-    out = {}
-    for key, value in values.items():
-        if key == "extra_sbatch":
-            out[key] = tuple(shlex.split(value))
-        elif value in ("", 0) and key in ("partition", "mem_per_node", "tasks_per_run",
-                                          "array_parallelism"):  # fmt: skip
-            out[key] = None
-        else:
-            out[key] = value
-    return out
-
-
-def _slurm_flags():
-    """The --slurm.* flags: cluster.slurm.SlurmOptions' fields with their defaults."""
-    import ml_collections
-
-    c = ml_collections.ConfigDict()
-    c.partition = ""  # '' for the cluster's default partition
-    c.gpus_per_run = 0
-    c.nodes_per_run = 1
-    c.tasks_per_run = 0  # 0: one process per GPU, or 1 without GPUs
-    c.cpus_per_task = 1
-    c.time_limit_minutes = 24 * 60
-    c.mem_per_node = ""  # e.g. '64G'; '' asks for none
-    c.array_parallelism = 0  # 0: no limit
-    c.signal_lead_seconds = 300  # SIGUSR1 this long before the time limit
-    c.job_name = "lmc"
-    c.extra_sbatch = ""  # further sbatch options, space separated: '--qos=high --account=x'
-    return c.lock()
-
-
 def _define_flags() -> None:
-    from ml_collections import config_flags
-
     flags.DEFINE_string("sweep", None, "Sweep file, e.g. configs/sweeps/scaling.py.", required=True)
     flags.DEFINE_enum(
         "mode", "print", ["local", "print", "gather", "slurm", "status"], "What to do."
     )
     flags.DEFINE_string("root", "runs", "Runs live in ROOT/NAME/RUN.")
     flags.DEFINE_string("python", sys.executable, "Interpreter the runs use.")
-    config_flags.DEFINE_config_dict("slurm", _slurm_flags(), "Slurm options (--mode=slurm).")
+    slurm.define_flags()
 
 
 if __name__ == "__main__":

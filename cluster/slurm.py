@@ -29,7 +29,9 @@ How an array task runs (the generated script, SCRIPT_DIR/SUBMISSION/job.sbatch):
   time). `query` reads these and `squeue`. It does not need sacct: accounting is often closed to
   users, and the test cluster has none.
 
-Only the standard library is imported: this module is cheap to import from sweep.py and train.py.
+Only the standard library is imported (ml_collections and absl only inside `flag_defaults` and
+`define_flags`, the --slurm.* flags of sweep.py and eval_compress.py): this module is cheap to
+import from sweep.py and train.py.
 """
 
 import contextlib
@@ -685,3 +687,51 @@ def _one_line(result: subprocess.CompletedProcess) -> str:
     if not lines:
         return f"exit status {result.returncode}"
     return re.sub(r"^\w+: (error|fatal): ", "", lines[-1])
+
+
+def flag_defaults():
+    """The --slurm.* flags of a program that submits to Slurm (sweep.py, eval_compress.py):
+    SlurmOptions' fields with their defaults, as an ml_collections ConfigDict (locked)."""
+    import ml_collections
+
+    c = ml_collections.ConfigDict()
+    c.partition = ""  # '' for the cluster's default partition
+    c.gpus_per_run = 0
+    c.nodes_per_run = 1
+    c.tasks_per_run = 0  # 0: one process per GPU, or 1 without GPUs
+    c.cpus_per_task = 1
+    c.time_limit_minutes = 24 * 60
+    c.mem_per_node = ""  # e.g. '64G'; '' asks for none
+    c.array_parallelism = 0  # 0: no limit
+    c.signal_lead_seconds = 300  # SIGUSR1 this long before the time limit
+    c.job_name = "lmc"
+    c.extra_sbatch = ""  # further sbatch options, space separated: '--qos=high --account=x'
+    return c.lock()
+
+
+def define_flags(help_text: str = "Slurm options (--mode=slurm).") -> None:
+    """Defines --slurm.* (`flag_defaults`) for the calling program."""
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_dict("slurm", flag_defaults(), help_text)
+
+
+def given_flags(flag_values) -> dict[str, Any]:
+    """The --slurm.* flags given on the command line, {option: value}, with the flags' way of
+    saying None ('' and 0 for the fields that may be None) and extra_sbatch split as a shell
+    would split it: ready for `SlurmOptions.from_dict`."""
+    given = {
+        name.split(".", 1)[1]: flag_values[name].value
+        for name in flag_values
+        if name.startswith("slurm.") and flag_values[name].present
+    }
+    out = {}
+    for key, value in given.items():
+        if key == "extra_sbatch":
+            out[key] = tuple(shlex.split(value))
+        elif value in ("", 0) and key in ("partition", "mem_per_node", "tasks_per_run",
+                                          "array_parallelism"):  # fmt: skip
+            out[key] = None
+        else:
+            out[key] = value
+    return out

@@ -39,6 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.block_chunks = 256  # chunks per worker task.
     c.progress = True
     c.distributed = False  # call jax.distributed.initialize() (multi-host).
+    c.shard_group = 256  # --shard=I/N: chunks per group; progress is saved after each group.
     c.overwrite = False  # rate again even records WORKDIR holds of the same data, model, settings
     c.dtype = ""  # models' compute dtype: 'float32' or 'bfloat16'; '' keeps the model's own
     # (a run's; float32 for hf:PATH). 'bfloat16' is faster on a GPU.
