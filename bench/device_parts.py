@@ -425,8 +425,17 @@ def part_eval(ctx: part_runner.Context) -> dict:
     # the device's memory, at most max_rows.
     per_row = chunk * (40 * cfg.width + 12 * cfg.vocab_size)
     rows = int(max(1, min(s.max_rows, _device_memory_bytes() // 8 // per_row)))
-    lanes = _coder_lanes(_net(cfg, "float"), chunk, lm_coder.MAX_LANES)
-    lm = language_model.LanguageModelCompressor(run, chunks_per_device=rows, lanes=lanes)
+    net = _net(cfg, "float")
+    lanes = _coder_lanes(net, chunk, lm_coder.MAX_LANES)
+    # The coder runs in the attention blocks compress.py gives this chunk (the blocks the KV
+    # traffic below counts): 8 for 2,048 bytes, as eval_compress's default; 1 for --small's 64,
+    # one program to compile instead of eight.
+    lm = language_model.LanguageModelCompressor(
+        run,
+        chunks_per_device=rows,
+        lanes=lanes,
+        attention_blocks=net.attention_blocks(chunk),
+    )
     chunks = _corpus_chunks(chunk)
     block = rows * len(lm.devices)
     lm.log_loss(chunks(block), chunk)  # compile

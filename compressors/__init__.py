@@ -12,6 +12,7 @@ disk in the Hugging Face layout (`pretrained_model.PretrainedCompressor`); sever
 | `flac` | 8-bit mono 16 kHz FLAC |
 | `lm:RUN_DIR` | a byte-level Transformer with the range coder (imports JAX when used) |
 | `hf:PATH` | a pretrained Llama-family or GPT-2 checkpoint and its tokenizer (imports JAX) |
+| `online:SIZE` | a model that learns while it codes the whole dataset as one stream (imports JAX) |
 
 7-bit modes (`SEVEN_BIT`). The paper's models read ASCII only, so its evaluation masked the data
 to 7 bits and rescaled the result; the reference code does:
@@ -52,8 +53,15 @@ def _hf(model_dir: str, **kwargs):
     return pretrained_model.PretrainedCompressor(model_dir, **kwargs)
 
 
+def _online(size: str, **kwargs):
+    from compressors import online  # imports JAX
+
+    return online.OnlineCompressor(size, **kwargs)
+
+
 COMPRESSORS["lm"] = _lm
 COMPRESSORS["hf"] = _hf
+COMPRESSORS["online"] = _online
 
 
 def model_compressor(name: str) -> type:
@@ -64,12 +72,13 @@ def model_compressor(name: str) -> type:
     Raises:
       ValueError: a prefix without its path.
     """
-    from compressors import language_model, model_names, pretrained_model
+    from compressors import language_model, model_names, online, pretrained_model
 
     kind, _ = model_names.parse(name)
     classes = {
         "run": language_model.LanguageModelCompressor,
         "hf": pretrained_model.PretrainedCompressor,
+        "online": online.OnlineCompressor,
     }
     return classes[kind]
 

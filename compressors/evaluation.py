@@ -234,6 +234,11 @@ def hosts() -> tuple[int, int]:
     return jax.process_index(), jax.process_count()
 
 
+def _whole_stream(entry: str) -> bool:
+    """Whether a model codes the dataset as one stream (`online:`), not chunk by chunk."""
+    return getattr(compressors.model_compressor(entry), "CHUNKING", "chunked") == "unchunked"
+
+
 def _model(config, entry: str):
     """The compressor of a model entry (`lm:RUN_DIR` or `hf:PATH`), built with the options its
     class reads from `config` (through `compressors.COMPRESSORS`)."""
@@ -272,7 +277,8 @@ def _evaluate_lm(config, source: sources.Source, entry: str, lm=None) -> dict:
         raise ValueError(f"{source.name} yielded no chunks.")
     fields = lm.record_fields(sums["counts"], config.lm.coded)
     devices = len(lm.devices) * num_hosts
-    return _lm_record(config, source, entry, sums, lm.num_params, devices, fields)
+    chunking = getattr(lm, "CHUNKING", "chunked")
+    return _lm_record(config, source, entry, sums, lm.num_params, devices, fields, chunking)
 
 
 def _lm_sums(config, lm, stats: dict, counted) -> dict:
@@ -303,9 +309,12 @@ def _sums_over_hosts(sums: dict) -> dict:
     return {**out, "counts": counts, "seconds": sums["seconds"]}
 
 
-def _lm_record(config, source, entry, sums: dict, num_params: int, devices: int, fields) -> dict:
+def _lm_record(
+    config, source, entry, sums: dict, num_params: int, devices: int, fields, chunking="chunked"
+) -> dict:
     """A model's record from its sums (`_lm_sums`, over every chunk rated) and its class's
-    `record_fields` of them."""
+    `record_fields` of them; `chunking` 'unchunked' for a model that codes the dataset as one
+    stream (`online:`)."""
     last = types.SimpleNamespace(
         num_chunks=sums["num_chunks"], raw_bytes=sums["raw_bytes"], missed_bits=sums["missed_bits"]
     )
@@ -313,7 +322,7 @@ def _lm_record(config, source, entry, sums: dict, num_params: int, devices: int,
     seconds = sums["seconds"]
     wall = sum(seconds.values())  # this host's; hosts run side by side
     compressed = int(coded_bytes) if config.lm.coded else ideal_bits / 8
-    record = _record(config, source, entry, "chunked", last, compressed, num_params, wall)
+    record = _record(config, source, entry, chunking, last, compressed, num_params, wall)
     scale = compressors.seven_bit_scale(last.raw_bytes, last.missed_bits)
     scale = scale if last.missed_bits else 1  # keeps byte counts integers
     log_loss_bytes = ideal_bits / 8 * scale
@@ -412,10 +421,13 @@ def _check_models(config, names: list[str]) -> None:
             compressors.model_compressor(entry).check(config, entry)
 
 
-def prepare(config: ml_collections.ConfigDict) -> tuple[list[str], sources.Source]:
+def prepare(
+    config: ml_collections.ConfigDict, split: bool = False
+) -> tuple[list[str], sources.Source]:
     """Every check `evaluate` makes before any work: the config's fields, the compressors'
     names, the models (`_check_models`: chunk size against the context, a checkpoint's files),
-    the dataset and the 7-bit mode. Loads no model.
+    the dataset and the 7-bit mode. Loads no model. `split`: the chunks are shared out (shards);
+    so are they over several hosts.
 
     Returns:
       The compressors' names and the dataset's source.
@@ -426,6 +438,12 @@ def prepare(config: ml_collections.ConfigDict) -> tuple[list[str], sources.Sourc
     check_config(config)
     names = compressors.parse_names(config.compressors)
     _check_models(config, names)
+    whole = [n for n in names if _is_model(n) and _whole_stream(n)]
+    if whole and (split or config.distributed):
+        raise ValueError(
+            f"{whole[0]} codes the whole dataset as one stream, which is not shared out: rate "
+            "it in a run of its own, without --shard or --config.distributed."
+        )
     if any(not _is_model(n) for n in names):
         _classical_chunkings(config)
     options = sources.SourceOptions(
@@ -521,7 +539,7 @@ def _have(done: list[dict], config, identity: dict) -> list[dict]:
     verified where verification is asked for."""
     compressor = identity["compressor"]
     is_model = _is_model(compressor)
-    chunkings = ["chunked"]
+    chunkings = ["unchunked" if is_model and _whole_stream(compressor) else "chunked"]
     if not is_model and config.chunking != "chunked":
         chunkings = ["chunked", "unchunked"] if config.chunking == "both" else ["unchunked"]
     verify = is_model and config.lm.coded and config.lm.verify
@@ -904,7 +922,7 @@ def evaluate_shard(
         from training import runtime
 
         runtime.initialize_distributed()
-    names, source = prepare(config)
+    names, source = prepare(config, split=True)
     dataset = _dataset_fields(config)
     records = []
     with _Signals() as signals:

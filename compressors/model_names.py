@@ -53,8 +53,9 @@ def parse(name: str) -> tuple[str, str]:
 
 
 def is_model(name: str) -> bool:
-    """Whether a compressor list's entry names a model (`lm:RUN_DIR` or `hf:PATH`)."""
-    return name.startswith((LM_PREFIX, HF_PREFIX))
+    """Whether a compressor list's entry names a model (`lm:RUN_DIR`, `hf:PATH`,
+    `online:SIZE`)."""
+    return name.startswith((LM_PREFIX, HF_PREFIX, ONLINE_PREFIX))
 
 
 def check(name: str) -> None:

@@ -238,3 +238,78 @@ def load(recipe: Recipe, name: str, keep_checksums: bool = False) -> coding_mode
         learner=learner,
     )
     return model
+
+
+class OnlineCompressor:
+    """An online model as the evaluator rates it (`online:SIZE` in a compressor list): the whole
+    dataset, its chunks joined in order, coded as one stream (`compressors.lm_stream`), like
+    the unchunked classical rates; no parameters are sent, so its adjusted rate is its raw rate.
+    The evaluator asks of it what it asks of the other model compressors
+    (`compressors.language_model.RatedModel`)."""
+
+    NAME = "online"
+    COUNTS: tuple[str, ...] = ()
+    CHUNKING = "unchunked"  # one stream: not split into chunks, hosts or shards
+
+    def __init__(self, size: str, *, recipe: str = ""):
+        self.name, self.recipe = f"online:{size}", Recipe.parse(size, recipe)
+        self.overrides = recipe
+        self.num_params = 0  # nothing is sent: the decoder rebuilds the model from the recipe
+        self.devices = jax.local_devices()[:1]
+
+    @classmethod
+    def options(cls, config) -> dict:
+        return {"recipe": config.online.recipe}
+
+    @classmethod
+    def check(cls, config, name: str) -> None:
+        from compressors import model_names
+
+        Recipe.parse(model_names.parse(name)[1], config.online.recipe)
+
+    @classmethod
+    def identity(cls, config, name: str, load) -> dict:
+        """The recipe's fingerprint (`load` is not called: the recipe is the model)."""
+        from compressors import model_names
+
+        recipe = Recipe.parse(model_names.parse(name)[1], config.online.recipe)
+        return {"model_sha256": recipe.fingerprint(), "coded_path": "float"}
+
+    def record_fields(self, counts: dict, coded: bool) -> dict:
+        return {"coded_path": "float", "recipe": json.dumps(self.recipe.to_dict())}
+
+    def rate(self, chunks, chunk_size: int, *, log_loss=True, coded=True, verify=False,
+             progress=None, prefetch: int = 4) -> dict:  # fmt: skip
+        """Codes the chunks joined as one stream: {'ideal_bits' (the model's -log2 p as it
+        learned), 'coded_bytes' (the stream's bytes, header included), 'coded_seconds'}; with
+        `verify` the stream is decoded back and compared.
+
+        Raises:
+          compressors.language_model.VerificationError: with `verify`, it did not decode back.
+        """
+        import os
+        import tempfile
+        import time
+
+        from compressors import language_model, lm_stream
+
+        del chunk_size, log_loss, coded, prefetch  # one pass gives both; no chunks of its own
+        with tempfile.TemporaryDirectory() as work:
+            src, packed = os.path.join(work, "data"), os.path.join(work, "data.lmc")
+            with open(src, "wb") as f:
+                for chunk in chunks():
+                    f.write(chunk)
+            start = time.perf_counter()
+            s = lm_stream.compress_file(self.name, src, packed, recipe=self.overrides)
+            seconds = time.perf_counter() - start
+            if progress is not None:
+                with progress("coded") as bar:
+                    if bar is not None:
+                        bar.update(s["raw_bytes"])
+            if verify:
+                lm_stream.decompress_file(None, packed, os.path.join(work, "back"))
+                with open(src, "rb") as a, open(os.path.join(work, "back"), "rb") as b:
+                    if a.read() != b.read():
+                        raise language_model.VerificationError(f"{self.name} did not decode back")
+        return {"ideal_bits": s["ideal_bits"], "coded_bytes": s["compressed_bytes"],
+                "coded_seconds": seconds}  # fmt: skip

@@ -109,7 +109,7 @@ def submit(
       cluster.slurm.SlurmUnavailable, SlurmError: nothing was submitted.
     """
     check_count(count, "slurm")
-    evaluation.prepare(config)
+    evaluation.prepare(config, split=True)
     if config.shard_group < 1:
         raise ValueError(f"--config.shard_group={config.shard_group} must be at least 1.")
     extra = []

@@ -73,4 +73,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.hf.dtype = ml_collections.config_dict.placeholder(str)  # moved: --config.dtype
     c.hf.max_tokens = 0  # tokens per piece of a chunk; 0: the model's context (longer: split).
     c.hf.attention_blocks = 0  # the coder's attention blocks (each compiles once); 0: auto.
+
+    # online:SIZE entries (compressors/online.py): the whole dataset as one stream, coded by a
+    # model that learns as it goes; no parameters sent (adjusted rate = raw rate).
+    c.online = ml_collections.ConfigDict()
+    c.online.recipe = ""  # key=value,... refinements of the recipe, as compress.py's --recipe.
     return c.lock()

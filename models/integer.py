@@ -60,7 +60,8 @@ Attention. q and k (rotated) and v are held per (token, head) as 14-bit integers
 power-of-two exponent; the cache stores them as int16 [batch, heads, length, head_dim] plus int32
 exponents. Scores `q . k` are computed exactly as `hi 2**14 + lo` and rounded once by `2**r`
 (`_scores`: one query multiplies and sums in int32, each product < 2**28 split in two parts; many
-queries use the int8 digit product and carry into the same form), then rescaled per (query, key)
+queries use int32 products of q's two 7-bit halves on a CPU and the int8 digit product elsewhere,
+carried into the same form), then rescaled per (query, key)
 to fixed point in log2 units (their bound: below).
 `p = 2**-u` at 2**16 sums to less than `context * 2**16 < 2**31`; weights
 `w = p 2**14 / sum p` come from one division per row (`w < 2**14`, `sum w <= 2**14 + 1`), are
@@ -82,6 +83,10 @@ context < 2**15 (softmax sums), vocab <= 2**15 (`quantize_weights`).
 Outputs. Integer weights `2**(22 - u)` (vocab 256; `2**(30 - ceil(log2 vocab))` in general, so a
 table's sum is at most 2**30) go through `coding.quantize.quantize_weights` to int32 tables of
 total 2**16, every entry >= 1.
+
+Speed. Which products and layouts run never changes an integer: only exact integer sums are
+reordered. Per-row quantities (LayerNorm statistics, softmax rows, a product's input) are
+computed once and stored (`_materialize`): XLA would otherwise recompute them per output entry.
 
 Rounding: right shifts round half up (`(x + 2**(n-1)) >> n`, operands below 2**30); LayerNorm's
 mean rounds half up, its reciprocal and `2**-u` round down.
@@ -735,6 +740,17 @@ def quantize_params(
 Cache = dict[str, jax.Array]
 
 
+def _materialize(*xs):
+    """The arrays as they are, computed once: XLA may not fuse them into their consumers.
+
+    Without this, XLA's loop fusion inlines a producer into every consumer and recomputes it per
+    output element: a row's LayerNorm statistics once per entry, a softmax row once per digit
+    and value column. The values are unchanged; only where they are computed changes.
+    """
+    out = jax.lax.optimization_barrier(xs)
+    return out[0] if len(xs) == 1 else out
+
+
 def _bitlen(x: jax.Array) -> jax.Array:
     """Bit length of non-negative int32 x (0 for 0)."""
     return 32 - jax.lax.clz(x)
@@ -824,7 +840,7 @@ def _combine(acc: jax.Array, r: int) -> jax.Array:
 
 def _linear(x: jax.Array, f_in: int, layer: dict, f_out: int) -> jax.Array:
     """x @ W (+ b) from int32 fixed point x [..., K] (2**f_in) to [..., N] at 2**f_out."""
-    a, s = _quantize_rows(x, ACT_BITS)
+    a, s = _materialize(*_quantize_rows(_materialize(x), ACT_BITS))
     r = _dot_shift(x.shape[-1], 2, layer["w"].shape[1])
     # Output [2, ..., nw, N] as dot_general lays it out; the digit axes are moved for free.
     acc = jnp.einsum(
@@ -868,7 +884,7 @@ def _layer_norm(x, f_in: int, ln: dict, g_exp: int, f_out: int, eps: tuple[int, 
     mean = jnp.floor_divide(jnp.sum(x1, -1, keepdims=True) + d // 2, d)
     c = x1 - mean
     s2 = _bitlen(jnp.max(jnp.abs(c), -1, keepdims=True)) - 20
-    c = _shift(c, -s2)  # |c| <= 2**20, the largest >= 2**19 unless all are 0
+    c = _materialize(_shift(c, -s2))  # |c| <= 2**20, the largest >= 2**19 unless all are 0
     # sum c**2 / 2**20 from c = hi 2**10 + lo: hi**2 + round(hi lo / 2**9), each sum < 2**30.
     hi, lo = jnp.right_shift(c, 10), jnp.bitwise_and(c, 1023)
     total = jnp.sum(hi * hi, -1, keepdims=True) + jnp.sum(_shift(hi * lo, -9), -1, keepdims=True)
@@ -893,7 +909,7 @@ def _layer_norm(x, f_in: int, ln: dict, g_exp: int, f_out: int, eps: tuple[int, 
         rem = jnp.left_shift(rem, step)
         digit = jax.lax.div(rem, fine)
         recip, rem = jnp.left_shift(recip, step) + digit, rem - digit * fine
-    half_t = jnp.right_shift(t, 1)
+    recip, half_t = _materialize(recip, jnp.right_shift(t, 1))  # per row, computed once
     hi, lo = jnp.right_shift(jnp.abs(c), 10), jnp.bitwise_and(jnp.abs(c), 1023)
     y = _shift(hi * recip, half_t - 15) + _shift(lo * recip, half_t - 25)
     y = jnp.sign(c) * jnp.minimum(y, 1 << LN_Y_BITS)
@@ -942,10 +958,17 @@ def _rotate(x: jax.Array, f: int, cos: jax.Array, sin: jax.Array):
 def _scores(q: jax.Array, k: jax.Array, r: int) -> jax.Array:
     """round(q . k / 2**r), half up, exactly, for 14-bit q [B, H, Tq, D] and k [B, H, Tk, D].
 
-    One query (the KV-cache step) multiplies and sums in int32: each product q_d k_d < 2**28
-    is split as hi 2**14 + lo and the two parts summed (|sum hi| <= D 2**14, sum lo < D 2**14).
-    Several queries use int8 digit products (one dot_general) whose sums are carried into the
-    same form. Either way the exact value hi 2**14 + lo is rounded once, so the results agree.
+    Every way below computes the exact q . k and rounds it once, so all give the same integers:
+
+    * One query (the KV-cache step) multiplies and sums in int32: each product q_d k_d < 2**28
+      is split as hi 2**14 + lo and the two parts summed (|sum hi| <= D 2**14, sum lo < D 2**14).
+    * Several queries on a CPU: q = hi 2**7 + lo (hi in [-128, 127], lo in [0, 127]) and int32
+      products A = hi . k and B = lo . k, every partial sum below D 2**21 <= 2**31 in magnitude
+      (D <= 1024), so exact in any order; q . k = A 2**7 + B (`_scores_split`).
+    * Several queries elsewhere: int8 digit products (one dot_general) whose sums are carried
+      into the form hi 2**14 + lo (`_scores_digits`), which int8 matrix units run fastest.
+
+    The choice depends only on the shape and the platform (`jax.lax.platform_dependent`).
 
     Returns:
       int32 [B, H, Tq, Tk].
@@ -954,28 +977,66 @@ def _scores(q: jax.Array, k: jax.Array, r: int) -> jax.Array:
         prod = q[:, :, :, None, :] * k[:, :, None, :, :].astype(jnp.int32)
         high = jnp.sum(jnp.right_shift(prod, 14), -1)
         low = jnp.sum(jnp.bitwise_and(prod, (1 << 14) - 1), -1)
-    else:
-        acc = jnp.einsum(
-            "ibhqd,jbhkd->ijbhqk", _digits(q, 2), _digits(k.astype(jnp.int32), 2),
-            preferred_element_type=jnp.int32,
-        )  # fmt: skip
-        carry0 = acc[0, 0]
-        carry1 = acc[0, 1] + acc[1, 0] + jnp.right_shift(carry0, DIGIT_BITS)
-        high = acc[1, 1] + jnp.right_shift(carry1, DIGIT_BITS)
-        low = jnp.left_shift(jnp.bitwise_and(carry1, 127), 7) + jnp.bitwise_and(carry0, 127)
-    # floor((high 2**14 + low + 2**(r - 1)) / 2**r) with 0 < r <= 14.
+        # floor((high 2**14 + low + 2**(r - 1)) / 2**r) with 0 <= r <= 14.
+        return jnp.left_shift(high, 14 - r) + _shift(low, -r)
+    return jax.lax.platform_dependent(
+        q,
+        k,
+        cpu=functools.partial(_scores_split, r=r),
+        default=functools.partial(_scores_digits, r=r),
+    )
+
+
+def _scores_split(q: jax.Array, k: jax.Array, r: int) -> jax.Array:
+    """`_scores` through int32 products of q's two 7-bit halves (see there)."""
+    halves = jnp.stack([jnp.right_shift(q, DIGIT_BITS), jnp.bitwise_and(q, 127)], 2)
+    acc = jnp.einsum(
+        "bhiqd,bhkd->bhiqk", halves, k.astype(jnp.int32), preferred_element_type=jnp.int32
+    )
+    high, low = acc[:, :, 0], acc[:, :, 1]  # q . k = high 2**7 + low
+    if r == 0:
+        return jnp.left_shift(high, DIGIT_BITS) + low
+    low = low + (1 << (r - 1))
+    if r <= DIGIT_BITS:  # floor((high 2**7 + low) / 2**r), high 2**7 divisible by 2**r
+        return jnp.left_shift(high, DIGIT_BITS - r) + jnp.right_shift(low, r)
+    # floor((high + floor(low / 2**7)) / 2**(r - 7)): floors of floors.
+    return jnp.right_shift(high + jnp.right_shift(low, DIGIT_BITS), r - DIGIT_BITS)
+
+
+def _scores_digits(q: jax.Array, k: jax.Array, r: int) -> jax.Array:
+    """`_scores` through int8 digit products (see there)."""
+    acc = jnp.einsum(
+        "ibhqd,jbhkd->ijbhqk", _digits(q, 2), _digits(k.astype(jnp.int32), 2),
+        preferred_element_type=jnp.int32,
+    )  # fmt: skip
+    carry0 = acc[0, 0]
+    carry1 = acc[0, 1] + acc[1, 0] + jnp.right_shift(carry0, DIGIT_BITS)
+    high = acc[1, 1] + jnp.right_shift(carry1, DIGIT_BITS)
+    low = jnp.left_shift(jnp.bitwise_and(carry1, 127), 7) + jnp.bitwise_and(carry0, 127)
     return jnp.left_shift(high, 14 - r) + _shift(low, -r)
 
 
 def _weighted_sum(w: jax.Array, v: jax.Array) -> jax.Array:
     """sum_k w[..., q, k] v[..., k, :] exactly: w [B, H, Tq, Tk] (sum <= 2**14 + 1 per query,
-    each < 2**14), v [B, H, Tk, D] 14-bit; every partial sum < 2**28.
+    each < 2**14), v [B, H, Tk, D] 14-bit; every partial sum < 2**28, so int32 sums are exact
+    in any order. One query: int32 products summed; several: one int32 product on a CPU, int8
+    digit products elsewhere (`jax.lax.platform_dependent`).
 
     Returns:
       int32 [B, H, Tq, D].
     """
     if w.shape[2] == 1:
         return jnp.sum(w[..., None] * v[:, :, None, :, :].astype(jnp.int32), axis=-2)
+    return jax.lax.platform_dependent(w, v, cpu=_weighted_sum_int32, default=_weighted_sum_digits)
+
+
+def _weighted_sum_int32(w: jax.Array, v: jax.Array) -> jax.Array:
+    """`_weighted_sum` as one int32 product."""
+    return jnp.einsum("bhqk,bhkd->bhqd", w, v.astype(jnp.int32), preferred_element_type=jnp.int32)
+
+
+def _weighted_sum_digits(w: jax.Array, v: jax.Array) -> jax.Array:
+    """`_weighted_sum` through int8 digit products."""
     acc = jnp.einsum(
         "ibhqk,jbhkd->ijbhqd", _digits(w, 2), _digits(v.astype(jnp.int32), 2),
         preferred_element_type=jnp.int32,
@@ -997,13 +1058,15 @@ def _attend(q, eq, k, ek, v, ev, mask, ls: LayerSpec, exp_table: jax.Array) -> j
       int32 [B, Tq, H, D] at 2**ls.f_att.
     """
     r = _dot_shift(q.shape[-1], 2, 2)
+    q, eq = _materialize(q, eq)
     acc = _scores(jnp.transpose(q, (0, 2, 1, 3)), k, r)
     e_q = jnp.transpose(eq, (0, 2, 1))[..., None]
-    scores = _shift(acc, r + ls.f_s + e_q + ek[:, :, None, :])
+    scores = _materialize(_shift(acc, r + ls.f_s + e_q + ek[:, :, None, :]))
     top = jnp.max(jnp.where(mask, scores, _NEG), -1, keepdims=True)
     p = jnp.where(
         mask, _exp2_neg(jnp.where(mask, top - scores, 0), ls.f_s, PROB_BITS, exp_table), 0
     )
+    p = _materialize(p)
     # w = p 2**14 / sum(p) through one division per row: with b = bitlen(sum) and the sum's
     # top 15 bits m (in [2**14, 2**15)), w = p floor((2**29 - 1) / m) / 2**b, p <= 2**16:
     # each product < 2**31, and sum(w) <= 2**14 (1 + 2**-14).
@@ -1014,7 +1077,7 @@ def _attend(q, eq, k, ek, v, ev, mask, ls: LayerSpec, exp_table: jax.Array) -> j
     # Each value's own exponent: shift its weight to the largest visible exponent's scale.
     e_v = ev[:, :, None, :]
     e_top = jnp.max(jnp.where(mask, e_v, _NEG), -1, keepdims=True)  # [B, H, Tq, 1]
-    w = jnp.right_shift(w, jnp.minimum(e_top - e_v, 31))
+    w = _materialize(jnp.right_shift(w, jnp.minimum(e_top - e_v, 31)))
     out = _shift(_weighted_sum(w, v), e_top - WEIGHT_BITS + ls.f_att)  # [B, H, Tq, D]
     return jnp.transpose(out, (0, 2, 1, 3))
 
@@ -1071,7 +1134,7 @@ def _output_tables(params: IntegerParams, x: jax.Array) -> jax.Array:
     logits = _linear(x, spec.f_final, arrays["head"], spec.f_logits)  # log2 units
     u = jnp.max(logits, -1, keepdims=True) - logits
     bits = 30 - math.ceil(math.log2(spec.vocab_size))  # a table's weights sum to <= 2**30
-    weights = _exp2_neg(u, spec.f_logits, bits, arrays["tables"]["exp2"])
+    weights = _materialize(_exp2_neg(u, spec.f_logits, bits, arrays["tables"]["exp2"]))
     return quantize.quantize_weights(weights.astype(jnp.uint32), PRECISION_BITS, jnp)
 
 

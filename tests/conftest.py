@@ -2,13 +2,37 @@
 
 import os
 import pathlib
+import shutil
 import tempfile
 
+import jax
 import pytest
+
+_CREATED = []  # the folders this process made (pytest-xdist's workers inherit the controller's)
+
+
+def _session_folder(variable: str, prefix: str) -> str:
+    """$variable, or a new temporary folder that it then names (removed at the session's end)."""
+    if variable not in os.environ:
+        os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
+        _CREATED.append(os.environ[variable])
+    return os.environ[variable]
+
 
 # compress.py's persistent compilation cache (models.numerics.configure_coding) goes to a folder
 # of this test session, not the user's ~/.cache, and is shared by its subprocesses.
-os.environ.setdefault("LMC_COMPILE_CACHE", tempfile.mkdtemp(prefix="lmc-jax-cache-"))
+_session_folder("LMC_COMPILE_CACHE", "lmc-jax-cache-")
+
+# The test processes' own compiles go through a persistent cache of this session too, in another
+# folder (a subprocess uses it only where its launch says so: tests/runtime_helpers.py):
+# train.train builds its steps afresh on every call, so the many small runs of the suite
+# compile the same programs again and again. A hit returns what compiling the same program
+# would (the cache's key: its HLO, compile options, XLA flags, devices and jax version); a
+# program that differs in any of them is compiled. LMC_TEST_JAX_CACHE='' turns it off.
+if os.environ.get("LMC_TEST_JAX_CACHE") != "":
+    _folder = _session_folder("LMC_TEST_JAX_CACHE", "lmc-test-jax-cache-")
+    jax.config.update("jax_compilation_cache_dir", _folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -19,3 +43,9 @@ def enwik5_path() -> pathlib.Path:
     if not path.exists():
         pytest.skip(f"{path} not present")
     return path
+
+
+def pytest_sessionfinish(session, exitstatus):
+    del session, exitstatus
+    for folder in _CREATED:
+        shutil.rmtree(folder, ignore_errors=True)

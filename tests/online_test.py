@@ -143,3 +143,31 @@ def test_the_model_learns_as_it_goes(tmp_path):
     half = _round_trip(tmp_path, data[:4096])["payload_bytes"]
     whole = _round_trip(tmp_path, data)["payload_bytes"]
     assert whole - half < half
+
+
+def test_the_evaluator_rates_it_as_one_stream_beside_gzip(tmp_path):
+    from compressors import evaluation
+    from configs import eval as eval_config
+
+    config = eval_config.get_config()
+    config.update(compressors="gzip,online:test", num_chunks=6, chunk_size=256, progress=False)
+    config.update(workers=0, chunking="both")
+    config.online.recipe = RECIPE
+    config.lm.verify = True
+    records = evaluation.evaluate(config, tmp_path / "results")
+    (online_record,) = [r for r in records if r["compressor"] == "online:test"]
+    assert online_record["chunking"] == "unchunked" and online_record["verified"]
+    assert online_record["num_params"] == 0
+    assert online_record["adjusted_rate"] == online_record["raw_rate"]
+    # The same bytes as compress.py on the dataset's chunks joined.
+    source_bytes = b"".join(evaluation.sources.get_source(config.dataset).chunks(6, 256))
+    (tmp_path / "joined").write_bytes(source_bytes)
+    s = lm_stream.compress_file(
+        "online:test", tmp_path / "joined", tmp_path / "j.lmc", recipe=RECIPE
+    )
+    assert online_record["compressed_bytes"] == s["compressed_bytes"]
+    assert online_record["raw_bytes"] == len(source_bytes) == 6 * 256
+    again = evaluation.evaluate(config, tmp_path / "results")  # reused, not rated again
+    assert [r for r in again if r["compressor"] == "online:test"] == [online_record]
+    with pytest.raises(ValueError, match="one stream, which is not shared out"):
+        evaluation.evaluate_shard(config, tmp_path / "sharded", 0, 2)
