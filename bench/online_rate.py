@@ -64,9 +64,11 @@ def plot(curve: list[tuple[int, int]], classical: dict, path: str) -> None:
             last = (seen, written)
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(xs, ys, marker="o", label="online model: bits/byte of each stretch")
-    for name, size in classical.items():
+    styles = zip(("tab:orange", "tab:green", "tab:red"), ("--", ":", "-."), strict=False)
+    for (name, size), (color, style) in zip(classical.items(), styles, strict=False):
         if size:
-            ax.axhline(8 * size / total, linestyle="--", linewidth=1, label=f"{name} (whole file)")
+            rate = 8 * size / total
+            ax.axhline(rate, color=color, linestyle=style, label=f"{name} (whole file)")
     ax.set_xlabel("KB seen")
     ax.set_ylabel("bits per byte")
     ax.legend()
