@@ -37,11 +37,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
+
+from bench.timing import best_time  # noqa: E402
 
 _RUN = flags.DEFINE_string("run", None, "A train.py run directory.", required=True)
 _BYTES = flags.DEFINE_integer("bytes", 0, "Bytes of input (0: all of the split or --input).")
@@ -99,16 +100,6 @@ def heldout_bytes(num_bytes: int = 0) -> bytes:
     return bytes(heldout[: num_bytes or len(heldout)])
 
 
-def _timed(fn, repeats: int = 1) -> tuple[float, object]:
-    """The least wall time of `repeats` calls of `fn`, and its last result."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
-
-
 def _run_command(argv: list[str], data: bytes | None = None, env=None) -> bytes:
     """Runs `argv` (stdin `data`), returns its standard output; a failure raises with its stderr."""
     p = subprocess.run(argv, input=data, capture_output=True, env=env, check=False)
@@ -164,8 +155,10 @@ def model_row(
         compress = base + ["compress", *common, *extra, src, packed]
         decompress = base + ["decompress", *common, packed, out]
         suffix = "_startup" if label == "startup" else ""
-        times[f"compress{suffix}"], _ = _timed(lambda c=compress: _run_command(c, env=env), repeats)
-        times[f"decompress{suffix}"], _ = _timed(
+        times[f"compress{suffix}"], _ = best_time(
+            lambda c=compress: _run_command(c, env=env), repeats
+        )
+        times[f"decompress{suffix}"], _ = best_time(
             lambda d=decompress: _run_command(d, env=env), repeats
         )
         with open(packed, "rb") as f, open(out, "rb") as g:
@@ -197,13 +190,13 @@ def classical_row(name: str, data: bytes, repeats: int = 1) -> dict:
             }
         via = "Python module"
     times = {"startup_bytes": 0}
-    times["compress"], packed = _timed(lambda: compress(data), repeats)
-    times["decompress"], out = _timed(lambda: decompress(packed), repeats)
+    times["compress"], packed = best_time(lambda: compress(data), repeats)
+    times["decompress"], out = best_time(lambda: decompress(packed), repeats)
     if via == "Python module":
         times["compress_startup"] = times["decompress_startup"] = 0.0
     else:
-        times["compress_startup"], one = _timed(lambda: compress(data[:1]), repeats)
-        times["decompress_startup"], _ = _timed(lambda: decompress(one), repeats)
+        times["compress_startup"], one = best_time(lambda: compress(data[:1]), repeats)
+        times["decompress_startup"], _ = best_time(lambda: decompress(one), repeats)
     return _row(name, via, data, packed, out, times)
 
 
@@ -215,8 +208,8 @@ def log_loss_row(run: str, data: bytes, repeats: int = 1) -> dict:
     lm = language_model.LanguageModelCompressor(run)
     size = lm.model_cfg.context_length
     chunks = [data[i : i + size] for i in range(0, len(data), size)]
-    first, _ = _timed(lambda: lm.log_loss(chunks, size))
-    warm, bits = _timed(lambda: lm.log_loss(chunks, size), repeats)
+    first, _ = best_time(lambda: lm.log_loss(chunks, size))
+    warm, bits = best_time(lambda: lm.log_loss(chunks, size), repeats)
     ideal_bytes = float(bits.sum()) / 8
     return {
         "codec": "log-loss (reference)",

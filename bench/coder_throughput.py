@@ -19,7 +19,6 @@ Command:
 import argparse
 import shlex
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])  # Run from anywhere in the checkout.
 
+from bench.timing import best_time  # noqa: E402
 from coding import quantize  # noqa: E402
 from coding import range_coder as rc  # noqa: E402
 
@@ -68,21 +68,11 @@ def make_inputs(batch: int, length: int, vocab: int, num_tables: int, kind="text
     return tables, table_ids, symbols
 
 
-def _time(fn, repeats: int) -> tuple[float, object]:
-    """Returns the best wall time of `repeats` calls of `fn` and its last result."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
-
-
 def bench_numpy(tables, table_ids, symbols, repeats: int):
     """Times `encode_np` and a `decode_step_np` loop; returns (encode_s, decode_s, data)."""
     cdf = quantize.cdf_np(tables)
     starts, freqs = cdf[table_ids, symbols], tables[table_ids, symbols]
-    encode_s, (data, num_bytes) = _time(lambda: rc.encode_np(starts, freqs), repeats)
+    encode_s, (data, num_bytes) = best_time(lambda: rc.encode_np(starts, freqs), repeats)
 
     def decode():
         state = rc.decode_init_np(data, num_bytes, np.full(len(data), symbols.shape[1]))
@@ -91,7 +81,7 @@ def bench_numpy(tables, table_ids, symbols, repeats: int):
             out[:, t], state = rc.decode_step_np(state, tables[table_ids[:, t]])
         return out, rc.decode_finish_np(state)
 
-    decode_s, (decoded, errors) = _time(decode, repeats)
+    decode_s, (decoded, errors) = best_time(decode, repeats)
     assert np.array_equal(decoded, symbols) and not errors.any(), "NumPy round trip failed"
     return encode_s, decode_s, data
 
@@ -122,14 +112,14 @@ def bench_jax(tables, table_ids, symbols, repeats: int):
         return jax.block_until_ready(rc.encode_jax_core(starts, freqs, lengths))
 
     encode()  # Compile.
-    encode_s, (data, num_bytes, _) = _time(encode, repeats)
+    encode_s, (data, num_bytes, _) = best_time(encode, repeats)
     tables_d, ids_d = jnp.asarray(tables), jnp.asarray(table_ids)
 
     def decode():
         return jax.block_until_ready(_decode_jax(data, num_bytes, tables_d, ids_d))
 
     decode()  # Compile.
-    decode_s, (decoded, errors) = _time(decode, repeats)
+    decode_s, (decoded, errors) = best_time(decode, repeats)
     assert np.array_equal(np.asarray(decoded), symbols) and not np.asarray(errors).any()
     return encode_s, decode_s, np.asarray(data), np.asarray(num_bytes)
 
