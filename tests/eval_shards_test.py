@@ -472,15 +472,15 @@ def slurm_cluster():
 def test_slurm_shards_requeue_and_gather_to_the_single_run(
     slurm_cluster, run, model_single, pauser, tmp_path
 ):
-    """Two shards of gzip and the run as a Slurm job array; shard 1, held after its first model
-    group, gets SIGUSR1 (Slurm's time-limit warning): it saves, exits 75, is requeued and goes on
-    from there; gathered, the single run's records."""
+    """Four shards of gzip and the run as a Slurm job array; shard 1, held after its first
+    model group, gets SIGUSR1 (Slurm's time-limit warning): it saves, exits 75, is requeued and
+    goes on from there; gathered, the single run's records."""
     out, ready = tmp_path / "sharded", tmp_path / "ready"
     config = _config(compressors=f"gzip,lm:{run}", shard_group=1, **LM)
     args = _flags(config, out)
-    env = _env(LMC_PAUSE_AT="1", LMC_PAUSE_ENTRY="lm:", LMC_PAUSE_SHARD="1/2",
+    env = _env(LMC_PAUSE_AT="1", LMC_PAUSE_ENTRY="lm:", LMC_PAUSE_SHARD="1/4",
                LMC_PAUSE_READY=str(ready))  # fmt: skip
-    submitted = _cli(*args, "--mode=slurm", "--shards=2", "--slurm.time_limit_minutes=10",
+    submitted = _cli(*args, "--mode=slurm", "--shards=4", "--slurm.time_limit_minutes=10",
                      "--slurm.signal_lead_seconds=60", f"--python={pauser}", cwd=tmp_path,
                      env=env)  # fmt: skip
     assert submitted.returncode == 0 and "Submitted job array" in submitted.stdout, submitted.stderr
@@ -488,29 +488,29 @@ def test_slurm_shards_requeue_and_gather_to_the_single_run(
     job_id = json.loads(state_file.read_text())["job_id"]
 
     def held_or_failed():
-        return ready.exists() or any(r["state"] == "failed" for r in shards.status(config, out, 2))
+        return ready.exists() or any(r["state"] == "failed" for r in shards.status(config, out, 4))
 
     def finished():
-        rows = shards.status(config, out, 2)
+        rows = shards.status(config, out, 4)
         return all(r["state"] in ("complete", "failed") for r in rows) and rows
 
     try:
         _wait_for(held_or_failed, seconds=300, every=0.5)
-        assert ready.exists(), shards.format_status(shards.status(config, out, 2))
-        progress = out / "shards" / "1-of-2" / evaluation.PROGRESS_FILE
+        assert ready.exists(), shards.format_status(shards.status(config, out, 4))
+        progress = out / "shards" / "1-of-4" / evaluation.PROGRESS_FILE
         assert _model_reached(progress, run) == 1
-        job = slurm.query(state_file)["1-of-2"].job
+        job = slurm.query(state_file)["1-of-4"].job
         subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=60)
         _wait_for(finished, seconds=480, every=0.5)
     finally:
         subprocess.run(["scancel", job_id], capture_output=True, timeout=60)
-    table = shards.format_status(shards.status(config, out, 2))
-    assert table.count("complete") == 2, table
-    attempts = runs.read_jsonl(out / "shards" / "1-of-2" / slurm.LOG_DIR / slurm.ATTEMPTS_FILE)
+    table = shards.format_status(shards.status(config, out, 4))
+    assert table.count("complete") == 4, table
+    attempts = runs.read_jsonl(out / "shards" / "1-of-4" / slurm.LOG_DIR / slurm.ATTEMPTS_FILE)
     assert [a["exit_code"] for a in attempts] == [slurm.PREEMPTED_EXIT_CODE, 0]
-    log = (out / "shards" / "1-of-2" / slurm.LOG_DIR / f"{job}.out").read_text()
+    log = (out / "shards" / "1-of-4" / slurm.LOG_DIR / f"{job}.out").read_text()
     assert "stopped on SIGUSR1" in log
-    gathered = _cli(*args, "--mode=gather", "--shards=2")
+    gathered = _cli(*args, "--mode=gather", "--shards=4")
     assert gathered.returncode == 0, gathered.stderr
     merged = _by_key(runs.read_jsonl(out / "results.jsonl"))
     _assert_same(merged, _only(model_single, "gzip", f"lm:{run}"))
