@@ -17,7 +17,6 @@ import pytest
 
 from cluster import slurm
 
-REQUIRE_SLURM = os.environ.get("LMC_REQUIRE_SLURM") == "1"
 WAIT_SECONDS = 90
 FINAL = ("complete", "failed")
 
@@ -65,17 +64,6 @@ elif mode == "preemptible":
     print(f"task {{rank}} checkpointed on signal {{signals[0]}}", flush=True)
     sys.exit({slurm.PREEMPTED_EXIT_CODE})
 """
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """Skips (or fails, with LMC_REQUIRE_SLURM=1) unless a Slurm controller answers."""
-    try:
-        slurm.check_available()
-    except slurm.SlurmUnavailable as e:
-        if REQUIRE_SLURM:
-            pytest.fail(f"LMC_REQUIRE_SLURM=1, but {e}")
-        pytest.skip(str(e))
 
 
 @pytest.fixture
@@ -225,7 +213,7 @@ def _fake_state_file(tmp_path):
 # --- Against the cluster. --------------------------------------------------------------------
 
 
-def test_array_runs_each_command_in_its_own_directory(cluster, jobs, tmp_path):
+def test_array_runs_each_command_in_its_own_directory(slurm_cluster, jobs, tmp_path):
     submission = _submit(jobs, tmp_path, ["ok", "ok"], names=["first", "second"])
     states = _wait_final(submission)
     assert list(states) == ["first", "second"]
@@ -243,7 +231,7 @@ def test_array_runs_each_command_in_its_own_directory(cluster, jobs, tmp_path):
     assert slurm.submissions(tmp_path / "submissions") == [submission.state_file]
 
 
-def test_array_parallelism_keeps_the_other_runs_queued(cluster, jobs, tmp_path):
+def test_array_parallelism_keeps_the_other_runs_queued(slurm_cluster, jobs, tmp_path):
     options = slurm.SlurmOptions(array_parallelism=1)
     submission = _submit(jobs, tmp_path, ["wait_go", "ok"], options)
     _wait_until(lambda: (tmp_path / "run0" / "ready.0").exists(), "the first run to start")
@@ -272,14 +260,14 @@ def test_status_prefers_the_programs_own_error_line_to_sruns(tmp_path):
     assert slurm._last_error_line(log) == "srun: error: vm: task 0: Exited with exit code 2"
 
 
-def test_failed_run_reports_its_exit_status_and_error(cluster, jobs, tmp_path):
+def test_failed_run_reports_its_exit_status_and_error(slurm_cluster, jobs, tmp_path):
     submission = _submit(jobs, tmp_path, ["fail"])
     state = _wait_final(submission)["run0"]
     assert state.state == "failed"
     assert state.reason == "exit status 1: ValueError: boom from the run"
 
 
-def test_two_tasks_per_run_go_through_srun(cluster, jobs, tmp_path):
+def test_two_tasks_per_run_go_through_srun(slurm_cluster, jobs, tmp_path):
     submission = _submit(jobs, tmp_path, ["ok"], slurm.SlurmOptions(tasks_per_run=2))
     assert _wait_final(submission)["run0"].state == "complete"
     envs = [_env(tmp_path / "run0", rank) for rank in (0, 1)]
@@ -289,7 +277,7 @@ def test_two_tasks_per_run_go_through_srun(cluster, jobs, tmp_path):
     assert "0: hello from task 0" in log and "1: hello from task 1" in log
 
 
-def test_one_process_per_gpu_sees_only_its_own(cluster, jobs, tmp_path):
+def test_one_process_per_gpu_sees_only_its_own(slurm_cluster, jobs, tmp_path):
     if not any("gpu:" in gres for gres in _sinfo("%G")):
         pytest.skip("the cluster has no GPUs (the testbed declares 2 with LMC_SLURM_GPUS=2)")
     submission = _submit(jobs, tmp_path, ["ok"], slurm.SlurmOptions(gpus_per_run=2))
@@ -308,7 +296,9 @@ def test_one_process_per_gpu_sees_only_its_own(cluster, jobs, tmp_path):
     ],
     ids=["job", "batch-usr1", "batch-term", "full-usr1"],
 )
-def test_preempted_run_is_requeued_and_resumes(cluster, jobs, tmp_path, scancel, signal_number):
+def test_preempted_run_is_requeued_and_resumes(
+    slurm_cluster, jobs, tmp_path, scancel, signal_number
+):
     submission = _submit(jobs, tmp_path, ["preemptible"])
     workdir = tmp_path / "run0"
     _wait_until(lambda: (workdir / "ready.0").exists(), "the run to start")
@@ -325,7 +315,7 @@ def test_preempted_run_is_requeued_and_resumes(cluster, jobs, tmp_path, scancel,
     assert "attempt 1 exited with status 75" in log and "attempt 2 exited with status 0" in log
 
 
-def test_preemption_by_a_higher_priority_job_requeues_both_tasks(cluster, jobs, tmp_path):
+def test_preemption_by_a_higher_priority_job_requeues_both_tasks(slurm_cluster, jobs, tmp_path):
     if "urgent" not in [p.rstrip("*") for p in _sinfo("%P")]:
         pytest.skip("needs the testbed's 'urgent' partition, which preempts jobs in 'debug'")
     cpus = int(_sinfo("%c")[0])
@@ -349,7 +339,7 @@ def test_preemption_by_a_higher_priority_job_requeues_both_tasks(cluster, jobs, 
     assert (tmp_path / "urgent.out").read_text() == "urgent ran\n"
 
 
-def test_time_limit_sends_sigusr1_ahead_and_the_run_resumes(cluster, jobs, tmp_path):
+def test_time_limit_sends_sigusr1_ahead_and_the_run_resumes(slurm_cluster, jobs, tmp_path):
     # The shortest time limit Slurm has is a minute; a 59 s lead signals within Slurm's timer
     # resolution (up to about 30 s here).
     options = slurm.SlurmOptions(time_limit_minutes=1, signal_lead_seconds=59)
@@ -359,7 +349,7 @@ def test_time_limit_sends_sigusr1_ahead_and_the_run_resumes(cluster, jobs, tmp_p
     assert (tmp_path / "run0" / "checkpoint.0").read_text() == "10"
 
 
-def test_sbatch_rejection_is_one_line_and_leaves_nothing(cluster, tmp_path):
+def test_sbatch_rejection_is_one_line_and_leaves_nothing(slurm_cluster, tmp_path):
     runs = [("a", ["true"], tmp_path / "a")]
     options = slurm.SlurmOptions(partition="no_such_partition")
     with pytest.raises(
@@ -375,7 +365,7 @@ def test_sbatch_rejection_is_one_line_and_leaves_nothing(cluster, tmp_path):
     assert list((tmp_path / "kept" / "subs").iterdir()) == [] and not (tmp_path / "a").exists()
 
 
-def test_unreachable_controller_says_how_to_start_one(cluster, tmp_path, monkeypatch):
+def test_unreachable_controller_says_how_to_start_one(slurm_cluster, tmp_path, monkeypatch):
     conf = pathlib.Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
     if not conf.exists():
         pytest.skip(f"no {conf} to copy")

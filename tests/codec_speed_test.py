@@ -5,9 +5,6 @@ import sys
 
 import pytest
 
-import train
-from configs import default
-
 sys.path.insert(
     0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
 )
@@ -31,19 +28,6 @@ ROW_KEYS = {
     "decompress_net_seconds",
     "decompress_mb_per_s",
 }
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("run")
-    config = default.get_config("size=test")
-    config.model.context_length = 32
-    config.train.steps = 2
-    config.train.batch_size = 4
-    config.train.eval_max_bytes = 256
-    config.train.progress = False
-    train.train(config, workdir)
-    return str(workdir)
 
 
 def test_every_codec_round_trips_the_same_bytes(tiny_run):

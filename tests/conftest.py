@@ -37,6 +37,37 @@ if os.environ.get("LMC_TEST_JAX_CACHE") != "":
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """Skips (or fails, with LMC_REQUIRE_SLURM=1, as CI sets it) unless a Slurm controller
+    answers."""
+    from cluster import slurm
+
+    try:
+        slurm.check_available()
+    except slurm.SlurmUnavailable as e:
+        if os.environ.get("LMC_REQUIRE_SLURM") == "1":
+            pytest.fail(f"LMC_REQUIRE_SLURM=1, but {e}")
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> str:
+    """A byte-level run of the test preset trained 2 steps at a 32-byte context."""
+    import train
+    from configs import default
+
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    config = default.get_config("size=test")
+    config.model.context_length = 32
+    config.train.steps = 2
+    config.train.batch_size = 4
+    config.train.eval_max_bytes = 256
+    config.train.progress = False
+    train.train(config, workdir)
+    return str(workdir)
+
+
 @pytest.fixture
 def enwik5_path() -> pathlib.Path:
     path = SHARED_DATA / "text" / "enwik5"

@@ -4,22 +4,7 @@ import csv
 
 import pytest
 
-import train
 from analysis import context
-from configs import default
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("run")
-    config = default.get_config("size=test")
-    config.model.context_length = 32
-    config.train.steps = 2
-    config.train.batch_size = 4
-    config.train.eval_max_bytes = 256
-    config.train.progress = False
-    train.train(config, workdir)
-    return str(workdir)
 
 
 def test_study_covers_every_length_and_keeps_models_within_their_context(tmp_path, tiny_run):

@@ -33,7 +33,6 @@ from configs import eval as eval_config
 from tests import hf_fixtures
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-REQUIRE_SLURM = os.environ.get("LMC_REQUIRE_SLURM") == "1"
 CONTEXT = 64  # the test model's context and the chunk size: short, so that it rates fast
 NUM_CHUNKS = 7  # not a multiple of 2, 3 or 4: shards of different sizes
 # What may differ between a merged record and a single run's: when and how fast it was made.
@@ -457,16 +456,6 @@ def _wait_for(condition, process=None, seconds=300, every=0.05):
             pytest.fail(f"the shard ended before it could be stopped: {process.stderr.read()}")
         time.sleep(every)
     pytest.fail(f"timed out after {seconds} s")
-
-
-@pytest.fixture(scope="module")
-def slurm_cluster():
-    try:
-        slurm.check_available()
-    except slurm.SlurmUnavailable as e:
-        if REQUIRE_SLURM:
-            pytest.fail(f"LMC_REQUIRE_SLURM=1, but {e}")
-        pytest.skip(str(e))
 
 
 def test_slurm_shards_requeue_and_gather_to_the_single_run(

@@ -14,7 +14,6 @@ import runs
 import sweep
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-REQUIRE_SLURM = os.environ.get("LMC_REQUIRE_SLURM") == "1"
 
 
 def _cli(*args, cwd=REPO):
@@ -257,18 +256,6 @@ def test_a_sweep_that_changes_a_runs_recipe_is_refused(tmp_path):
 
 
 # --- Against a real Slurm (cluster/testbed/start.sh): skipped where none runs, required in CI.
-
-
-@pytest.fixture(scope="module")
-def slurm_cluster():
-    from cluster import slurm
-
-    try:
-        slurm.check_available()
-    except slurm.SlurmUnavailable as e:
-        if REQUIRE_SLURM:
-            pytest.fail(f"LMC_REQUIRE_SLURM=1, but {e}")
-        pytest.skip(str(e))
 
 
 _CLUSTER_SWEEP = """{{
