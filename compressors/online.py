@@ -211,7 +211,7 @@ class OnlineLearner:
             self.params, self.opt_state = _train_step(
                 self.params, self.opt_state, tokens, lengths, recipe=r
             )
-        self._seen.extend(np.asarray(s, np.int32) for s in segments)
+        self._seen.extend(np.asarray(s, np.uint8) for s in segments)  # byte tokens: a byte each
         if self.checksums is not None:
             self.checksums.append(params_checksum(self.params))
         return self.params
