@@ -20,47 +20,6 @@ def quiet_logging() -> None:
     logging.set_verbosity(logging.INFO if _verbose() else logging.ERROR)
 
 
-def train_main(
-    argv: list[str],
-    train: Callable[[Any, str], dict],
-    report: Callable[[dict], str],
-    check_config: Callable[[Any], None] = lambda config: None,
-) -> None:
-    """The `main` of a trainer: --config and --workdir in, the report of `train` printed.
-
-    An exception with an `exit_status` attribute (training.runtime.Preempted: stopped on a
-    signal, run again to resume) ends the program with that status and its message; one with
-    `alone` set (stopped without a checkpoint agreed by the run's processes) stops the run's
-    other processes with the same status.
-
-    Raises:
-      app.UsageError: stray arguments, no --workdir, or a config `check_config` refuses.
-    """
-    no_arguments(argv)
-    if flags.FLAGS.workdir is None:
-        raise app.UsageError("--workdir is required.")
-    check_config(flags.FLAGS.config)
-    quiet_logging()
-    from training import rendezvous  # jax-free; the trainers import JAX anyway
-
-    try:
-        metrics = train(flags.FLAGS.config, flags.FLAGS.workdir)
-    except BaseException as e:  # Preempted is a BaseException, like KeyboardInterrupt
-        status = getattr(e, "exit_status", None)
-        if status is None:
-            raise  # without goodbye: the run's other processes stop too
-        alone = getattr(e, "alone", False)
-        rendezvous.leave(status if alone else None)
-        print(f"{_program_name()}: {e}", file=sys.stderr, flush=True)
-        if alone and rendezvous.joined():  # JAX's shutdown at exit would wait for the others
-            sys.stdout.flush()
-            os._exit(status)
-        sys.exit(status)
-    rendezvous.leave()
-    if _is_first_process():
-        print(report(metrics))
-
-
 VERBOSE_ENV = "LMC_VERBOSE"  # LMC_VERBOSE=1 shows tracebacks, like --verbose
 INTERRUPTED_EXIT_CODE = 130  # what a shell reports for a Ctrl-C
 _HELP = ("--help", "-help", "--helpshort", "-helpshort", "-h", "-?")
@@ -149,7 +108,7 @@ def run(
       name: the program in messages; default the module run by `python -m`, or the script.
       define_flags: defines the entry point's flags.
     """
-    name = name or _program_name()
+    name = name or program_name()
     signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, KeyboardInterrupt
 
     def fail(message: str, status: int) -> NoReturn:
@@ -259,11 +218,6 @@ def _peer_died() -> bool:
     return rendezvous is not None and rendezvous.wait_for_dead_peer()
 
 
-def _is_first_process() -> bool:
-    jax = sys.modules.get("jax")
-    return jax is None or jax.process_index() == 0
-
-
 def _verbose() -> bool:
     """LMC_VERBOSE=1 or --verbose (read from the command line until the flags are parsed)."""
     if os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes"):
@@ -273,7 +227,7 @@ def _verbose() -> bool:
     return "verbose" in flags.FLAGS and bool(flags.FLAGS["verbose"].value)
 
 
-def _program_name() -> str:
+def program_name() -> str:
     """`analysis.scaling` for `python -m analysis.scaling`, `train.py` for `python train.py`."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     return spec.name if spec is not None and spec.name else os.path.basename(sys.argv[0])
@@ -285,7 +239,7 @@ def _interrupted_while_importing(kind, value, traceback) -> None:
     if not issubclass(kind, KeyboardInterrupt) or _verbose():
         sys.__excepthook__(kind, value, traceback)
         return
-    print(f"{_program_name()}: interrupted", file=sys.stderr, flush=True)
+    print(f"{program_name()}: interrupted", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(INTERRUPTED_EXIT_CODE)
 
@@ -302,7 +256,7 @@ def _interrupted_at_once(signum, frame) -> None:
     del signum, frame
     if _verbose():
         raise KeyboardInterrupt
-    print(f"{_program_name()}: interrupted", file=sys.stderr, flush=True)
+    print(f"{program_name()}: interrupted", file=sys.stderr, flush=True)
     os._exit(INTERRUPTED_EXIT_CODE)
 
 

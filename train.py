@@ -230,4 +230,4 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    cli.run(lambda argv: cli.train_main(argv, train, report), define_flags=_define_flags)
+    cli.run(lambda argv: runtime.train_main(argv, train, report), define_flags=_define_flags)

@@ -27,7 +27,7 @@ from absl import app, flags
 
 from data import addition
 from models import transformer
-from training import loop
+from training import loop, runtime
 
 LN2 = loop.LN2
 
@@ -223,5 +223,6 @@ def _define_flags() -> None:
 
 if __name__ == "__main__":
     cli.run(
-        lambda argv: cli.train_main(argv, train, report, _check_config), define_flags=_define_flags
+        lambda argv: runtime.train_main(argv, train, report, _check_config),
+        define_flags=_define_flags,
     )

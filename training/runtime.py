@@ -34,11 +34,15 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from absl import app, flags
 
+import cli
 from training import rendezvous
 
 PREEMPTED_EXIT_CODE = 75  # os.EX_TEMPFAIL; cluster.slurm requeues a run that exits with it
@@ -58,7 +62,7 @@ class Preempted(BaseException):
 
     Args:
       message: the line the command line prints.
-      exit_status: what the command line exits with (cli.train_main): 75 or 130.
+      exit_status: what the command line exits with (train_main): 75 or 130.
       alone: this process stops on its own, without a checkpoint agreed with the run's other
         processes (they are told to stop too).
     """
@@ -310,17 +314,46 @@ def _exit_now(message: str | None, status: int, cleanups) -> None:
     """Ends the process at once: tells the other processes, prints `message`, cleans up."""
     rendezvous.leave(status)
     if message:
-        print(f"{_program_name()}: {message}", file=sys.stderr, flush=True)
+        print(f"{cli.program_name()}: {message}", file=sys.stderr, flush=True)
     for cleanup in cleanups:
         with contextlib.suppress(Exception):
             cleanup()
     os._exit(status)
 
 
-def _program_name() -> str:
-    """The name the command line's messages start with (as cli.py names the program)."""
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    return spec.name if spec is not None and spec.name else os.path.basename(sys.argv[0])
+def train_main(
+    argv: list[str],
+    train: Callable[[Any, str], dict],
+    report: Callable[[dict], str],
+    check_config: Callable[[Any], None] = lambda config: None,
+) -> None:
+    """The `main` of a trainer (train.py, train_addition.py): --config and --workdir in, the
+    report of `train` printed by process 0.
+
+    A `Preempted` (stopped on a signal, run again to resume) ends the program with its
+    `exit_status` and message; one with `alone` set (stopped without a checkpoint agreed by the
+    run's processes) stops the run's other processes with the same status.
+
+    Raises:
+      app.UsageError: stray arguments, no --workdir, or a config `check_config` refuses.
+    """
+    cli.no_arguments(argv)
+    if flags.FLAGS.workdir is None:
+        raise app.UsageError("--workdir is required.")
+    check_config(flags.FLAGS.config)
+    cli.quiet_logging()
+    try:
+        metrics = train(flags.FLAGS.config, flags.FLAGS.workdir)
+    except Preempted as e:
+        rendezvous.leave(e.exit_status if e.alone else None)
+        print(f"{cli.program_name()}: {e}", file=sys.stderr, flush=True)
+        if e.alone and rendezvous.joined():  # JAX's shutdown at exit would wait for the others
+            sys.stdout.flush()
+            os._exit(e.exit_status)
+        sys.exit(e.exit_status)
+    rendezvous.leave()
+    if jax.process_index() == 0:
+        print(report(metrics))
 
 
 class RunLock:
