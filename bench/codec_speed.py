@@ -125,7 +125,13 @@ def _row(name: str, via: str, data: bytes, packed: bytes, out: bytes, times: dic
 
 
 def model_row(
-    run: str, path: str, data: bytes, work: str, lanes: int = 64, repeats: int = 1
+    run: str,
+    path: str,
+    data: bytes,
+    work: str,
+    lanes: int = 64,
+    repeats: int = 1,
+    compile_cache: str = "",
 ) -> dict:
     """Compresses and decompresses `data` with compress.py, each direction its own process.
 
@@ -136,6 +142,9 @@ def model_row(
       work: a scratch directory.
       lanes: compress.py's `--lanes`: chunks coded together, and the start-up's chunks.
       repeats: runs of each command; the least time is kept.
+      compile_cache: the processes' persistent compilation cache ($LMC_COMPILE_CACHE); '' (what
+        the benchmark measures): none, each process compiles its own programs. A test passes
+        its session's cache, where the timings do not matter.
 
     Returns:
       The row (see `_row`), start-up measured on the first group alone.
@@ -143,7 +152,7 @@ def model_row(
     import runs
 
     first_group = data[: lanes * runs.load_config(run).model.context_length]
-    env = dict(os.environ, LMC_COMPILE_CACHE="")  # no persistent cache: each process compiles
+    env = dict(os.environ, LMC_COMPILE_CACHE=compile_cache)
     common = [f"--model={run}", "--noprogress", "--force"]
     extra = [f"--lanes={lanes}"] + (["--noportable"] if path == "float" else [])
     base = [sys.executable, COMPRESS_PY]
@@ -224,8 +233,11 @@ def log_loss_row(run: str, data: bytes, repeats: int = 1) -> dict:
     }
 
 
-def benchmark(run: str, data: bytes, lanes: int = 64, repeats: int = 1) -> dict:
-    """Every row on the same `data`, and the ratios; see the module docstring.
+def benchmark(
+    run: str, data: bytes, lanes: int = 64, repeats: int = 1, compile_cache: str = ""
+) -> dict:
+    """Every row on the same `data`, and the ratios; see the module docstring (`compile_cache`:
+    `model_row`'s).
 
     Raises:
       ValueError: empty data.
@@ -236,7 +248,10 @@ def benchmark(run: str, data: bytes, lanes: int = 64, repeats: int = 1) -> dict:
     if lanes < 1:
         raise ValueError(f"--lanes={lanes}: give 1 or more.")
     with tempfile.TemporaryDirectory(prefix="codec-speed-") as work:
-        rows = [model_row(run, p, data, work, lanes, repeats) for p in ("portable", "float")]
+        rows = [
+            model_row(run, p, data, work, lanes, repeats, compile_cache)
+            for p in ("portable", "float")
+        ]
     rows += [classical_row(name, data, repeats) for name in CLASSICAL]
     reference = log_loss_row(run, data, repeats)
     portable, float_ = rows[0], rows[1]

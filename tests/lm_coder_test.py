@@ -139,7 +139,8 @@ def test_bytes_as_one_table_or_two_nibbles(low_bits):
     model_cfg = transformer.TransformerConfig.from_config(config.model, 256)
     model_cfg = dataclasses.replace(model_cfg, context_length=32)
     params = transformer.init_params(model_cfg, jax.random.key(0))
-    shape = lm_coder.CoderShape(2, 24, attention_blocks=3, low_bits=low_bits)
+    # The lanes and blocks of `_coder`'s and the empty-payload test's coders: their programs.
+    shape = lm_coder.CoderShape(3, 24, attention_blocks=3, low_bits=low_bits)
     coder = lm_coder.LMCoder(*_net(model_cfg, params), shape)
     assert coder.steps_per_token == (2 if low_bits else 1)
     chunks = [np.random.default_rng(5).integers(0, 256, 24) for _ in range(2)]
