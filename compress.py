@@ -4,6 +4,8 @@ r"""Exact lossless compression with a language model: one we trained, or a pretr
   python compress.py decompress --model=RUN_DIR INPUT OUTPUT
   cat INPUT | python compress.py compress --model=RUN_DIR - - > OUTPUT
   python compress.py compress --model=hf:PATH INPUT OUTPUT      # e.g. Llama 2 7B on disk
+  python compress.py compress --model=online:200K INPUT OUTPUT  # learns as it codes, no weights
+  python compress.py compress --model=online:RUN_DIR INPUT OUTPUT  # starts from a run, learns on
 
 RUN_DIR is a training run's workdir (train.py); PATH a Hugging Face model directory (config.json,
 *.safetensors, tokenizer.json or tokenizer.model; models/pretrained.py lists the architectures;
@@ -60,8 +62,8 @@ def main(argv):
     FLAGS = flags.FLAGS  # noqa: N806
     if len(argv) != 4 or argv[1] not in ("compress", "decompress"):
         raise app.UsageError(
-            "usage: compress.py compress|decompress --model=RUN_DIR|hf:PATH|online:SIZE INPUT "
-            "OUTPUT"
+            "usage: compress.py compress|decompress --model=RUN_DIR|hf:PATH|online:SIZE|"
+            "online:RUN_DIR INPUT OUTPUT"
         )
     mode, input_path, output_path = argv[1:]
     if not FLAGS.model and mode == "compress":
@@ -101,14 +103,16 @@ def _define_flags() -> None:
         None,
         "The model: RUN_DIR, a training run (its newest checkpoint, or --step); hf:PATH, a "
         "pretrained model in the Hugging Face layout; online:SIZE, a model that learns while it "
-        "codes (decompress needs no --model for it).",
+        "codes (decompress needs no --model for it); online:RUN_DIR, one that starts from a "
+        "byte-level run and keeps learning (decompress takes --model=RUN_DIR).",
     )
     cli.retired_flag("workdir", "--model=RUN_DIR")
     flags.DEFINE_string(
         "recipe",
         "",
-        "online:SIZE models: refine the recipe, key=value,... over segment_bytes, lanes, steps, "
-        "replay, learning_rate, b1, b2, seed (compressors/online.py); recorded in the stream.",
+        "online: models: refine the recipe, key=value,... over segment_bytes, lanes, steps, "
+        "replay, learning_rate, b1, b2, seed, order, table_bits, live, mix_learning_rate "
+        "(compressors/online.py); recorded in the stream.",
     )
     flags.DEFINE_enum(
         "dtype",

@@ -3,7 +3,7 @@
 Our own format rather than a general archive (zip, zstd frames): groups follow the coder's lanes,
 and the checks name the chunk whose decoding went wrong, which needs a layout we control.
 
-Layout (version 5, the same as 3 and 4), integers little-endian:
+Layout (version 6, the same as 3 to 5), integers little-endian:
 
     header   magic (8 bytes) | version u16 | info_bytes u16 | chunk_size_bytes u32 |
              original_length_bytes u64 | group_chunks u32 | columns u8 |
@@ -51,15 +51,19 @@ from typing import Any, BinaryIO
 import numpy as np
 
 MAGIC = b"\x89LMC\r\n\x1a\n"  # Non-ASCII first byte and CR/LF/^Z catch text-mode mangling.
+# 6: an online model's recipe may mix count models with its Transformer ('order', 'table_bits',
+#    'mix_learning_rate' under 'online') and start from a training run ('start': its fingerprint,
+#    'architecture'); version 5's online recipes are version 6's with neither, and decode. The
+#    layout is version 3's.
 # 5: models named by kind ('model': 'run', 'hf' or 'online', an online model's recipe under
 #    'online') and a float model's compute dtype ('dtype') for every kind; version 4's streams
 #    are version 5's without them, and decode. The layout is version 3's.
 # 4: the coder runs in per-block programs (skipping blocks past every chunk), top-k coding and
 #    pretrained models (coder fields 'top_k', 'model'); the layout is version 3's.
 # 3: grouped chunks, bit-packed columns, raw chunks, JSON info. 2: rANS-free v1.
-VERSION = 5
-READABLE_VERSIONS = (4, 5)
-_READABLE = " and ".join(map(str, READABLE_VERSIONS))
+VERSION = 6
+READABLE_VERSIONS = (4, 5, 6)
+_READABLE = f"{', '.join(map(str, READABLE_VERSIONS[:-1]))} and {READABLE_VERSIONS[-1]}"
 MAX_INFO_BYTES = 1024  # the fixed header stays under 1 KB
 MAX_CHUNK_SIZE_BYTES = 1 << 30
 MAX_GROUP_CHUNKS = 1 << 16

@@ -6,6 +6,8 @@
                tokenizer.model (models/pretrained.py lists the architectures)
   online:SIZE  a model that learns while it codes, from a seeded start (compressors/online.py);
                its stream holds the whole recipe, so it decompresses without naming a model
+  online:RUN_DIR  the same, starting from a byte-level training run's parameters; its stream
+               fingerprints the run, which decompress then needs (--model=RUN_DIR)
 
 compress.py, sample.py and the evaluator take these names and nothing else asks which kind of
 model a name is: what differs between kinds is in the `CodingModel` this module builds.
@@ -70,7 +72,7 @@ def check(name: str) -> None:
         from compressors import pretrained_model
 
         pretrained_model.check_model_dir(path)
-    elif kind == "online":
+    elif kind == "online" and path in _preset_names():
         from compressors import online
 
         online.Recipe.parse(path)
@@ -101,11 +103,9 @@ def load(
     if recipe and kind != "online":
         raise ValueError("--recipe applies to online:SIZE models.")
     if kind == "online":
-        if step is not None or dtype:
-            raise ValueError("--step and --dtype do not apply to online: models (see --recipe).")
-        from compressors import online
-
-        return online.load(online.Recipe.parse(path, recipe), name)
+        if dtype:
+            raise ValueError("--dtype does not apply to online: models (see --recipe).")
+        return _load_online(name, path, step, recipe)
     if kind == "hf":
         if step is not None:
             raise ValueError("--step applies to training runs, not to hf: models.")
@@ -144,13 +144,46 @@ def _load_run(name: str, workdir: str, step: int | None, dtype: str) -> coding_m
     return model
 
 
-def from_stream(settings: dict) -> coding_model.CodingModel:
-    """The model a stream's settings describe whole (an online model's recipe), for decompress
-    without --model.
+def _preset_names() -> tuple[str, ...]:
+    from configs import sizes
+
+    return tuple(sizes.PRESETS)
+
+
+def _load_online(name: str, path: str, step: int | None, overrides: str):
+    """`online:SIZE` (a `configs.sizes` preset: a seeded start) or `online:RUN_DIR` (a byte-level
+    training run's parameters as the start; `step` its checkpoint)."""
+    from compressors import online
+
+    if path in _preset_names():
+        if step is not None:
+            raise ValueError("--step applies to online:RUN_DIR, not to a size.")
+        return online.load(online.Recipe.parse(path, overrides), name)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"online:{path}: neither a size ({', '.join(_preset_names())}) nor a training run."
+        )
+    return online.load_from_run(_load_run(path, path, step, ""), overrides=overrides)
+
+
+def continues_run(settings: dict) -> bool:
+    """Whether a stream's model is an online one started from a training run (`online:RUN_DIR`),
+    which decompress builds from the stream's recipe and the run it names (`from_stream`)."""
+    recipe = settings.get("online")
+    return (
+        settings.get("model") == "online" and isinstance(recipe, dict) and bool(recipe.get("start"))
+    )
+
+
+def from_stream(
+    settings: dict, model: str | None = None, step: int | None = None
+) -> coding_model.CodingModel:
+    """The model a stream's settings describe (an online model's recipe), for decompress: whole
+    for a seeded start (no `model` needed), with the run `model` names for `online:RUN_DIR`.
 
     Raises:
-      ValueError: the stream's model must be named (a run or a checkpoint), or its recipe is
-        malformed or out of bounds.
+      ValueError: the stream's model must be named (a run or a checkpoint), `model` is not the
+        run the stream started from, or the recipe is malformed or out of bounds.
     """
     if settings.get("model") != "online":
         raise ValueError(
@@ -160,7 +193,23 @@ def from_stream(settings: dict) -> coding_model.CodingModel:
     from compressors import online
 
     recipe = online.Recipe.from_dict(settings.get("online"))
-    return online.load(recipe, f"{ONLINE_PREFIX}{recipe.size}")
+    if not recipe.start:
+        return online.load(recipe, f"{ONLINE_PREFIX}{recipe.size}")
+    if model is None:
+        raise ValueError(
+            f"this stream continues training run {recipe.start[:12]}: decompress with "
+            "--model=RUN_DIR, that run"
+        )
+    kind, path = parse(model)
+    if kind not in ("run", "online"):
+        raise ValueError(f"--model={model}: this stream continues a training run, name it.")
+    run = _load_run(path, path, step, "")
+    if run.fingerprint != recipe.start:
+        raise ValueError(
+            f"--model={model} is not the run this stream continues (its parameters fingerprint "
+            f"{run.fingerprint[:12]}, the stream's start {recipe.start[:12]}; see --step)"
+        )
+    return online.load_from_run(run, recipe=recipe)
 
 
 MAX_PRETRAINED_CHUNK = 2048  # bytes per chunk by default for hf: models (the paper's chunks)

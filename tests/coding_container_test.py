@@ -78,8 +78,8 @@ def test_round_trip_groups_columns_and_raw_chunks():
 
 def test_golden_layout():
     """Freezes the on-disk format: regenerate only on purpose, with a version bump."""
-    assert SAMPLE[:8] == b"\x89LMC\r\n\x1a\n" and container.VERSION == 5
-    expected = "dc7131355a9ff68e75054b59f7b2a7f1e53ae0e0d123c8941a1082662fe5eb92"
+    assert SAMPLE[:8] == b"\x89LMC\r\n\x1a\n" and container.VERSION == 6
+    expected = "8ac35ef8575e355c157968df876d5f97eb4bf19cec55bea3064fb7a847659396"
     assert hashlib.sha256(SAMPLE).hexdigest() == expected
 
 
@@ -266,11 +266,14 @@ def _flip(offset: int, xor: int = 0x40) -> bytes:
     "data, message",
     [
         (b"PK\x03\x04" + SAMPLE[4:], r"not a compressed container: bad magic bytes"),
-        (_reseal_header(SAMPLE, version=6), r"version 6 \(this reader reads 4 and 5\): made by a"),
-        (_reseal_header(SAMPLE, version=1), r"version 1 \(this reader reads 4 and 5\): .*rANS"),
+        (
+            _reseal_header(SAMPLE, version=7),
+            r"version 7 \(this reader reads 4, 5 and 6\): made by a",
+        ),
+        (_reseal_header(SAMPLE, version=1), r"version 1 \(this reader reads 4, 5 and 6\): .*rANS"),
         (
             _reseal_header(SAMPLE, version=3),
-            r"version 3 \(this reader reads 4 and 5\): .*per block",
+            r"version 3 \(this reader reads 4, 5 and 6\): .*per block",
         ),
         (b"", r"truncated header: expected 29 bytes, got 0"),
         (SAMPLE[:20], r"truncated header"),
@@ -298,7 +301,7 @@ def test_corruptions_raise_format_error(data, message):
 def test_version_4_streams_are_still_read():
     # Version 5 only added coder settings a version-4 stream lacks: its bytes read the same.
     old, new = _read_all(_reseal_header(SAMPLE, version=4)), _read_all(SAMPLE)
-    assert old[0].header.version == 4 and new[0].header.version == 5
+    assert old[0].header.version == 4 and new[0].header.version == 6
     payloads = [[[c.payload for c in g.chunks] for g in groups] for _, groups in (old, new)]
     assert payloads[0] == payloads[1] and len(payloads[0]) == 2
 

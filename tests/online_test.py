@@ -9,17 +9,19 @@ import numpy as np
 import pytest
 
 from coding import container
-from compressors import lm_stream, model_names, online
+from compressors import lm_stream, model_names, online, online_mix
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TEXT = (pathlib.Path(__file__).resolve().parents[2] / "shared/data/text/alice29.txt").read_bytes()
 # A tiny recipe: 2 layers of width 32, segments of 64 bytes, 2 a group, one step on them and
-# 2 replayed segments.
-RECIPE = "segment_bytes=64,lanes=2,steps=1,replay=2,learning_rate=0.01"
+# 2 replayed segments, mixed with count models of orders 0..3 (hashed tables of 2**10 rows).
+RECIPE = "segment_bytes=64,lanes=2,steps=1,replay=2,learning_rate=0.01,order=3,table_bits=10"
+ALONE = "segment_bytes=64,lanes=2,steps=1,replay=2,learning_rate=0.01,order=0"  # no counts
 
 
-def _rewrite_info(path, **changes):
-    """A forged stream: header fields changed (dotted paths) and its checksum recomputed."""
+def _rewrite_info(path, version=None, drop=(), **changes):
+    """A forged stream: header fields changed (dotted paths) or dropped, its container version
+    set, and its checksum recomputed."""
     import json
     import struct
     import zlib
@@ -33,8 +35,15 @@ def _rewrite_info(path, **changes):
         for name in parents:
             node = node[name]
         node[field] = value
+    for key in drop:
+        *parents, field = key.split(".")
+        node = info
+        for name in parents:
+            node = node[name]
+        del node[field]
     new_info = json.dumps(info).encode()
-    head = container._FIXED.pack(*fixed[:2], len(new_info), *fixed[3:]) + new_info
+    version = fixed[1] if version is None else version
+    head = container._FIXED.pack(fixed[0], version, len(new_info), *fixed[3:]) + new_info
     rest = data[container._FIXED.size + fixed[2] + 4 :]
     path.write_bytes(head + struct.pack("<I", zlib.crc32(head)) + rest)
 
@@ -109,6 +118,9 @@ def test_forged_recipes_and_corrupted_segments_fail_in_one_line(tmp_path):
         ("segment_bytes", 1 << 20, "segment_bytes"),
         ("learning_rate", "x", "learning_rate"),
         ("size", "1T", "size"),
+        ("order", 99, "order"),
+        ("table_bits", 40, "table_bits"),
+        ("mix_learning_rate", 2.0, "mix_learning_rate"),
     ]:
         forged = tmp_path / f"{field}.lmc"
         forged.write_bytes(packed.read_bytes())
@@ -171,3 +183,75 @@ def test_the_evaluator_rates_it_as_one_stream_beside_gzip(tmp_path):
     assert [r for r in again if r["compressor"] == "online:test"] == [online_record]
     with pytest.raises(ValueError, match="one stream, which is not shared out"):
         evaluation.evaluate_shard(config, tmp_path / "sharded", 0, 2)
+
+
+def test_the_counts_hold_every_byte_coded_and_match_on_both_sides(tmp_path, spied):
+    data = TEXT[:1000]
+    _round_trip(tmp_path, data)
+    encoder, decoder = spied
+    for side in (encoder, decoder):
+        counts = [np.asarray(c) for c in side.learner.params["counts"]]
+        assert [int(c.sum()) for c in counts] == [len(data)] * 4  # every order counts every byte
+        assert np.array_equal(counts[0][0], np.bincount(np.frombuffer(data, np.uint8), None, 256))
+        pairs = np.zeros((256, 256), np.int64)  # order 1: the byte before, 0 at a segment's start
+        ids = np.frombuffer(data, np.uint8)
+        np.add.at(pairs, (np.where(np.arange(len(ids)) % 64 == 0, 0, np.roll(ids, 1)), ids), 1)
+        assert np.array_equal(counts[1], pairs)
+    assert online_mix.MixSpec(3, 10).inputs == 5
+    sides = encoder.learner.params["counts"], decoder.learner.params["counts"]
+    for a, b in zip(*sides, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_the_mixture_codes_text_smaller_than_the_transformer_alone(tmp_path):
+    data = TEXT[:4096]
+    mixed = _round_trip(tmp_path, data)["payload_bytes"]
+    alone = _round_trip(tmp_path, data, ALONE)["payload_bytes"]
+    assert mixed < 0.9 * alone, (mixed, alone)
+
+
+def test_version_5_online_streams_decode_as_the_transformer_alone(tmp_path, spied):
+    # A version-5 stream's recipe has no count models' fields: it is order=0's, with the same
+    # fingerprint (the recipe without those fields), and decodes as it did.
+    src, packed, out = tmp_path / "in", tmp_path / "in.lmc", tmp_path / "out"
+    src.write_bytes(TEXT[:300])
+    lm_stream.compress_file("online:test", src, packed, recipe=ALONE)
+    old = tmp_path / "old.lmc"
+    old.write_bytes(packed.read_bytes())
+    _rewrite_info(old, version=5, drop=[f"coder.online.{f}" for f in online.MIX_FIELDS])
+    with open(old, "rb") as f:
+        assert container.ContainerReader(f).header.version == 5
+    lm_stream.decompress_file(None, old, out)
+    assert out.read_bytes() == TEXT[:300]
+    assert spied[-1].learner.recipe.order == 0
+    assert spied[-1].learner.checksums == spied[0].learner.checksums
+    partial = tmp_path / "partial.lmc"  # some of the new fields but not all: refused
+    partial.write_bytes(packed.read_bytes())
+    _rewrite_info(partial, drop=["coder.online.table_bits"])
+    with pytest.raises(ValueError, match="an online recipe has the fields"):
+        lm_stream.decompress_file(None, partial, tmp_path / "out2")
+
+
+def test_the_mixer_trains_on_the_counts_the_coder_saw():
+    # The learner's counts of a group (`group_rows`, sorted running sums) are those the coding
+    # step saw, step by step (`live_step`): every lane's earlier bytes under each context.
+    import jax.numpy as jnp
+
+    spec = online_mix.MixSpec(3, 8)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 4, (3, 20)).astype(np.int32)
+    lengths = np.array([20, 13, 0], np.int32)
+    tokens[1, 13:] = 0
+    before = rng.integers(0, 4, (2, 30)).astype(np.int32)
+    base = online_mix.add_counts(spec, online_mix.init_counts(spec), before, np.array([30, 30]))
+    rows, after = online_mix.group_rows(spec, True, base, jnp.asarray(tokens), lengths)
+    counts, history = list(base), jnp.zeros((3, 3), jnp.int32)
+    for t in range(20):
+        prev = jnp.asarray(tokens[:, t - 1] if t else np.zeros(3, np.int32))
+        weight = jnp.asarray(((t > 0) & (t - 1 < lengths)).astype(np.int32))
+        counts, history, seen = online_mix.live_step(spec, counts, history, prev, weight)
+        for o in range(4):
+            assert np.array_equal(np.asarray(rows[o]).reshape(3, 20, 256)[:, t], seen[o]), (t, o)
+    whole = online_mix.add_counts(spec, base, tokens, lengths)
+    assert all(np.array_equal(a, b) for a, b in zip(after, whole, strict=True))
+    assert int(after[0].sum()) == 60 + 33
