@@ -51,21 +51,26 @@ def slurm_cluster():
         pytest.skip(str(e))
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> str:
-    """A byte-level run of the test preset trained 2 steps at a 32-byte context."""
+def train_tiny(workdir, steps: int = 2, seed: int = 0) -> str:
+    """Trains a byte-level run of the test preset at a 32-byte context into `workdir`."""
     import train
     from configs import default
 
-    workdir = tmp_path_factory.mktemp("tiny_run")
     config = default.get_config("size=test")
     config.model.context_length = 32
-    config.train.steps = 2
+    config.train.steps = steps
     config.train.batch_size = 4
     config.train.eval_max_bytes = 256
     config.train.progress = False
+    config.seed = seed
     train.train(config, workdir)
     return str(workdir)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> str:
+    """A byte-level run of the test preset trained 2 steps at a 32-byte context."""
+    return train_tiny(tmp_path_factory.mktemp("tiny_run"))
 
 
 @pytest.fixture

@@ -57,22 +57,13 @@ def test_the_stream_fingerprints_the_run_and_its_architecture(tiny_run, packed):
 def test_decompress_without_the_run_or_with_another_fails_in_one_line(
     tiny_run, packed, tmp_path_factory, tmp_path
 ):
-    import train
-    from configs import default
+    from tests.conftest import train_tiny
 
     _, out = packed
     with pytest.raises(ValueError, match="--model=RUN_DIR") as e:
         lm_stream.decompress_file(None, str(out), str(tmp_path / "a"))
     assert "\n" not in str(e.value)
-    other = tmp_path_factory.mktemp("other_run")
-    config = default.get_config("size=test")
-    config.model.context_length = 32
-    config.train.steps = 1
-    config.train.batch_size = 4
-    config.train.eval_max_bytes = 256
-    config.train.progress = False
-    config.seed = 7
-    train.train(config, other)
+    other = train_tiny(tmp_path_factory.mktemp("other_run"), steps=1, seed=7)
     with pytest.raises(ValueError, match="not the run") as e:
         lm_stream.decompress_file(str(other), str(out), str(tmp_path / "b"))
     assert "\n" not in str(e.value)
