@@ -292,10 +292,7 @@ def decompress_file(
         dtype = str(info.coder.get("dtype", ""))  # a float model computes in the stream's dtype
         if dtype not in ("", "float32", "bfloat16"):
             raise container.FormatError(f"impossible stream settings: dtype {dtype!r}")
-        if model is None or model_names.continues_run(info.coder):
-            m = model_names.from_stream(info.coder, model, step)
-        else:
-            m = model_names.load(model, step=step, dtype=dtype)
+        m = model_names.for_stream(info.coder, model, step, dtype)
         start = time.perf_counter()
         if info.model != m.fingerprint:
             raise container.FormatError(

@@ -166,25 +166,23 @@ def _load_online(name: str, path: str, step: int | None, overrides: str):
     return online.load_from_run(_load_run(path, path, step, ""), overrides=overrides)
 
 
-def continues_run(settings: dict) -> bool:
-    """Whether a stream's model is an online one started from a training run (`online:RUN_DIR`),
-    which decompress builds from the stream's recipe and the run it names (`from_stream`)."""
-    recipe = settings.get("online")
-    return (
-        settings.get("model") == "online" and isinstance(recipe, dict) and bool(recipe.get("start"))
-    )
-
-
-def from_stream(
-    settings: dict, model: str | None = None, step: int | None = None
+def for_stream(
+    settings: dict, model: str | None = None, step: int | None = None, dtype: str = ""
 ) -> coding_model.CodingModel:
-    """The model a stream's settings describe (an online model's recipe), for decompress: whole
-    for a seeded start (no `model` needed), with the run `model` names for `online:RUN_DIR`.
+    """The model that decodes a stream whose coder settings are `settings` (decompress):
+    `model` loaded by name (`step`, the stream's `dtype`), or, for a stream that describes its
+    model whole (an online recipe), the model it describes: without `model` for a seeded start,
+    with the run `model` names for `online:RUN_DIR`.
 
     Raises:
       ValueError: the stream's model must be named (a run or a checkpoint), `model` is not the
         run the stream started from, or the recipe is malformed or out of bounds.
+      FileNotFoundError: no such model.
     """
+    record = settings.get("online") if settings.get("model") == "online" else None
+    continues_run = isinstance(record, dict) and bool(record.get("start"))
+    if model is not None and not continues_run:
+        return load(model, step=step, dtype=dtype)
     if settings.get("model") != "online":
         raise ValueError(
             "this stream was made by "
@@ -192,7 +190,7 @@ def from_stream(
         )
     from compressors import online
 
-    recipe = online.Recipe.from_dict(settings.get("online"))
+    recipe = online.Recipe.from_dict(record)
     if not recipe.start:
         return online.load(recipe, f"{ONLINE_PREFIX}{recipe.size}")
     if model is None:

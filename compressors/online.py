@@ -239,12 +239,35 @@ class Recipe:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _adams(recipe: Recipe):
+    """The Transformer's and the mixer's optimisers."""
+    adam = functools.partial(optax.adam, b1=recipe.b1, b2=recipe.b2)
+    return adam(recipe.learning_rate), adam(recipe.mix_learning_rate)
+
+
+@functools.partial(jax.jit, static_argnames=("recipe",))
+def _init(start=None, *, recipe: Recipe):
+    """The parameters before any group and their optimisers' states: the Transformer's
+    (`start`, a run's, or seeded) alone for `order` 0, else the mixture's ({'tf', 'mix',
+    'counts'}) with the Transformer's and the mixer's states."""
+    tf = start
+    if tf is None:
+        tf = transformer.init_params(recipe.model_config(), jax.random.key(recipe.seed))
+    tx_tf, tx_mix = _adams(recipe)
+    if not recipe.order:
+        return tf, tx_tf.init(tf)
+    spec = recipe.mix_spec()
+    mixer = online_mix.init_mixer(spec)
+    params = {"tf": tf, "mix": mixer, "counts": online_mix.init_counts(spec)}
+    return params, (tx_tf.init(tf), tx_mix.init(mixer))
+
+
 @functools.partial(jax.jit, static_argnames=("recipe",))
 def _train_step(params, opt_state, tokens, lengths, *, recipe: Recipe):
     """One Adam step on the mean -log p of the rows' first `lengths` bytes (rows of length 0:
     padding, no weight). The same program in encoder and decoder."""
     model = transformer.Transformer(recipe.model_config())
-    tx = optax.adam(recipe.learning_rate, b1=recipe.b1, b2=recipe.b2)
+    tx = _adams(recipe)[0]
     valid = (jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]).astype(jnp.float32)
 
     def loss_fn(p):
@@ -254,37 +277,6 @@ def _train_step(params, opt_state, tokens, lengths, *, recipe: Recipe):
     grads = jax.grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
-
-
-def _first_params(start, recipe: Recipe):
-    """The Transformer's parameters before any group: `start` (a run's), or seeded."""
-    if start is not None:
-        return start
-    return transformer.init_params(recipe.model_config(), jax.random.key(recipe.seed))
-
-
-@functools.partial(jax.jit, static_argnames=("recipe",))
-def _init(start=None, *, recipe: Recipe):
-    params = _first_params(start, recipe)
-    tx = optax.adam(recipe.learning_rate, b1=recipe.b1, b2=recipe.b2)
-    return params, tx.init(params)
-
-
-def _adams(recipe: Recipe):
-    """The Transformer's and the mixer's optimisers."""
-    adam = functools.partial(optax.adam, b1=recipe.b1, b2=recipe.b2)
-    return adam(recipe.learning_rate), adam(recipe.mix_learning_rate)
-
-
-@functools.partial(jax.jit, static_argnames=("recipe",))
-def _init_mixture(start=None, *, recipe: Recipe):
-    """The mixture's parameters ({'tf', 'mix', 'counts'}) and its two optimisers' states."""
-    spec = recipe.mix_spec()
-    tf = _first_params(start, recipe)
-    mixer = online_mix.init_mixer(spec)
-    tx_tf, tx_mix = _adams(recipe)
-    params = {"tf": tf, "mix": mixer, "counts": online_mix.init_counts(spec)}
-    return params, (tx_tf.init(tf), tx_mix.init(mixer))
 
 
 @functools.partial(jax.jit, static_argnames=("recipe",))
@@ -342,8 +334,7 @@ class OnlineLearner:
 
     def __init__(self, recipe: Recipe, keep_checksums: bool = False, start: Any = None):
         self.recipe = recipe
-        init = _init_mixture if recipe.order else _init
-        self.params, self.opt_state = init(start, recipe=recipe)
+        self.params, self.opt_state = _init(start, recipe=recipe)
         self._seen: list[np.ndarray] = []
         self._rng = np.random.default_rng(recipe.seed)
         self.checksums: list[str] | None = [] if keep_checksums else None
@@ -430,11 +421,11 @@ def load_from_run(
         raise ValueError(f"{run.name}: online coding takes byte-level runs, not tokenizer runs.")
     if recipe is None:
         recipe = Recipe.parse("", overrides, start=run.fingerprint, base=run.net.config)
-    expected = Recipe.parse(
-        "", f"segment_bytes={recipe.segment_bytes}", start=run.fingerprint, base=run.net.config
-    )
-    if (recipe.start, recipe.architecture) != (expected.start, expected.architecture):
-        raise ValueError(f"{run.name} is not the run this recipe starts from.")
+    else:
+        segment = f"segment_bytes={recipe.segment_bytes}"
+        own = Recipe.parse("", segment, start=run.fingerprint, base=run.net.config)
+        if (recipe.start, recipe.architecture) != (own.start, own.architecture):
+            raise ValueError(f"{run.name} is not the run this recipe starts from.")
     return load(recipe, f"online:{run.name}", start=run.params)
 
 

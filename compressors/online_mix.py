@@ -258,8 +258,12 @@ class MixtureNet(coding_model.FloatNet):
         return coding_model.FloatTransformer(self.config)
 
     def cache_bytes(self, length: int, kv_dtype: str) -> int:
-        # Per lane; the live copy of the count tables (shared by the lanes) comes on top.
         return self._tf().cache_bytes(length, kv_dtype) + 4 * max(self.spec.order, 1)
+
+    def shared_cache_bytes(self) -> int:
+        """Counting live, the copy of the count tables (int32) that the steps add to."""
+        rows = sum(self.spec.rows(o) for o in range(self.spec.order + 1))
+        return 4 * VOCAB * rows if self.live else 0
 
     def work_bytes(self, length: int) -> int:
         # Each order's gathered row, its probabilities and logs, the mixer's inputs.

@@ -67,6 +67,9 @@ class Net(Protocol):
     def cache_bytes(self, length: int, kv_dtype: str) -> int:
         """One lane's KV cache of `length` positions, in bytes."""
 
+    def shared_cache_bytes(self) -> int:
+        """What the cache holds for all lanes together (0 for a Transformer's), in bytes."""
+
     def work_bytes(self, length: int) -> int:
         """One lane's other live memory during a step at `length` positions: the keys and
         values widened as attention reads them, the step's vectors over vocabulary and widths."""
@@ -106,6 +109,9 @@ class FloatNet:
         elif low_bits < 0:
             low_bits = coding_tables.default_low_bits(self.vocab_size, precision_bits)
         return coding_tables.TableSpec(precision_bits, low_bits, top_k)
+
+    def shared_cache_bytes(self) -> int:
+        return 0
 
     def step(self, params, prev, t, cache, kv_length, spec):
         log_probs, cache = self.decode(params, prev, t, cache, kv_length)

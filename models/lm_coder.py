@@ -172,12 +172,14 @@ class LMCoder:
         argument lives: the KV cache and the coder's stream), the model's other live memory in
         a step (`Net.work_bytes`: keys and values widened as attention reads them, a layer's
         attention weights, vectors over the vocabulary and the widths), and the recorded
-        intervals twice (as scanned, then in coding order)."""
+        intervals twice (as scanned, then in coding order); and, once, what the cache holds for all
+        lanes together (`Net.shared_cache_bytes`)."""
         s, length = self.shape, self.shape.chunk_tokens
         steps = length * self.steps_per_token
         carry = self.net.cache_bytes(length, s.kv_dtype) + self.capacity_bytes + 64
         recorded = 2 * (length * 9 + steps * 8)  # symbol, bits, escape; start and freq per step
-        return s.lanes * (2 * carry + self.net.work_bytes(length) + recorded)
+        shared = self.net.shared_cache_bytes()  # once: XLA updates it in place
+        return s.lanes * (2 * carry + self.net.work_bytes(length) + recorded) + shared
 
     def blocks(self) -> list[tuple[int, int]]:
         """The attention blocks: (first, last) steps of each, `attention_blocks` of them."""

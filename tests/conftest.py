@@ -51,7 +51,7 @@ def slurm_cluster():
         pytest.skip(str(e))
 
 
-def train_tiny(workdir, steps: int = 2, seed: int = 0) -> str:
+def _train_tiny(workdir, steps: int = 2, seed: int = 0) -> str:
     """Trains a byte-level run of the test preset at a 32-byte context into `workdir`."""
     import train
     from configs import default
@@ -70,7 +70,13 @@ def train_tiny(workdir, steps: int = 2, seed: int = 0) -> str:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> str:
     """A byte-level run of the test preset trained 2 steps at a 32-byte context."""
-    return train_tiny(tmp_path_factory.mktemp("tiny_run"))
+    return _train_tiny(tmp_path_factory.mktemp("tiny_run"))
+
+
+@pytest.fixture(scope="session")
+def train_tiny():
+    """`train_tiny(workdir, steps=2, seed=0) -> workdir`: another run like `tiny_run`'s."""
+    return _train_tiny
 
 
 @pytest.fixture

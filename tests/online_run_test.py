@@ -55,10 +55,8 @@ def test_the_stream_fingerprints_the_run_and_its_architecture(tiny_run, packed):
 
 
 def test_decompress_without_the_run_or_with_another_fails_in_one_line(
-    tiny_run, packed, tmp_path_factory, tmp_path
+    tiny_run, packed, train_tiny, tmp_path_factory, tmp_path
 ):
-    from tests.conftest import train_tiny
-
     _, out = packed
     with pytest.raises(ValueError, match="--model=RUN_DIR") as e:
         lm_stream.decompress_file(None, str(out), str(tmp_path / "a"))

@@ -141,7 +141,7 @@ def test_forged_recipes_and_corrupted_segments_fail_in_one_line(tmp_path):
 
 def test_a_named_model_must_be_given_for_other_streams(tmp_path):
     with pytest.raises(ValueError, match="name it with --model"):
-        model_names.from_stream({"model": "run"})
+        model_names.for_stream({"model": "run"})
     with pytest.raises(ValueError, match="online needs a size"):
         model_names.parse("online:")
     with pytest.raises(ValueError, match="--recipe takes key=value"):
@@ -255,3 +255,17 @@ def test_the_mixer_trains_on_the_counts_the_coder_saw():
     whole = online_mix.add_counts(spec, base, tokens, lengths)
     assert all(np.array_equal(a, b) for a, b in zip(after, whole, strict=True))
     assert int(after[0].sum()) == 60 + 33
+
+
+@pytest.mark.parametrize("live", [1, 0])
+def test_the_memory_estimate_covers_the_count_tables_the_coder_carries(live):
+    # Counting live, the block program carries a copy of the count tables besides the lanes'
+    # KV caches: the lanes a decoder's device can hold are judged with it.
+    from models import lm_coder
+    from tests import lm_coder_test
+
+    recipe = online.Recipe.parse("test", f"{RECIPE},live={live}")
+    model = online.load(recipe, "online:test")
+    coder = lm_coder.LMCoder(model.net, model.params, lm_coder.CoderShape(2, 64))
+    actual = lm_coder_test._xla_bytes(coder)
+    assert actual <= coder.memory_bytes() <= 2.5 * actual
