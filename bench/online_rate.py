@@ -22,6 +22,9 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import allocator  # noqa: E402
+
+allocator.keep_freed_memory()  # as compress.py does, before JAX is imported
 
 _INPUT = flags.DEFINE_string("input", None, "The file to compress.", required=True)
 _MODEL = flags.DEFINE_string("model", "online:200K", "An online:SIZE model.")

@@ -592,10 +592,13 @@ def _start_jit(params, data, num_bytes, num_steps, *, net, shape):
     return LMCoder(net, None, shape)._start(params, data, num_bytes, num_steps)
 
 
-@functools.partial(jax.jit, static_argnames=("first", "last", "net", "shape"))
+@functools.partial(
+    jax.jit, static_argnames=("first", "last", "net", "shape"), donate_argnames=("carry",)
+)
 def _block_jit(params, carry, tokens, lengths, encoding, first, last, *, net, shape):
     """`LMCoder._block`: one executable per (net, coder shape, block) in a process, run by
-    encoder and decoder alike."""
+    encoder and decoder alike. The carry is donated: the new one takes its buffers (the KV
+    cache, the coder's stream, an online model's live counts) instead of copies."""
     return LMCoder(net, None, shape)._block(params, carry, tokens, lengths, encoding, first, last)
 
 
