@@ -1,7 +1,7 @@
 r"""The accelerator check: correctness and speed of the whole pipeline in one command.
 
-  python bench/device_check.py --out=DIR            # one GPU: at most ~8 minutes, compiles included
-  python bench/device_check.py --out=DIR --small    # any CPU: tiny presets, about a minute
+  python bench/device_check.py --out=DIR           # one GPU: at most 8.5 minutes, compiles included
+  python bench/device_check.py --out=DIR --small   # any CPU: tiny presets, about a minute
 
 Writes `DIR/device_check.json` (the figures, keys below), `DIR/device_check.md` (a table of each
 figure beside its goal and roofline) and `DIR/device_check.log` (each part's output). It needs
@@ -19,6 +19,8 @@ reason under `notes`:
 * `decompress_portable`, `decompress_float`: in another process, `lm_stream.decompress_file`
   twice, compared with the input byte for byte and by sha256 (`roundtrip_exact`), speed, and a
   re-encode in that process must give the same stream.
+* `online`: `compress.py --model=online:200K` (the default recipe) on the first 128 KB of pydocs,
+  then its decompression: KB/s each way, bits per byte, exact.
 * `attention`: cuDNN flash attention against XLA's, bf16, 3.2M: the largest log-prob difference
   of one forward (GPU only).
 * `train_SIZE`: the bf16 train step at batch 128 x 2048: tokens/s, and the loss is finite.
@@ -74,6 +76,8 @@ class Settings:
       attention_batch: rows of the attention comparison.
       max_rows: log-loss rows per device, at most.
       coder_lanes, coder_length: the range coder's batch.
+      online_model, online_recipe, online_bytes: the online part's model, its --recipe, and
+        the pydocs bytes it codes.
       timed_s: what each timed loop aims at, in seconds.
       budgets: seconds per part (`train` for each train part).
       time_limit_s: the whole run's limit.
@@ -90,6 +94,9 @@ class Settings:
     max_rows: int
     coder_lanes: int
     coder_length: int
+    online_model: str
+    online_recipe: str
+    online_bytes: int
     timed_s: float
     budgets: dict
     time_limit_s: float
@@ -107,6 +114,9 @@ FULL = Settings(
     max_rows=512,
     coder_lanes=8192,
     coder_length=2048,
+    online_model="online:200K",
+    online_recipe="",
+    online_bytes=1 << 17,
     timed_s=4.0,
     budgets={
         "model": 40,
@@ -114,12 +124,13 @@ FULL = Settings(
         "decompress_portable": 40,
         "compress_float": 50,
         "decompress_float": 50,
+        "online": 60,
         "attention": 25,
         "train": 30,
         "eval": 55,
         "coder": 30,
     },
-    time_limit_s=450,
+    time_limit_s=510,
 )
 SMALL = Settings(
     size="test",
@@ -133,6 +144,9 @@ SMALL = Settings(
     max_rows=16,
     coder_lanes=256,
     coder_length=128,
+    online_model="online:test",
+    online_recipe="segment_bytes=64,lanes=2,steps=1,replay=2,order=2,table_bits=10",
+    online_bytes=1024,
     timed_s=0.3,
     budgets=dict.fromkeys(FULL.budgets, 60),
     time_limit_s=300,
@@ -144,7 +158,7 @@ def part_names(settings: Settings) -> list[str]:
     names = ["model"]
     for path in PATHS:
         names += [f"compress_{path}", f"decompress_{path}"]
-    names.append("attention")
+    names += ["online", "attention"]
     names += [f"train_{size}" for size in reversed(settings.train_sizes)]
     return names + ["eval", "coder"]
 
@@ -181,7 +195,7 @@ def _dependencies(name: str) -> tuple[str, ...]:
     """Parts that must have ended (however) before `name` starts."""
     if name.startswith("decompress_"):
         return ("compress_" + name.removeprefix("decompress_"),)
-    return () if name in ("model", "coder") else ("model",)
+    return () if name in ("model", "online", "coder") else ("model",)
 
 
 def run_all(args) -> int:

@@ -301,6 +301,34 @@ def part_decompress(ctx: part_runner.Context, path: str) -> dict:
     return values
 
 
+def part_online(ctx: part_runner.Context) -> dict:
+    """compress.py's online coder (`online_model`, `online_recipe`) on the first `online_bytes`
+    of pydocs, then its decompression in this process: KB/s each way (compiles included, as
+    one command runs it), bits per byte, and the bytes compared."""
+    from compressors import lm_stream
+    from data import corpus
+
+    s = ctx.settings
+    src, stream = os.path.join(ctx.work, "online_in"), os.path.join(ctx.work, "online.lmc")
+    out = os.path.join(ctx.work, "online_out")
+    with open(src, "wb") as f:
+        f.write(corpus.pydocs_bytes()[: s.online_bytes])
+    coded = lm_stream.compress_file(s.online_model, src, stream, recipe=s.online_recipe)
+    values = {
+        "model": s.online_model,
+        "recipe": s.online_recipe,
+        "raw_bytes": coded["raw_bytes"],
+        "compressed_bytes": coded["compressed_bytes"],
+        "bits_per_byte": coded["bits_per_byte"],
+        "compress_kb_per_s": coded["raw_bytes"] / 1e3 / coded["seconds"],
+    }
+    ctx.report("compressed", **values)
+    decoded = lm_stream.decompress_file(None, stream, out)
+    values["decompress_kb_per_s"] = decoded["raw_bytes"] / 1e3 / decoded["seconds"]
+    values["exact"] = _same_file(src, out)
+    return values
+
+
 def _backend() -> str:
     import jax
 
@@ -489,4 +517,5 @@ def _part_function(name: str):
         if name.startswith(prefix) and name.removeprefix(prefix) in PATHS:
             return lambda ctx: fn(ctx, name.removeprefix(prefix))
     fns = {"model": part_model, "attention": part_attention, "eval": part_eval}
+    fns["online"] = part_online
     return {**fns, "coder": part_coder}[name]

@@ -29,6 +29,7 @@ GOALS = {  # the goals on one H100 (BENCHMARKS.md)
     "compress_mb_per_s": 2.0,
     "decompress_mb_per_s": 2.0,
     "coder_symbols_per_second": 20e6,
+    "online_kb_per_s": 1e6 / 15 / 60 / 1e3,  # 1 MB in under 15 minutes each way
 }
 
 
@@ -185,9 +186,12 @@ def assemble(states: dict, settings, small: bool, started: float) -> dict:
         ),
         "coder_encode_symbols_per_second": get("coder", "encode_symbols_per_second"),
         "coder_decode_symbols_per_second": get("coder", "decode_symbols_per_second"),
+        "online_exact": get("online", "exact"),
+        "online_compress_kb_per_s": get("online", "compress_kb_per_s"),
+        "online_decompress_kb_per_s": get("online", "decompress_kb_per_s"),
         "notes": _notes(states),
     }
-    for part in ("model", "eval", "coder"):
+    for part in ("model", "eval", "coder", "online"):
         report[part] = _figures(values, part)
     report["rooflines"] = _rooflines(values, info, settings)
     report["goals"] = GOALS
@@ -352,6 +356,14 @@ def _details(r: dict) -> str:
                 f"{v['chunk_bytes']} bytes in groups of {v['lanes']} lanes, "
                 f"{v['kv_cache_dtype']} KV cache."
             )
+    o = r["online"]
+    if o.get("raw_bytes"):
+        recipe = f" `--recipe={o['recipe']}`" if o["recipe"] else ""
+        out.append(
+            f"Online: `{o['model']}`{recipe}, {o['raw_bytes']:,} bytes of pydocs to "
+            f"{o['compressed_bytes']:,} ({_num(o['bits_per_byte'])} bits/byte), compiles "
+            "included."
+        )
     if r["eval"].get("lanes"):
         out.append(f"Eval: {r['eval']['lanes']} coder lanes.")
     if c.get("lanes"):
@@ -397,6 +409,7 @@ def _rows(r: dict) -> list[tuple[str, str, str, str]]:
     rows = [
         ("round trip exact, portable (default)", _num(rt["portable"].get("exact")), "exact", "-"),
         ("round trip exact, float (`--noportable`)", _num(rt["float"].get("exact")), "exact", "-"),
+        ("round trip exact, online", _num(r["online_exact"]), "exact", "-"),
         ("two encodes identical (deterministic)", _num(r["deterministic"]), "yes", "-"),
         ("bf16 train step finite", _num(r["train_step_finite"]), "yes", "-"),
         (
@@ -426,6 +439,9 @@ def _rows(r: dict) -> list[tuple[str, str, str, str]]:
     )
     for label, key, goal, roof_key in speed_rows:
         rows.append((label, _num(r[key], "MB/s"), goal, _num(roof[roof_key]["value"], "MB/s")))
+    online = f">= {GOALS['online_kb_per_s']:.2f} KB/s (1 MB in 15 min)"
+    for way in ("compress", "decompress"):
+        rows.append((f"online, {way}", _num(r[f"online_{way}_kb_per_s"], "KB/s"), online, "-"))
     rows.append(
         (
             "range coder alone (min of encode, decode)",

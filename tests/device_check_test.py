@@ -25,6 +25,9 @@ KEYS = {
     "compress_mb_per_s",
     "decompress_mb_per_s",
     "coder_symbols_per_second",
+    "online_exact",
+    "online_compress_kb_per_s",
+    "online_decompress_kb_per_s",
     "notes",
 }
 
@@ -69,6 +72,7 @@ def test_correctness_checks_pass(small_run):
         assert compressed["raw_chunks"] == 1 < compressed["num_chunks"], compressed
         assert compressed["bits_per_byte"] < 8
     assert report["train_step_finite"] is True  # the model part's bf16 steps
+    assert report["online_exact"] is True and report["online"]["raw_bytes"] == 1024
 
 
 def test_forced_failures_are_noted_and_the_rest_still_runs(small_run):
@@ -86,6 +90,8 @@ def test_forced_failures_are_noted_and_the_rest_still_runs(small_run):
         "compress_float_mb_per_s",
         "decompress_float_mb_per_s",
         "coder_symbols_per_second",
+        "online_compress_kb_per_s",
+        "online_decompress_kb_per_s",
     ):
         assert report[key] > 0, key
     assert set(report["notes"]) == {"attention", "train_test"}, report["notes"]
