@@ -40,7 +40,8 @@ from absl import app, flags
 import allocator
 import cli
 
-allocator.keep_freed_memory()  # before JAX's threads allocate: 1.5x faster online coding
+if __name__ == "__main__":  # the command, not a module importing it: before JAX's threads allocate
+    allocator.keep_freed_memory()  # 1.5x faster online coding on a CPU
 from compressors import lm_stream  # noqa: E402
 from models import numerics  # noqa: E402
 
