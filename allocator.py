@@ -5,13 +5,15 @@ model's count tables) with malloc and frees them when the call returns. glibc ha
 back to the kernel (through mmap, or by trimming the heaps of its per-thread arenas), so the next
 call faults every page in again: on a 2-core CPU, online compression spent 40% of its time in the
 kernel doing that. `keep_freed_memory` sets glibc's own knobs (`mallopt`): one arena, no mmap,
-no trimming, so freed blocks are reused (all three are needed; each alone changes nothing). It
+no trimming, so freed blocks are reused (all three: one arena with no trimming, or no mmap
+with no trimming, changed nothing on the training step measured below). It
 is not a library because there is none to take: another allocator (jemalloc, tcmalloc) would
 have to be installed outside pip and preloaded before Python starts.
 
 The price is memory: the process keeps its peak, fragmented, until it ends. Measured on the
-2-core CPU (BENCHMARKS.md): online compression of 100 KB 47 -> 31 s, 2.2 -> 4.0 GB; a run's
-portable compression unchanged in time, 0.7 -> 0.6 GB; 60 training steps of the demo 36 -> 28 s
+2-core CPU (the coding figures are in BENCHMARKS.md): online compression of 100 KB 47 -> 31 s,
+2.2 -> 4.0 GB; a run's portable compression 1.44 times faster on 100 KB (the parallel pass),
+0.7 -> 0.6 GB on a short input; 60 training steps of the demo 36 -> 28 s
 but 1.2 -> 4.4 GB, which at a 2048-byte context (14 GB a step) a 24 GB machine would not hold.
 So compress.py calls it and train.py does not. A no-op with LMC_MALLOC=default, and where the C
 library is not glibc.
