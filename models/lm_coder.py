@@ -169,11 +169,12 @@ class LMCoder:
         """About the most one group takes on the device (a stream's lanes cost its decoder this
         much; see README). Per lane, measured against XLA's own accounting of the block program
         (`tests/lm_coder_test.py`): the carry twice (a block's call returns a new one while its
-        argument lives: the KV cache and the coder's stream), the model's other live memory in
-        a step (`Net.work_bytes`: keys and values widened as attention reads them, a layer's
-        attention weights, vectors over the vocabulary and the widths), and the recorded
-        intervals twice (as scanned, then in coding order); and, once, what the cache holds for all
-        lanes together (`Net.shared_cache_bytes`)."""
+        argument lives, as XLA accounts it, though the argument is donated: the KV cache and the
+        coder's stream), the model's other live memory in a step (`Net.work_bytes`: keys and
+        values widened as attention reads them, a layer's attention weights, vectors over the
+        vocabulary and the widths), and the recorded intervals twice (as scanned, then in coding
+        order); and, once, what the cache holds for all lanes together
+        (`Net.shared_cache_bytes`)."""
         s, length = self.shape, self.shape.chunk_tokens
         steps = length * self.steps_per_token
         carry = self.net.cache_bytes(length, s.kv_dtype) + self.capacity_bytes + 64
