@@ -98,8 +98,10 @@ def test_a_signal_right_after_a_resume_exits_for_requeue(tmp_path):
 
 def test_a_signal_during_compilation_stops_without_a_checkpoint(tmp_path):
     workdir = tmp_path / "run"
-    # Four layers: the first step compiles for seconds after config.json is written.
-    p = _start(_args(workdir, steps=100_000, **{"model.num_layers": 4}))
+    # Sixteen layers: the first step compiles for several seconds after config.json is written
+    # (about 7 s on a quiet 2-core CPU; with 4 layers, 2 s, a window a loaded machine missed).
+    # The signal ends the compilation, so the size costs nothing more.
+    p = _start(_args(workdir, steps=100_000, **{"model.num_layers": 16}))
     _wait_for(lambda: (workdir / runs.CONFIG_FILE).exists(), "config.json")
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=300)
