@@ -39,7 +39,7 @@ import optax
 
 from compressors import online_mix
 from configs import sizes
-from models import coding_model, transformer
+from models import coding_model, lm_coder, transformer
 
 MAX_SEGMENT_BYTES = 4096
 MAX_LANES = 256
@@ -328,6 +328,13 @@ def params_checksum(params: Any) -> str:
     return digest.hexdigest()
 
 
+def _padded(segments: list[np.ndarray], rows: int, length: int) -> tuple:
+    """(int32 tokens [rows, length], lengths [rows]) of at most `rows` segments, zero-padded as
+    the coder pads a group (`models.lm_coder.group_chunks`)."""
+    group = next(lm_coder.group_chunks(segments, rows, length))
+    return group.tokens, group.lengths
+
+
 class OnlineLearner:
     """The training side of an online model: its optimiser state, the segments seen so far, and
     the replay generator; `learn` takes the steps after a group (see the module docstring)."""
@@ -342,12 +349,8 @@ class OnlineLearner:
     def learn(self, segments: list[np.ndarray]) -> Any:
         """Trains on a group's segments (token arrays); returns the new parameters."""
         r = self.recipe
-        rows = r.lanes + r.replay
         if r.order:  # the counts the group was coded with, and the group's added
-            tokens = np.zeros((r.lanes, r.segment_bytes), np.int32)
-            lengths = np.zeros(r.lanes, np.int32)
-            for i, ids in enumerate(segments):
-                tokens[i, : len(ids)], lengths[i] = ids, len(ids)
+            tokens, lengths = _padded(segments, r.lanes, r.segment_bytes)
             counted, counts = _group_rows(self.params["counts"], tokens, lengths, recipe=r)
             self.params = {"tf": self.params["tf"], "mix": self.params["mix"]}  # counts donated
         for _ in range(r.steps):
@@ -355,10 +358,7 @@ class OnlineLearner:
             if r.replay and self._seen:
                 picks = self._rng.integers(0, len(self._seen), r.replay)
                 batch += [self._seen[i] for i in picks]
-            tokens = np.zeros((rows, r.segment_bytes), np.int32)
-            lengths = np.zeros(rows, np.int32)
-            for i, ids in enumerate(batch[:rows]):
-                tokens[i, : len(ids)], lengths[i] = ids, len(ids)
+            tokens, lengths = _padded(batch, r.lanes + r.replay, r.segment_bytes)
             if r.order:
                 self.params, self.opt_state = _mixture_train_step(
                     self.params, self.opt_state, tokens, lengths, counted, recipe=r

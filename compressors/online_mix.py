@@ -159,9 +159,14 @@ def live_step(spec: MixSpec, counts, history, prev, weight):
     rows_prev = context_rows(spec, history)
     prev = prev.astype(jnp.int32)
     counts = [table.at[r, prev].add(weight) for table, r in zip(counts, rows_prev, strict=True)]
-    # Shifting in token 0 at t = 0 keeps the zeros a segment starts with.
-    history = jnp.concatenate([prev[:, None], history[:, :-1]], axis=1)
+    history = push(history, prev)
     return counts, history, gather(spec, counts, history)
+
+
+def push(history: jax.Array, prev: jax.Array) -> jax.Array:
+    """Each lane's context [lanes, order] with `prev` [lanes] as its most recent byte (token 0
+    at t = 0 keeps the zeros a segment starts with)."""
+    return jnp.concatenate([prev[:, None].astype(jnp.int32), history[:, :-1]], axis=1)
 
 
 def group_rows(spec: MixSpec, live: bool, counts, tokens, lengths) -> tuple:
@@ -203,15 +208,15 @@ def group_rows(spec: MixSpec, live: bool, counts, tokens, lengths) -> tuple:
     return rows, add_counts(spec, counts, tokens, lengths)
 
 
-def log_probs(spec: MixSpec, config, params: dict, tokens: jax.Array) -> tuple:
-    """(mixture, Transformer) log-probabilities [batch, length, 256] of every position of
-    `tokens` [batch, length], the counts as `params` holds them."""
+def log_probs(spec: MixSpec, config, params: dict, tokens: jax.Array) -> jax.Array:
+    """The mixture's log-probabilities [batch, length, 256] of every position of `tokens`
+    [batch, length], the counts as `params` holds them."""
     tf = transformer.Transformer(config).apply({"params": params["tf"]}, tokens)
     batch, length = tokens.shape
     history = row_histories(spec, tokens).reshape(batch * length, -1)
     rows = gather(spec, params["counts"], history)
     mixed = mix(params["mix"], tf.reshape(batch * length, VOCAB), rows)
-    return mixed.reshape(batch, length, VOCAB), tf
+    return mixed.reshape(batch, length, VOCAB)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,13 +250,13 @@ class MixtureNet(coding_model.FloatNet):
             weight = jnp.broadcast_to(t > 0, prev.shape).astype(jnp.int32)
             counts, history, rows = live_step(self.spec, counts, history, prev, weight)
         else:
-            history = jnp.concatenate([prev[:, None].astype(jnp.int32), history[:, :-1]], axis=1)
+            history = push(history, prev)
             rows = gather(self.spec, params["counts"], history)
         mixed = mix(params["mix"], tf, rows)
         return coding_tables.FloatTables.of(mixed, spec), (kv, history, counts)
 
     def parallel(self, params, tokens, spec):
-        mixed, _ = log_probs(self.spec, self.config, params, tokens)
+        mixed = log_probs(self.spec, self.config, params, tokens)
         return coding_tables.FloatTables.of(mixed.reshape(-1, VOCAB), spec)
 
     def _tf(self) -> coding_model.FloatTransformer:
