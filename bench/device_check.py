@@ -102,55 +102,41 @@ class Settings:
     time_limit_s: float
 
 
-FULL = Settings(
-    size="3.2M",
-    train_sizes=("200K", "800K", "3.2M"),
-    train_batch=128,
-    seq_len=2048,
-    model_steps=300,
-    model_batch=32,
-    input_bytes=0,
-    attention_batch=8,
-    max_rows=512,
-    coder_lanes=8192,
-    coder_length=2048,
-    online_model="online:200K",
-    online_recipe="",
-    online_bytes=1 << 17,
-    timed_s=4.0,
-    budgets={
-        "model": 40,
-        "compress_portable": 70,
-        "decompress_portable": 40,
-        "compress_float": 50,
-        "decompress_float": 50,
-        "online": 60,
-        "attention": 25,
-        "train": 30,
-        "eval": 55,
-        "coder": 30,
-    },
-    time_limit_s=510,
+_BUDGETS = {  # seconds per part on a GPU; every part gets 60 s with --small
+    "model": 40,
+    "compress_portable": 70,
+    "decompress_portable": 40,
+    "compress_float": 50,
+    "decompress_float": 50,
+    "online": 60,
+    "attention": 25,
+    "train": 30,
+    "eval": 55,
+    "coder": 30,
+}
+_SMALL_RECIPE = "segment_bytes=64,lanes=2,steps=1,replay=2,order=2,table_bits=10"
+# Each setting's value in FULL (one GPU) beside its value in SMALL (--small, any CPU).
+_BOTH = dict(
+    size=("3.2M", "test"),
+    train_sizes=(("200K", "800K", "3.2M"), ("test",)),
+    train_batch=(128, 16),
+    seq_len=(2048, 64),
+    model_steps=(300, 100),
+    model_batch=(32, 16),
+    input_bytes=(0, 8192),
+    attention_batch=(8, 2),
+    max_rows=(512, 16),
+    coder_lanes=(8192, 256),
+    coder_length=(2048, 128),
+    online_model=("online:200K", "online:test"),
+    online_recipe=("", _SMALL_RECIPE),
+    online_bytes=(1 << 17, 1024),
+    timed_s=(4.0, 0.3),
+    budgets=(_BUDGETS, dict.fromkeys(_BUDGETS, 60)),
+    time_limit_s=(510, 300),
 )
-SMALL = Settings(
-    size="test",
-    train_sizes=("test",),
-    train_batch=16,
-    seq_len=64,
-    model_steps=100,
-    model_batch=16,
-    input_bytes=8192,
-    attention_batch=2,
-    max_rows=16,
-    coder_lanes=256,
-    coder_length=128,
-    online_model="online:test",
-    online_recipe="segment_bytes=64,lanes=2,steps=1,replay=2,order=2,table_bits=10",
-    online_bytes=1024,
-    timed_s=0.3,
-    budgets=dict.fromkeys(FULL.budgets, 60),
-    time_limit_s=300,
-)
+FULL = Settings(**{name: full for name, (full, _) in _BOTH.items()})
+SMALL = Settings(**{name: small for name, (_, small) in _BOTH.items()})
 
 
 def part_names(settings: Settings) -> list[str]:

@@ -66,7 +66,7 @@ class FloatTables:
         """(starts, freqs) uint32 [n, k] of `symbols` [n]."""
         probs, bits = self.probs, self.spec.precision_bits
         if self.spec.top_k:
-            return topk.intervals_jax(probs, symbols, self.spec.top_k, bits)
+            return topk.intervals_jax(probs, symbols, topk.TopK(self.spec.top_k, bits))
         if self.spec.low_bits:
             return factorized.intervals_jax(
                 probs[:, None], symbols[:, None], bits, self.spec.low_bits
@@ -79,7 +79,7 @@ class FloatTables:
         """(symbols [n], state): one token read from the decoder's state."""
         probs, bits = self.probs, self.spec.precision_bits
         if self.spec.top_k:
-            return topk.decode_step_jax(state, probs, self.spec.top_k, bits)
+            return topk.decode_step_jax(state, probs, topk.TopK(self.spec.top_k, bits))
         if self.spec.low_bits:
             return factorized.decode_step_jax(state, probs, bits, self.spec.low_bits)
         return range_coder.decode_step_jax(state, quantize.quantize_jax(probs, bits), bits)

@@ -33,6 +33,7 @@ and decoder agree given bit-identical float32 probabilities (the exactness contr
 `coding/__init__.py`). The coder calls go through `_coder`, the range coder.
 """
 
+import dataclasses
 import math
 from types import ModuleType
 
@@ -80,6 +81,27 @@ def check_topk(vocab: int, k: int, precision_bits: int, digit_bits: int) -> None
     quantize.check_table_shape(max(digit_sizes(vocab, digit_bits)), precision_bits)
 
 
+@dataclasses.dataclass(frozen=True)
+class TopK:
+    """A top-k layout (hashable: a static argument of a jitted function).
+
+    Attributes:
+      k: ranks kept.
+      precision_bits: log2 of every table's total.
+      digit_bits: bits per digit of an escaped id.
+      renormalize: give the escape only the quantiser's floor (the paper's renormalised top k).
+    """
+
+    k: int = DEFAULT_K
+    precision_bits: int = 16
+    digit_bits: int = DEFAULT_DIGIT_BITS
+    renormalize: bool = False
+
+    def check(self, vocab: int) -> None:
+        """`check_topk` for this layout and a `vocab`-symbol alphabet."""
+        check_topk(vocab, self.k, self.precision_bits, self.digit_bits)
+
+
 def _weight_bits(k: int) -> int:
     return min(24, 30 - math.ceil(math.log2(k + 1)))
 
@@ -125,13 +147,14 @@ def _digits(tokens, vocab: int, digit_bits: int):
     return [tokens >> shifts[0]] + [(tokens >> s) & mask for s in shifts[1:]]
 
 
-def _tables_and_symbols(probs, tokens, k, precision_bits, digit_bits, renormalize, xp):
+def _tables_and_symbols(probs, tokens, layout: TopK, xp: ModuleType):
     """Each step's table and symbol: [(table [..., n], symbol [...])] x steps."""
+    k, precision_bits, digit_bits = layout.k, layout.precision_bits, layout.digit_bits
     top_weights, top_ids = _top_k(probs, k, xp)
     match = top_ids == tokens[..., None]
     escaped = ~xp.any(match, axis=-1)
     rank = xp.where(escaped, k, xp.argmax(match, axis=-1))
-    steps = [(_rank_table(top_weights, precision_bits, renormalize, xp), rank)]
+    steps = [(_rank_table(top_weights, precision_bits, layout.renormalize, xp), rank)]
     vocab = probs.shape[-1]
     safe = xp.clip(tokens, 0, vocab - 1)
     sizes = digit_sizes(vocab, digit_bits)
@@ -141,23 +164,13 @@ def _tables_and_symbols(probs, tokens, k, precision_bits, digit_bits, renormaliz
     return steps
 
 
-def intervals_np(
-    probs,
-    tokens,
-    k: int = DEFAULT_K,
-    precision_bits: int = 16,
-    digit_bits: int = DEFAULT_DIGIT_BITS,
-    renormalize: bool = False,
-):
+def intervals_np(probs, tokens, layout: TopK = TopK()):
     """Coder intervals of tokens under top-k coding with an escape (NumPy reference).
 
     Args:
       probs: float [..., vocab] probabilities (cast to float32).
       tokens: int [...] ids in [0, vocab).
-      k: ranks kept.
-      precision_bits: log2 of every table's total.
-      digit_bits: bits per digit of an escaped id.
-      renormalize: give the escape only the quantiser's floor (the paper's renormalised top k).
+      layout: k, table precision, digit width and escape mode.
 
     Returns:
       (starts, freqs): uint32 [..., steps_per_token(vocab)]; for the coder, reshape a chunk's
@@ -169,90 +182,67 @@ def intervals_np(
     probs = np.asarray(probs, np.float32)
     tokens = np.asarray(tokens, np.int64)
     vocab = probs.shape[-1]
-    check_topk(vocab, k, precision_bits, digit_bits)
+    layout.check(vocab)
     if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab):
         bad = tokens[(tokens < 0) | (tokens >= vocab)].flat[0]
         raise ValueError(f"token {bad} is outside the alphabet [0, {vocab})")
-    steps = _tables_and_symbols(probs, tokens, k, precision_bits, digit_bits, renormalize, np)
-    pairs = [_coder.symbol_intervals_np(t, s, precision_bits) for t, s in steps]
+    steps = _tables_and_symbols(probs, tokens, layout, np)
+    pairs = [_coder.symbol_intervals_np(t, s, layout.precision_bits) for t, s in steps]
     return np.stack([p[0] for p in pairs], -1), np.stack([p[1] for p in pairs], -1)
 
 
-def intervals_jax(
-    probs,
-    tokens,
-    k: int = DEFAULT_K,
-    precision_bits: int = 16,
-    digit_bits: int = DEFAULT_DIGIT_BITS,
-    renormalize: bool = False,
-):
-    """JAX version of `intervals_np` (jittable; k, bits and renormalize static). A token outside
-    the vocabulary gets freq 0 on its first step, which the coder's encoder reports."""
+def intervals_jax(probs, tokens, layout: TopK = TopK()):
+    """JAX version of `intervals_np` (jittable; `layout` static). A token outside the
+    vocabulary gets freq 0 on its first step, which the coder's encoder reports."""
     probs = jnp.asarray(probs, jnp.float32)
     tokens = jnp.asarray(tokens, jnp.int32)
     vocab = probs.shape[-1]
-    check_topk(vocab, k, precision_bits, digit_bits)
-    steps = _tables_and_symbols(probs, tokens, k, precision_bits, digit_bits, renormalize, jnp)
-    pairs = [_coder.symbol_intervals_jax(t, s, precision_bits) for t, s in steps]
+    layout.check(vocab)
+    steps = _tables_and_symbols(probs, tokens, layout, jnp)
+    pairs = [_coder.symbol_intervals_jax(t, s, layout.precision_bits) for t, s in steps]
     starts = jnp.stack([p[0] for p in pairs], -1)
     freqs = jnp.stack([p[1] for p in pairs], -1)
     valid = (tokens >= 0) & (tokens < vocab)
     return starts, freqs.at[..., 0].set(jnp.where(valid, freqs[..., 0], 0))
 
 
-def _decode_step(state, probs, k, precision_bits, digit_bits, renormalize, xp, decode):
+def _decode_step(state, probs, layout: TopK, xp: ModuleType, decode):
     """Shared body of `decode_step_np` / `decode_step_jax`."""
-    vocab = probs.shape[-1]
-    check_topk(vocab, k, precision_bits, digit_bits)
+    vocab, k, bits = probs.shape[-1], layout.k, layout.precision_bits
+    layout.check(vocab)
     top_weights, top_ids = _top_k(probs, k, xp)
-    rank, state = decode(state, _rank_table(top_weights, precision_bits, renormalize, xp))
+    rank, state = decode(state, _rank_table(top_weights, bits, layout.renormalize, xp))
     rank = xp.minimum(xp.asarray(rank, xp.int32), k)
     escaped = rank == k
     token = xp.zeros_like(rank)
-    for j, size in enumerate(digit_sizes(vocab, digit_bits)):
-        digit, state = decode(state, _digit_table(size, escaped, precision_bits, xp))
-        width = 0 if j == 0 else digit_bits
+    for j, size in enumerate(digit_sizes(vocab, layout.digit_bits)):
+        digit, state = decode(state, _digit_table(size, escaped, bits, xp))
+        width = 0 if j == 0 else layout.digit_bits
         token = (token << width) | xp.asarray(digit, xp.int32)
     in_top = xp.take_along_axis(top_ids, xp.minimum(rank, k - 1)[..., None], axis=-1)[..., 0]
     token = xp.where(escaped, xp.minimum(token, vocab - 1), in_top)
     return token.astype(xp.int32), state
 
 
-def decode_step_np(
-    state,
-    probs,
-    k: int = DEFAULT_K,
-    precision_bits: int = 16,
-    digit_bits: int = DEFAULT_DIGIT_BITS,
-    renormalize: bool = False,
-):
+def decode_step_np(state, probs, layout: TopK = TopK()):
     """Decodes one token per chunk (`steps_per_token` coder steps) (NumPy reference).
 
     Args:
       state: the coder's decoder state, num_steps = tokens * steps_per_token(vocab).
       probs: float [batch, vocab] probabilities for this token (the encoder's, bit for bit).
-      k, precision_bits, digit_bits, renormalize: as in `intervals_np`.
+      layout: as in `intervals_np`.
 
     Returns:
       (tokens int32 [batch], state).
     """
-    decode = lambda s, table: _coder.decode_step_np(s, table, precision_bits)  # noqa: E731
-    probs = np.asarray(probs, np.float32)
-    return _decode_step(state, probs, k, precision_bits, digit_bits, renormalize, np, decode)
+    decode = lambda s, table: _coder.decode_step_np(s, table, layout.precision_bits)  # noqa: E731
+    return _decode_step(state, np.asarray(probs, np.float32), layout, np, decode)
 
 
-def decode_step_jax(
-    state,
-    probs,
-    k: int = DEFAULT_K,
-    precision_bits: int = 16,
-    digit_bits: int = DEFAULT_DIGIT_BITS,
-    renormalize: bool = False,
-):
-    """JAX version of `decode_step_np`; use inside a jitted scan (static k and bits)."""
-    decode = lambda s, table: _coder.decode_step_jax(s, table, precision_bits)  # noqa: E731
-    probs = jnp.asarray(probs, jnp.float32)
-    return _decode_step(state, probs, k, precision_bits, digit_bits, renormalize, jnp, decode)
+def decode_step_jax(state, probs, layout: TopK = TopK()):
+    """JAX version of `decode_step_np`; use inside a jitted scan (`layout` static)."""
+    decode = lambda s, table: _coder.decode_step_jax(s, table, layout.precision_bits)  # noqa: E731
+    return _decode_step(state, jnp.asarray(probs, jnp.float32), layout, jnp, decode)
 
 
 def is_escape_np(probs, tokens, k: int = DEFAULT_K) -> np.ndarray:

@@ -46,7 +46,7 @@ def _decode_jax(words, num_words, probs, lengths, *, k, steps):
     state = coder.decode_init_jax(words, num_words, lengths * steps)
 
     def step(state, p):
-        token, state = topk.decode_step_jax(state, p, k)
+        token, state = topk.decode_step_jax(state, p, topk.TopK(k))
         return state, token
 
     state, tokens = jax.lax.scan(step, state, jnp.swapaxes(probs, 0, 1))
@@ -71,8 +71,10 @@ def test_intervals_identical_in_numpy_and_jax(vocab, k):
     probs[1, 0, :] = 1e-40
     probs[1, 0, vocab // 2] = 1 - 1e-7  # peaked with a subnormal tail
     tokens = _tokens(np.nan_to_num(probs), k, seed=1)
-    starts, freqs = topk.intervals_np(probs, tokens, k)
-    jax_starts, jax_freqs = jax.jit(topk.intervals_jax, static_argnums=2)(probs, tokens, k)
+    starts, freqs = topk.intervals_np(probs, tokens, topk.TopK(k))
+    jax_starts, jax_freqs = jax.jit(topk.intervals_jax, static_argnums=2)(
+        probs, tokens, topk.TopK(k)
+    )
     np.testing.assert_array_equal(np.asarray(jax_starts), starts)
     np.testing.assert_array_equal(np.asarray(jax_freqs), freqs)
     assert freqs.shape == (4, 6, topk.steps_per_token(vocab)) and freqs.min() >= 1
@@ -108,8 +110,10 @@ def test_round_trip_numpy_and_jax_with_escapes_counted(vocab, k):
     np.testing.assert_array_equal(escapes, (reference & valid).sum(-1))
     assert escapes[0] >= 3 and escapes[1] == 0  # both kinds are exercised
 
-    starts, freqs = topk.intervals_np(probs, tokens, k)
-    jax_starts, jax_freqs = jax.jit(topk.intervals_jax, static_argnums=2)(probs, tokens, k)
+    starts, freqs = topk.intervals_np(probs, tokens, topk.TopK(k))
+    jax_starts, jax_freqs = jax.jit(topk.intervals_jax, static_argnums=2)(
+        probs, tokens, topk.TopK(k)
+    )
     # JAX intervals -> JAX encoder -> NumPy decoder.
     words, num_words = coder.encode_jax(
         jnp.reshape(jax_starts, (batch, -1)), jnp.reshape(jax_freqs, (batch, -1)), lengths * steps
@@ -117,7 +121,7 @@ def test_round_trip_numpy_and_jax_with_escapes_counted(vocab, k):
     state = coder.decode_init_np(np.asarray(words), np.asarray(num_words), lengths * steps)
     decoded = np.zeros_like(tokens)
     for t in range(length):
-        decoded[:, t], state = topk.decode_step_np(state, probs[:, t], k)
+        decoded[:, t], state = topk.decode_step_np(state, probs[:, t], topk.TopK(k))
     np.testing.assert_array_equal(coder.decode_finish_np(state), 0)
     np.testing.assert_array_equal(np.where(valid, decoded, 0), np.where(valid, tokens, 0))
     # NumPy intervals -> NumPy encoder -> JAX decoder (a jitted scan).
@@ -136,7 +140,7 @@ def test_cost_follows_the_documented_charging():
     probs = _softmax_probs((1, length, vocab), seed=5, scale=2.5)
     tokens = _tokens(probs, k, seed=6)
     escaped = topk.is_escape_np(probs, tokens, k)
-    _, freqs = topk.intervals_np(probs, tokens, k)
+    _, freqs = topk.intervals_np(probs, tokens, topk.TopK(k))
     bits = topk.code_length_bits(freqs)[0]
     p = np.take_along_axis(probs, tokens[..., None], axis=-1)[0, :, 0].astype(np.float64)
     top = -np.sort(-probs[0].astype(np.float64), axis=-1)[:, :k]
@@ -153,7 +157,7 @@ def test_renormalize_gives_the_escape_only_the_floor():
     probs = _softmax_probs((1, 8, vocab), seed=7)
     tokens = _tokens(probs, k, seed=8)
     escaped = topk.is_escape_np(probs, tokens, k)[0]
-    _, freqs = topk.intervals_np(probs, tokens, k, renormalize=True)
+    _, freqs = topk.intervals_np(probs, tokens, topk.TopK(k, renormalize=True))
     np.testing.assert_array_equal(freqs[0, escaped, 0], 1)  # probability 2**-16
     top = -np.sort(-probs[0].astype(np.float64), axis=-1)[:, :k]
     p = np.take_along_axis(probs, tokens[..., None], axis=-1)[0, :, 0]
@@ -164,14 +168,14 @@ def test_renormalize_gives_the_escape_only_the_floor():
 def test_errors():
     probs = np.full((2, 8), 1 / 8, np.float32)
     with pytest.raises(ValueError, match="outside the alphabet"):
-        topk.intervals_np(probs, np.array([0, 8]), k=2)
+        topk.intervals_np(probs, np.array([0, 8]), topk.TopK(2))
     with pytest.raises(ValueError, match="k=9 must lie"):
-        topk.intervals_np(probs, np.array([0, 1]), k=9)
+        topk.intervals_np(probs, np.array([0, 1]), topk.TopK(9))
     with pytest.raises(ValueError, match="does not fit one table"):
         topk.check_topk(1 << 20, 1 << 15, 16, 4)
     with pytest.raises(ValueError, match="digit_bits"):
         topk.check_topk(320, 10, 16, 16)
-    starts, freqs = topk.intervals_jax(probs, jnp.array([0, -1]), 2)
+    starts, freqs = topk.intervals_jax(probs, jnp.array([0, -1]), topk.TopK(2))
     assert int(freqs[1, 0]) == 0  # flagged for the encoder
     with pytest.raises(ValueError, match="invalid interval"):
         coder.encode_jax(starts, freqs)
