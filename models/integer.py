@@ -751,6 +751,29 @@ def _materialize(*xs):
     return out[0] if len(xs) == 1 else out
 
 
+_FOLD = 32  # XLA:CPU splits a reduction of more elements into a reduce-window and a reduce
+
+
+def _fold(reduce, x: jax.Array, axis: int = -1, keepdims: bool = True) -> jax.Array:
+    """`reduce(x, axis)` (jnp.sum or jnp.max of int32: any order gives the same integers).
+
+    On a CPU a reduction over more than 32 elements is in slices of 32 first, kept apart by a
+    barrier: XLA:CPU would otherwise rewrite it into a reduce-window and a reduce, two kernels
+    of their own that no producer fuses into (a fifth of a decode step). Elsewhere, as it is.
+    """
+    axis = axis % x.ndim
+    n = x.shape[axis]
+
+    def folded(x):
+        if n <= _FOLD or n % _FOLD:
+            return reduce(x, axis=axis, keepdims=keepdims)
+        parts = x.reshape(x.shape[:axis] + (n // _FOLD, _FOLD) + x.shape[axis + 1 :])
+        return reduce(_materialize(reduce(parts, axis=axis + 1)), axis=axis, keepdims=keepdims)
+
+    plain = functools.partial(reduce, axis=axis, keepdims=keepdims)
+    return jax.lax.platform_dependent(x, cpu=folded, default=plain)
+
+
 def _bitlen(x: jax.Array) -> jax.Array:
     """Bit length of non-negative int32 x (0 for 0)."""
     return 32 - jax.lax.clz(x)
@@ -792,7 +815,7 @@ def _quantize_rows(x: jax.Array, bits: int) -> tuple[jax.Array, jax.Array]:
     Returns:
       (a int32 [..., n], s int32 [..., 1] >= 0), a ~= x * 2**-s.
     """
-    top = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
+    top = _fold(jnp.max, jnp.abs(x))
     s = jnp.maximum(_bitlen(top) - bits, 0)
     limit = (1 << bits) - 1
     return jnp.clip(_shift_down(x, s), -limit, limit), s
@@ -879,15 +902,15 @@ def _layer_norm(x, f_in: int, ln: dict, g_exp: int, f_out: int, eps: tuple[int, 
     # fusions, which made compile time grow faster than the model (4 chained: 4.4 s -> 1 s).
     x = jax.lax.optimization_barrier(x)
     d = x.shape[-1]
-    s1 = jnp.maximum(_bitlen(jnp.max(jnp.abs(x), -1, keepdims=True)) - 20, 0)
+    s1 = jnp.maximum(_bitlen(_fold(jnp.max, jnp.abs(x))) - 20, 0)
     x1 = _shift_down(x, s1)  # |x1| <= 2**20: the sum of d <= 1024 fits.
-    mean = jnp.floor_divide(jnp.sum(x1, -1, keepdims=True) + d // 2, d)
+    mean = jnp.floor_divide(_fold(jnp.sum, x1) + d // 2, d)
     c = x1 - mean
-    s2 = _bitlen(jnp.max(jnp.abs(c), -1, keepdims=True)) - 20
+    s2 = _bitlen(_fold(jnp.max, jnp.abs(c))) - 20
     c = _materialize(_shift(c, -s2))  # |c| <= 2**20, the largest >= 2**19 unless all are 0
     # sum c**2 / 2**20 from c = hi 2**10 + lo: hi**2 + round(hi lo / 2**9), each sum < 2**30.
     hi, lo = jnp.right_shift(c, 10), jnp.bitwise_and(c, 1023)
-    total = jnp.sum(hi * hi, -1, keepdims=True) + jnp.sum(_shift(hi * lo, -9), -1, keepdims=True)
+    total = _fold(jnp.sum, hi * hi) + _fold(jnp.sum, _shift(hi * lo, -9))
     # d * eps in the same units (c**2 / 2**20 at this row's scale), saturating at 2**29.
     e = eps[1] + 2 * (f_in - s1 - s2) - 20
     saturated = (e > 0) & (jnp.int32(eps[0]) > jnp.right_shift(1 << 29, jnp.clip(e, 0, 31)))
@@ -1026,7 +1049,7 @@ def _weighted_sum(w: jax.Array, v: jax.Array) -> jax.Array:
       int32 [B, H, Tq, D].
     """
     if w.shape[2] == 1:
-        return jnp.sum(w[..., None] * v[:, :, None, :, :].astype(jnp.int32), axis=-2)
+        return _fold(jnp.sum, w[..., None] * v[:, :, None, :, :].astype(jnp.int32), -2, False)
     return jax.lax.platform_dependent(w, v, cpu=_weighted_sum_int32, default=_weighted_sum_digits)
 
 
@@ -1062,7 +1085,7 @@ def _attend(q, eq, k, ek, v, ev, mask, ls: LayerSpec, exp_table: jax.Array) -> j
     acc = _scores(jnp.transpose(q, (0, 2, 1, 3)), k, r)
     e_q = jnp.transpose(eq, (0, 2, 1))[..., None]
     scores = _materialize(_shift(acc, r + ls.f_s + e_q + ek[:, :, None, :]))
-    top = jnp.max(jnp.where(mask, scores, _NEG), -1, keepdims=True)
+    top = _fold(jnp.max, jnp.where(mask, scores, _NEG))
     p = jnp.where(
         mask, _exp2_neg(jnp.where(mask, top - scores, 0), ls.f_s, PROB_BITS, exp_table), 0
     )
@@ -1070,13 +1093,13 @@ def _attend(q, eq, k, ek, v, ev, mask, ls: LayerSpec, exp_table: jax.Array) -> j
     # w = p 2**14 / sum(p) through one division per row: with b = bitlen(sum) and the sum's
     # top 15 bits m (in [2**14, 2**15)), w = p floor((2**29 - 1) / m) / 2**b, p <= 2**16:
     # each product < 2**31, and sum(w) <= 2**14 (1 + 2**-14).
-    total = jnp.sum(p, -1, keepdims=True)  # >= 2**16 (the maximum), < 2**31
+    total = _fold(jnp.sum, p)  # >= 2**16 (the maximum), < 2**31
     b = _bitlen(total)
     scale = jax.lax.div(jnp.int32((1 << 29) - 1), jnp.right_shift(total, b - 15))
     w = jnp.minimum(jnp.right_shift(p * scale, b), (1 << WEIGHT_BITS) - 1)
     # Each value's own exponent: shift its weight to the largest visible exponent's scale.
     e_v = ev[:, :, None, :]
-    e_top = jnp.max(jnp.where(mask, e_v, _NEG), -1, keepdims=True)  # [B, H, Tq, 1]
+    e_top = _fold(jnp.max, jnp.where(mask, e_v, _NEG))  # [B, H, Tq, 1]
     w = _materialize(jnp.right_shift(w, jnp.minimum(e_top - e_v, 31)))
     out = _shift(_weighted_sum(w, v), e_top - WEIGHT_BITS + ls.f_att)  # [B, H, Tq, D]
     return jnp.transpose(out, (0, 2, 1, 3))
@@ -1132,7 +1155,7 @@ def _output_tables(params: IntegerParams, x: jax.Array) -> jax.Array:
     if spec.norm == "pre":
         x = _layer_norm(x, f_x, arrays["final_ln"], spec.g_final, spec.f_final, spec.eps)
     logits = _linear(x, spec.f_final, arrays["head"], spec.f_logits)  # log2 units
-    u = jnp.max(logits, -1, keepdims=True) - logits
+    u = _fold(jnp.max, logits) - logits
     bits = 30 - math.ceil(math.log2(spec.vocab_size))  # a table's weights sum to <= 2**30
     weights = _materialize(_exp2_neg(u, spec.f_logits, bits, arrays["tables"]["exp2"]))
     return quantize.quantize_weights(weights.astype(jnp.uint32), PRECISION_BITS, jnp)
