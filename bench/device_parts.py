@@ -516,6 +516,11 @@ def _part_function(name: str):
     for prefix, fn in (("compress_", part_compress), ("decompress_", part_decompress)):
         if name.startswith(prefix) and name.removeprefix(prefix) in PATHS:
             return lambda ctx: fn(ctx, name.removeprefix(prefix))
-    fns = {"model": part_model, "attention": part_attention, "eval": part_eval}
-    fns["online"] = part_online
-    return {**fns, "coder": part_coder}[name]
+    parts = {
+        "model": part_model,
+        "online": part_online,
+        "attention": part_attention,
+        "eval": part_eval,
+        "coder": part_coder,
+    }
+    return parts[name]

@@ -757,20 +757,21 @@ _FOLD = 32  # XLA:CPU splits a reduction of more elements into a reduce-window a
 def _fold(reduce, x: jax.Array, axis: int = -1, keepdims: bool = True) -> jax.Array:
     """`reduce(x, axis)` (jnp.sum or jnp.max of int32: any order gives the same integers).
 
-    On a CPU a reduction over more than 32 elements is in slices of 32 first, kept apart by a
-    barrier: XLA:CPU would otherwise rewrite it into a reduce-window and a reduce, two kernels
-    of their own that no producer fuses into (a fifth of a decode step). Elsewhere, as it is.
+    On a CPU a reduction over more than 32 elements (a multiple of 32) is in slices of 32 first,
+    kept apart by a barrier: XLA:CPU would otherwise rewrite it into a reduce-window and a
+    reduce, two kernels of their own that no producer fuses into (a fifth of a decode step).
+    Elsewhere, as it is.
     """
     axis = axis % x.ndim
     n = x.shape[axis]
+    plain = functools.partial(reduce, axis=axis, keepdims=keepdims)
+    if n <= _FOLD or n % _FOLD:
+        return plain(x)
 
     def folded(x):
-        if n <= _FOLD or n % _FOLD:
-            return reduce(x, axis=axis, keepdims=keepdims)
         parts = x.reshape(x.shape[:axis] + (n // _FOLD, _FOLD) + x.shape[axis + 1 :])
-        return reduce(_materialize(reduce(parts, axis=axis + 1)), axis=axis, keepdims=keepdims)
+        return plain(_materialize(reduce(parts, axis=axis + 1)))
 
-    plain = functools.partial(reduce, axis=axis, keepdims=keepdims)
     return jax.lax.platform_dependent(x, cpu=folded, default=plain)
 
 

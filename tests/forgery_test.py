@@ -9,7 +9,7 @@ import pytest
 from coding import container
 from compressors import lm_stream, model_names
 from models import coding_model
-from tests import lm_coder_test
+from tests import coder_helpers
 from tests.compress_test import _decompress_fails, _rewrite_info, _text, _train
 
 
@@ -46,7 +46,7 @@ def _forge(info, lanes, chunk, original, payload=b""):
 
 
 def _count_model_calls(monkeypatch):
-    return [lm_coder_test._count_calls(monkeypatch, n) for n in ("_start_jit", "_block_jit")]
+    return [coder_helpers.count_calls(monkeypatch, n) for n in ("_start_jit", "_block_jit")]
 
 
 @pytest.mark.parametrize("portable", [True, False])
@@ -83,7 +83,7 @@ def test_memory_estimate_of_forged_lanes_covers_their_allocation(run, tmp_path):
         )  # fmt: skip
         forged = container.Header(header.info, chunk, lanes * chunk, lanes)
         coder = lm_stream.coder_for(coder_info, forged, m)
-        assert lm_coder_test._xla_bytes(coder) <= coder.memory_bytes()
+        assert coder_helpers.xla_bytes(coder) <= coder.memory_bytes()
 
 
 def test_unaffordable_lanes_are_refused_before_the_model_runs(run, tmp_path, monkeypatch):

@@ -1,5 +1,4 @@
 import dataclasses
-import functools
 
 import jax
 import numpy as np
@@ -7,6 +6,7 @@ import pytest
 
 from configs import default
 from models import coding_model, integer, lm_coder, pretrained, transformer
+from tests import coder_helpers
 from tests import hf_fixtures as fixtures
 
 
@@ -176,18 +176,6 @@ def test_auto_attention_blocks():
     assert [auto(48), auto(257), auto(2049), auto(4097)] == [1, 2, 16, 16]
 
 
-def _count_calls(monkeypatch, name):
-    """Counts calls of one of lm_coder's compiled programs."""
-    calls, program = [], getattr(lm_coder, name)
-
-    def counted(*args, **kwargs):
-        calls.append(args[5] if len(args) > 5 else None)  # _block_jit: the first step
-        return program(*args, **kwargs)
-
-    monkeypatch.setattr(lm_coder, name, counted)
-    return calls
-
-
 @pytest.mark.parametrize(
     "shape, portable", [({"low_bits": 4}, False), ({"low_bits": 0}, False), ({"low_bits": 0}, True)]
 )
@@ -213,8 +201,8 @@ def test_empty_payloads_decode_to_zeros_without_the_model(monkeypatch, shape, po
     symbols, errors = run[0], run[4]
     np.testing.assert_array_equal(symbols, 0)
     np.testing.assert_array_equal(errors, 0)
-    blocks = _count_calls(monkeypatch, "_block_jit")
-    starts = _count_calls(monkeypatch, "_start_jit")
+    blocks = coder_helpers.count_calls(monkeypatch, "_block_jit")
+    starts = coder_helpers.count_calls(monkeypatch, "_start_jit")
     decoded, errors = coder.decode_group(payloads, lengths)
     np.testing.assert_array_equal(decoded, tokens)
     np.testing.assert_array_equal(errors, 0)
@@ -223,26 +211,6 @@ def test_empty_payloads_decode_to_zeros_without_the_model(monkeypatch, shape, po
     np.testing.assert_array_equal(decoded, 0)
     np.testing.assert_array_equal(errors, 0)
     assert blocks == [0] and len(starts) == 1  # nothing to decode: the model never ran
-
-
-def _xla_bytes(coder):
-    """What XLA allocates for a group (arguments, outputs and temporaries of the last block's
-    program, parameters left out): the figure `memory_bytes` must cover."""
-    import jax.numpy as jnp
-
-    lanes, length = coder.shape.lanes, coder.shape.chunk_tokens
-    lane = jax.ShapeDtypeStruct((lanes,), jnp.int32)
-    data = jax.ShapeDtypeStruct((lanes, coder.capacity_bytes), jnp.uint8)
-    start = functools.partial(lm_coder._start_jit, net=coder.net, shape=coder.shape)
-    carry = jax.eval_shape(lambda d, n, s: start(coder.params, d, n, s), data, lane, lane)
-    first, last = coder.blocks()[-1]
-    program = lm_coder._block_jit.lower(
-        coder.params, carry, jax.ShapeDtypeStruct((lanes, length), jnp.int32), lane,
-        jax.ShapeDtypeStruct((lanes,), bool), first, last, net=coder.net, shape=coder.shape,
-    ).compile().memory_analysis()  # fmt: skip
-    params = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(coder.params))
-    used = program.argument_size_in_bytes + program.output_size_in_bytes
-    return used + program.temp_size_in_bytes - params
 
 
 @pytest.mark.parametrize(
@@ -266,5 +234,5 @@ def test_memory_estimate_covers_what_xla_allocates(chunk, shape, portable):
     blocks = coding_model.FloatTransformer(model_cfg).attention_blocks(chunk)
     net, params = _net(model_cfg, params, portable)
     coder = lm_coder.LMCoder(net, params, lm_coder.CoderShape(64, chunk, 16, blocks, **shape))
-    actual = _xla_bytes(coder)
+    actual = coder_helpers.xla_bytes(coder)
     assert actual <= coder.memory_bytes() <= 2.5 * actual

@@ -10,6 +10,8 @@ import pytest
 
 from coding import container
 from compressors import lm_stream, model_names, online, online_mix
+from models import lm_coder
+from tests import coder_helpers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TEXT = (pathlib.Path(__file__).resolve().parents[2] / "shared/data/text/alice29.txt").read_bytes()
@@ -261,11 +263,8 @@ def test_the_mixer_trains_on_the_counts_the_coder_saw():
 def test_the_memory_estimate_covers_the_count_tables_the_coder_carries(live):
     # Counting live, the block program carries a copy of the count tables besides the lanes'
     # KV caches: the lanes a decoder's device can hold are judged with it.
-    from models import lm_coder
-    from tests import lm_coder_test
-
     recipe = online.Recipe.parse("test", f"{RECIPE},live={live}")
     model = online.load(recipe, "online:test")
     coder = lm_coder.LMCoder(model.net, model.params, lm_coder.CoderShape(2, 64))
-    actual = lm_coder_test._xla_bytes(coder)
+    actual = coder_helpers.xla_bytes(coder)
     assert actual <= coder.memory_bytes() <= 2.5 * actual
