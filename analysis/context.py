@@ -174,5 +174,4 @@ if __name__ == "__main__":
     import cli
 
     _define_flags()
-    cli.define_verbose_flag()
     cli.run(main)
