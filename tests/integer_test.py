@@ -80,6 +80,7 @@ def _model(kind, norm):
 
 
 _tables = jax.jit(integer.tables)
+_tables_in_blocks = jax.jit(integer.tables, static_argnames="query_block")
 _step = jax.jit(integer.decode_step, static_argnums=4)
 
 
@@ -119,6 +120,11 @@ def test_tables_identical_alone_in_batches_and_step_by_step(kind, norm):
     for kv_lengths in (lambda t: None, lambda t: 16 if t < 16 else None):
         stepped = _decode_all(int_params, jnp.asarray(tokens), kv_lengths)
         np.testing.assert_array_equal(stepped, parallel)
+    # Attention in blocks of queries, each against the keys it can see (4 of 8; 6 of 5 or 6).
+    assert integer._query_blocks(32, integer.QUERY_BLOCK) == [(0, 32)]  # `parallel`: one block
+    block = 8 if norm == "post" else 5
+    blocked = _tables_in_blocks(int_params, jnp.asarray(tokens), query_block=block)
+    np.testing.assert_array_equal(np.asarray(blocked), parallel)
 
 
 def test_sinusoidal_positions():
