@@ -173,5 +173,4 @@ def _define_flags() -> None:
 if __name__ == "__main__":
     import cli
 
-    _define_flags()
-    cli.run(main)
+    cli.run(main, define_flags=_define_flags)
