@@ -122,6 +122,7 @@ def test_tables_identical_alone_in_batches_and_step_by_step(kind, norm):
         np.testing.assert_array_equal(stepped, parallel)
     # Attention in blocks of queries, each against the keys it can see (4 of 8; 6 of 5 or 6).
     assert integer._query_blocks(32, integer.QUERY_BLOCK) == [(0, 32)]  # `parallel`: one block
+    assert integer._query_blocks(2048, 64)[:2] == [(0, 256), (256, 512)]  # at most 8 blocks
     block = 8 if norm == "post" else 5
     blocked = _tables_in_blocks(int_params, jnp.asarray(tokens), query_block=block)
     np.testing.assert_array_equal(np.asarray(blocked), parallel)
