@@ -1173,10 +1173,10 @@ def tables(params: IntegerParams, tokens: jax.Array, query_block: int = QUERY_BL
     """Frequency tables of every position in one parallel pass (jittable).
 
     Attention goes in blocks of about `query_block` queries (at most MAX_QUERY_BLOCKS blocks),
-    each against the keys up to its last query only: causal attention's other scores are masked anyway, so every block's
-    numbers are those of one pass over all keys (every op is exact and per query), in about
-    5/8 of the work at four blocks and with a block's scores small enough to stay in a CPU's
-    cache.
+    each against the keys up to its last query only: causal attention's other scores are
+    masked anyway, so every block's numbers are those of one pass over all keys (every op is
+    exact and per query), in about 5/8 of the work at four blocks and with a block's scores
+    small enough to stay in a CPU's cache.
 
     Args:
       params: from `quantize_params`.
