@@ -289,8 +289,9 @@ def test_digit_products_exact_at_extremes(length, a_digits, w_digits):
 
 
 def test_attention_sums_exact_at_extremes():
-    """Scores over head_dim 64 and sums over 2048 keys at the largest magnitudes, through both
-    the single-query (KV-cache) and the many-query (parallel) code: exact and equal."""
+    """Scores over head_dim 64 and sums over 2048 keys at the largest magnitudes, through the
+    single-query (KV-cache) code, the many-query (parallel) code and the int8 digit code other
+    platforms run for many queries: exact and equal."""
     rng = np.random.default_rng(0)
     top = (1 << 14) - 1
     q = rng.choice([-top, top], (1, 2, 2, 64)).astype(np.int64)  # [B, H, Tq, D]
@@ -302,6 +303,9 @@ def test_attention_sums_exact_at_extremes():
     one = integer._scores(jnp.asarray(q[:, :, :1], jnp.int32), jnp.asarray(k, jnp.int16), r)
     np.testing.assert_array_equal(np.asarray(many), want)
     np.testing.assert_array_equal(np.asarray(one), want[:, :, :1])
+    # What other platforms run for several queries, run here: the same integers.
+    digits = integer._scores_digits(jnp.asarray(q, jnp.int32), jnp.asarray(k, jnp.int16), r)
+    np.testing.assert_array_equal(np.asarray(digits), want)
     p = rng.integers(0, 1 << 16, (1, 2, 2, 2048)).astype(np.int64)
     w = np.minimum((p << 14) // p.sum(-1, keepdims=True), top)
     v = rng.choice([-top, top], (1, 2, 2048, 64)).astype(np.int64)
@@ -311,6 +315,8 @@ def test_attention_sums_exact_at_extremes():
     one = integer._weighted_sum(jnp.asarray(w[:, :, :1], jnp.int32), jnp.asarray(v, jnp.int16))
     np.testing.assert_array_equal(np.asarray(many), want)
     np.testing.assert_array_equal(np.asarray(one), want[:, :, :1])
+    digits = integer._weighted_sum_digits(jnp.asarray(w, jnp.int32), jnp.asarray(v, jnp.int16))
+    np.testing.assert_array_equal(np.asarray(digits), want)
     assert np.abs(want).max() < 2**28
 
 
