@@ -1156,14 +1156,13 @@ def _output_tables(params: IntegerParams, x: jax.Array) -> jax.Array:
     return quantize.quantize_weights(weights.astype(jnp.uint32), PRECISION_BITS, jnp)
 
 
-QUERY_BLOCK = 64  # the parallel pass attends in blocks of this many queries (`tables`),
-MAX_QUERY_BLOCKS = 8  # or of more, for at most 8 blocks: each is compiled on its own
+QUERY_BLOCK = 64  # queries per attention block of the parallel pass (`tables`)
+MAX_QUERY_BLOCKS = 8  # each block compiles on its own; more did not run faster (BENCHMARKS.md)
 
 
 def _query_blocks(length: int, block: int) -> list[tuple[int, int]]:
     """[start, stop) of about `length / block` equal blocks of positions (one if shorter), at
-    most MAX_QUERY_BLOCKS. For a 2,048-token context 8 blocks run as fast as 32 (0.62 s against
-    0.60 s for 4 rows of the 200K preset on a 2-core CPU) and compile in 8.6 s against 27.7 s."""
+    most MAX_QUERY_BLOCKS (bench/query_blocks.py measures the choice)."""
     n = max(1, min(MAX_QUERY_BLOCKS, length // block))
     bounds = [length * i // n for i in range(n + 1)]
     return list(zip(bounds[:-1], bounds[1:], strict=True))

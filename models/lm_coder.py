@@ -52,7 +52,7 @@ from models import transformer
 MAX_LANES = 1 << 16
 MAX_ATTENTION_BLOCKS = 16  # each block is a scan of its own: compile time grows with them
 # The portable encoder's parallel pass, per call, on a CPU: 16 rows of the demo model (200K,
-# 256 bytes), whose attention blocks stay near the cache (32 rows: about 1.1 times as long).
+# 256 bytes), whose attention blocks then stay near the cache; 32 or 64 rows a call ran slower.
 CPU_PARALLEL_BYTES = 1 << 27
 
 

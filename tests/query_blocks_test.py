@@ -1,0 +1,10 @@
+"""bench/query_blocks.py: the parallel pass at several query-block sizes gives the same tables."""
+
+from bench import query_blocks
+
+
+def test_blocked_and_unblocked_passes_give_the_same_tables():
+    rows = query_blocks.measure("test", context=64, rows=2, query_blocks=[64, 10], repeats=1)
+    assert [r["blocks"] for r in rows] == [1, 6]
+    assert all(r["same_tables"] for r in rows)
+    assert all(r["compile_seconds"] > 0 and r["seconds"] > 0 for r in rows)
