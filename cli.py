@@ -95,6 +95,7 @@ def run(main: Callable[[list[str]], Any], define_flags: Callable[[], None] | Non
 
     def guarded(argv: list[str]) -> Any:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # now a KeyboardInterrupt
+        sys.unraisablehook = _unraisable
         try:
             return main(argv)
         except (app.UsageError, KeyboardInterrupt, Exception) as e:
@@ -170,6 +171,20 @@ def _interrupted_at_once(signum, frame) -> None:
     os._exit(INTERRUPTED_EXIT_CODE)
 
 
+def _unraisable(unraisable) -> None:
+    """`sys.unraisablehook`: a Ctrl-C's KeyboardInterrupt raised where Python only reports it and
+    goes on (a garbage-collection callback of JAX's, a `__del__`) ends the program in one line,
+    exit 130, instead of being lost while the command runs to its end."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        return sys.__unraisablehook__(unraisable)
+    if _verbose():
+        sys.__unraisablehook__(unraisable)
+    print(f"{program_name()}: interrupted", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(INTERRUPTED_EXIT_CODE)
+
+
 _MAIN_FILE = getattr(sys.modules.get("__main__"), "__file__", None)
 if _MAIN_FILE and os.path.abspath(_MAIN_FILE).startswith(REPO + os.sep):  # ours, not pytest
     signal.signal(signal.SIGINT, _interrupted_at_once)
+    sys.unraisablehook = _unraisable

@@ -127,3 +127,23 @@ def test_runs_summary_and_its_errors(tmp_path):
     _one_line(_run(REPO / "runs.py", tmp_path / "nope", cwd=tmp_path), 1, "no run directory")
     result = _run(REPO / "runs.py", tmp_path, cwd=tmp_path)
     assert result.returncode == 0 and "No runs found" in result.stdout
+
+
+def test_a_ctrl_c_that_python_only_reports_still_stops_the_command(tmp_path):
+    # A KeyboardInterrupt raised in a garbage-collection callback (where JAX's runs) is only
+    # reported by Python, which then goes on: the command must stop there, in one line.
+    script = (
+        "import gc, cli\n"
+        "def main(argv):\n"
+        "    def callback(phase, info):\n"
+        "        raise KeyboardInterrupt\n"
+        "    gc.callbacks.append(callback)\n"
+        "    gc.collect()\n"
+        "    print('ran to the end')\n"
+        "cli.run(main)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert "ran to the end" not in result.stdout
+    _one_line(result, 130, "interrupted")
