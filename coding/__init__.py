@@ -21,8 +21,10 @@ Exactness contract:
 3. Getting identical tables is the caller's job, because they come from the model. There are
    two ways (models/lm_coder.py), and a stream records which it took:
    * The integer path (`models/integer.py`, compress.py's default, `--portable`): the model's
-     forward runs in integer arithmetic only and yields the tables directly, so they are the
-     same on every machine, device, instruction set, jax version, batch shape and program.
+     forward runs in exact arithmetic only (integers, and on a CPU one float64 product whose
+     values are all integers below 2**53, so nothing is rounded) and yields the tables
+     directly, so they are the same on every machine, device, instruction set, jax version,
+     batch shape and program.
      Exactness is guaranteed everywhere this release (its `TABLES_VERSION`) runs.
    * The float path (`--noportable`): the decoder must compute each step's probabilities with
      bit-identical float32 results to the encoder's, so both run the same compiled step on the
