@@ -167,8 +167,7 @@ def _interrupted_at_once(signum, frame) -> None:
     KeyboardInterrupt could land in a callback (a garbage-collection hook of JAX's) and be lost."""
     if _verbose():
         raise KeyboardInterrupt
-    print(f"{program_name()}: interrupted", file=sys.stderr, flush=True)
-    os._exit(INTERRUPTED_EXIT_CODE)
+    _exit_interrupted()
 
 
 def _unraisable(unraisable) -> None:
@@ -179,6 +178,11 @@ def _unraisable(unraisable) -> None:
         return sys.__unraisablehook__(unraisable)
     if _verbose():
         sys.__unraisablehook__(unraisable)
+    _exit_interrupted()
+
+
+def _exit_interrupted() -> NoReturn:
+    """`PROGRAM: interrupted` and exit 130 at once, whatever the program was doing."""
     print(f"{program_name()}: interrupted", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(INTERRUPTED_EXIT_CODE)

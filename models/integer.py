@@ -60,11 +60,11 @@ Nonlinearities:
 
 Attention. q and k (rotated) and v are held per (token, head) as 14-bit integers with their own
 power-of-two exponent; the cache stores them as int16 [batch, heads, length, head_dim] plus int32
-exponents. Scores `q . k` are computed exactly as `hi 2**14 + lo` and rounded once by `2**r`
-(`_scores`: on a CPU, and for one query anywhere, int32 products summed term by term, each
-product < 2**28 split in two parts; many queries elsewhere use the int8 digit product, carried
-into the same form), then rescaled per (query, key)
-to fixed point in log2 units (their bound: below).
+exponents. Scores `q . k` are computed exactly and rounded once by `2**r` (`_scores`: one query
+sums int32 products term by term, each product < 2**28 split as hi 2**14 + lo; many queries use
+a float64 product that never rounds on a CPU and the int8 digit product, carried into the same
+form, elsewhere), then rescaled per (query, key) to fixed point in log2 units (their bound:
+below).
 `p = 2**-u` at 2**16 sums to less than `context * 2**16 < 2**31`; weights
 `w = p 2**14 / sum p` come from one division per row (`w < 2**14`, `sum w <= 2**14 + 1`), are
 shifted by each key's exponent gap to the largest visible exponent, and `sum_k w_k v_k` is exact
