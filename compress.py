@@ -33,12 +33,15 @@ device, CPU instruction set and numerics flags (models/numerics.py). The stream 
 decompression refuses a mismatch up front, naming it. See models/lm_coder.py for how encoder and
 decoder share their tables."""
 
+import json
+import os
 import sys
 
 from absl import app, flags
 
 import allocator
 import cli
+import paths
 
 if __name__ == "__main__":  # the command, not a module importing it: before JAX's threads allocate
     allocator.keep_freed_memory()  # 1.5x faster online coding on a CPU
@@ -46,9 +49,22 @@ from compressors import lm_stream  # noqa: E402
 from models import numerics  # noqa: E402
 
 
+def _same_path(a: str, b: str) -> bool:
+    """Whether two paths name one file (a link to it too), existing or not."""
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _rate(s: dict) -> str:
+    steady = s.get("steady_mb_per_s")
+    later = f" ({steady:.3f} after the first group, which compiles)" if steady else ""
+    return f"{s['mb_per_s']:.3f} MB/s{later}"
+
+
 def _summary(mode: str, s: dict, input_path: str, output_path: str) -> str:
     if mode == "decompress":
-        return f"{output_path}: {s['raw_bytes']:,} bytes, {s['mb_per_s']:.3f} MB/s, verified"
+        return f"{output_path}: {s['raw_bytes']:,} bytes, {_rate(s)}, verified"
     if not s["raw_bytes"]:
         return f"{input_path}: empty, {s['compressed_bytes']:,} bytes of container"
     raw = f", {s['raw_chunks']} of {s['num_chunks']} chunks stored raw" if s["raw_chunks"] else ""
@@ -58,7 +74,7 @@ def _summary(mode: str, s: dict, input_path: str, output_path: str) -> str:
     return (
         f"{input_path}: {s['raw_bytes']:,} -> {s['compressed_bytes']:,} bytes, ratio "
         f"{s['ratio']:.4f}, {s['bits_per_byte']:.4f} bits/byte ({ideal} "
-        f"{s['ideal_bits'] / s['raw_bytes']:.4f}){raw}, {s['mb_per_s']:.3f} MB/s"
+        f"{s['ideal_bits'] / s['raw_bytes']:.4f}){raw}, {_rate(s)}"
     )
 
 
@@ -75,6 +91,14 @@ def main(argv):
             "give the model: --model=RUN_DIR (a training run), hf:PATH or online:SIZE."
         )
     model = FLAGS.model or None  # decompress: an online stream names its model itself
+    if FLAGS.json:  # refused before any work: never the input or the output
+        for name, path in (("INPUT", input_path), ("OUTPUT", output_path)):
+            if path != "-" and _same_path(FLAGS.json, path):
+                raise app.UsageError(f"--json={FLAGS.json} is {name}: give another file.")
+        try:
+            paths.check_output(FLAGS.json, force=True)
+        except (OSError, ValueError) as e:
+            raise app.UsageError(f"--json: {e}") from None
     numerics.configure_coding()  # before JAX starts its backend
     cli.quiet_logging()
     common = {"step": FLAGS.step, "progress": FLAGS.progress, "force": FLAGS.force}
@@ -99,6 +123,9 @@ def main(argv):
         _summary(mode, s, input_path, output_path),
         file=sys.stderr if output_path == "-" else sys.stdout,
     )
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as f:
+            json.dump({"mode": mode, "input": input_path, "output": output_path, **s}, f)
 
 
 def _define_flags() -> None:
@@ -143,6 +170,12 @@ def _define_flags() -> None:
         "chunk_size", 0, "Bytes per chunk; 0 = the model's context.", lower_bound=0
     )
     flags.DEFINE_integer("step", None, "Checkpoint step to use (default: newest).")
+    flags.DEFINE_string(
+        "json",
+        "",
+        "Also write the summary as JSON to this file: sizes, ratio, seconds and MB/s, and with "
+        "more than one group those of the first group (which compiles) and of the later ones.",
+    )
     flags.DEFINE_bool("progress", True, "Show a progress bar.")
     flags.DEFINE_bool(
         "force",

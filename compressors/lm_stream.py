@@ -70,6 +70,31 @@ def check_paths(input_path: str, output_path: str, force: bool) -> None:
     paths.check_output(output_path, input_path, force)
 
 
+class _Clock:
+    """Seconds from the start of the work, and when the first group was done: that group
+    compiles the coder's programs, the later ones code at the steady rate a long input sees."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.first_group: tuple[float, int] | None = None  # (time, raw bytes done)
+
+    def group_done(self, raw_bytes_done: int) -> None:
+        if self.first_group is None:
+            self.first_group = time.perf_counter(), raw_bytes_done
+
+    def summary(self, raw_bytes: int) -> dict:
+        """seconds and MB/s in all; with more than one group, also the first group's seconds
+        and the MB/s of the later groups (`steady_mb_per_s`)."""
+        now = time.perf_counter()
+        seconds = now - self.start
+        out = {"seconds": seconds, "mb_per_s": raw_bytes / 1e6 / seconds}
+        if self.first_group and raw_bytes > self.first_group[1]:
+            done, first_bytes = self.first_group
+            out["first_group_seconds"] = done - self.start
+            out["steady_mb_per_s"] = (raw_bytes - first_bytes) / 1e6 / (now - done)
+        return out
+
+
 def _bar(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
@@ -111,7 +136,8 @@ def compress_file(
     Returns:
       Summary: raw and compressed bytes, coded-payload bytes, chunks (and how many stored raw),
       ratio, bits per byte, ideal bits (the model's sum of -log2 p: on the portable path, its
-      integer tables'), the coding `path` ('integer' or 'float'), seconds and MB/s.
+      integer tables'), the coding `path` ('integer' or 'float'), seconds and MB/s (`_Clock`:
+      with more than one group, also those of the first group and of the later ones).
 
     Raises:
       ValueError, OSError: bad arguments, model, or an existing output without `force`
@@ -130,7 +156,7 @@ def compress_file(
                 "--dtype, --top_k and --kv_cache apply to the float path: add --noportable."
             )
         m = m.exact()
-    start = time.perf_counter()
+    clock = _Clock()
     digest = hashlib.sha256()
     with _opened(input_path, "r") as src, _opened(output_path, "w", force) as out:
         raw_bytes = src.seek(0, os.SEEK_END)
@@ -155,10 +181,11 @@ def compress_file(
         )
         with _bar(raw_bytes, "compress", progress) as bar:
             groups = itertools.batched(_pieces(src, chunk, digest, bar), shape.lanes)
-            ideal_bits, payload_bytes, num_raw = _write_groups(groups, m, coder, writer, bar, trace)
+            ideal_bits, payload_bytes, num_raw = _write_groups(
+                groups, m, coder, writer, bar, trace, clock
+            )
         writer.finish(digest.digest())
         compressed_bytes = writer.bytes_written
-    seconds = time.perf_counter() - start
     return {
         "path": m.path,
         "raw_bytes": raw_bytes,
@@ -169,12 +196,11 @@ def compress_file(
         "ratio": compressed_bytes / raw_bytes if raw_bytes else None,
         "bits_per_byte": 8 * compressed_bytes / raw_bytes if raw_bytes else None,
         "ideal_bits": ideal_bits,
-        "seconds": seconds,
-        "mb_per_s": raw_bytes / 1e6 / seconds,
+        **clock.summary(raw_bytes),
     }
 
 
-def _write_groups(groups, m: coding_model.CodingModel, coder, writer, bar, trace) -> tuple:
+def _write_groups(groups, m: coding_model.CodingModel, coder, writer, bar, trace, clock) -> tuple:
     """Codes each group of chunks and writes it, the model learning from each group after it
     (`CodingModel.learn`: nothing for most models); returns (the model's ideal bits, payload
     bytes, chunks stored raw). The bar shows the bits per byte written so far."""
@@ -198,6 +224,7 @@ def _write_groups(groups, m: coding_model.CodingModel, coder, writer, bar, trace
         payload_bytes += sum(len(c.payload) for c in coded)
         num_raw += sum(raw)
         seen += sum(map(len, pieces))
+        clock.group_done(seen)
         bar.set_postfix_str(f"{8 * writer.bytes_written / max(seen, 1):.3f} bits/byte")
         if trace is not None:
             trace.append((seen, writer.bytes_written))
@@ -279,6 +306,10 @@ def decompress_file(
     or `hf:PATH`; None for a stream that describes its model whole, an online model's) into
     `output_path`.
 
+    Returns:
+      raw bytes, seconds and MB/s (with more than one group, also those of the first group and
+      of the later ones: `_Clock`).
+
     Raises:
       container.FormatError: wrong model or environment, truncated or corrupted stream (one
         line naming the damaged group).
@@ -293,7 +324,7 @@ def decompress_file(
         if dtype not in ("", "float32", "bfloat16"):
             raise container.FormatError(f"impossible stream settings: dtype {dtype!r}")
         m = model_names.for_stream(info.coder, model, step, dtype)
-        start = time.perf_counter()
+        clock = _Clock()
         if info.model != m.fingerprint:
             raise container.FormatError(
                 "this stream was made by a different model (or checkpoint): decompress with the "
@@ -305,9 +336,8 @@ def decompress_file(
         coder = coder_for(info, reader.header, m)
         reader.max_payload_bytes = coder.capacity_bytes
         with _opened(output_path, "w", force) as out:
-            raw_bytes = _decode_groups(reader, coder, m, out, progress)
-    seconds = time.perf_counter() - start
-    return {"raw_bytes": raw_bytes, "seconds": seconds, "mb_per_s": raw_bytes / 1e6 / seconds}
+            raw_bytes = _decode_groups(reader, coder, m, out, progress, clock)
+    return {"raw_bytes": raw_bytes, **clock.summary(raw_bytes)}
 
 
 def _check_environment(info: container.StreamInfo) -> None:
@@ -333,10 +363,10 @@ def _check_environment(info: container.StreamInfo) -> None:
         )
 
 
-def _decode_groups(reader, coder, m: coding_model.CodingModel, out, progress: bool) -> int:
+def _decode_groups(reader, coder, m: coding_model.CodingModel, out, progress: bool, clock) -> int:
     """Decodes every group into `out`, checking each against its crc32 and all against the
     sha256. Returns the bytes written."""
-    digest, total = hashlib.sha256(), reader.header.original_length_bytes
+    digest, total, done = hashlib.sha256(), reader.header.original_length_bytes, 0
     max_tokens = coder.shape.chunk_tokens
     with _bar(total, "decompress", progress) as bar:
         for group in reader.groups():
@@ -369,5 +399,7 @@ def _decode_groups(reader, coder, m: coding_model.CodingModel, out, progress: bo
             digest.update(original)
             out.write(original)
             bar.update(len(original))
+            done += len(original)
+            clock.group_done(done)
     reader.verify_original(digest.digest())
     return total

@@ -6,8 +6,9 @@ stream coded from float32 probabilities on one machine may not decode on another
 every operation is exact integer arithmetic (matrix products included: integer sums are
 associative, so summation order, batch shape, device and instruction set cannot change them), so
 the tables come out bit for bit the same everywhere, in the parallel pass (`tables`) and in the
-KV-cache step (`decode_step`) alike. One product is computed in float64 on a CPU, where no value
-it meets needs rounding, so it is just as exact (`_scores_float64`). Integer inference libraries
+KV-cache step (`decode_step`) alike. Two products of the parallel pass are computed in floats on
+a CPU, where no value they meet needs rounding, so they are just as exact (`_scores_float64`,
+`_weighted_sum_float32`). Integer inference libraries
 do not give this: they rescale in floats or leave the summation order to the device, so their
 outputs differ across machines.
 
@@ -68,7 +69,8 @@ below).
 `p = 2**-u` at 2**16 sums to less than `context * 2**16 < 2**31`; weights
 `w = p 2**14 / sum p` come from one division per row (`w < 2**14`, `sum w <= 2**14 + 1`), are
 shifted by each key's exponent gap to the largest visible exponent, and `sum_k w_k v_k` is exact
-below `(2**14 + 1)(2**14 - 1) < 2**28` however long the context (`_weighted_sum`).
+below `(2**14 + 1)(2**14 - 1) < 2**28` however long the context (`_weighted_sum`; many queries
+on a CPU: a float32 product of v's 7-bit digits, whose partial sums stay below 2**24).
 
 Bounds (`_Bounds`: L2 norm and largest entry of a token's vector), from the quantised integers,
 exactly: embedding rows (plus sinusoids); LayerNorm output `<= |gamma| sqrt(d) + |beta|` per
@@ -1019,7 +1021,7 @@ def _scores_by_terms(q: jax.Array, k: jax.Array, r: int) -> jax.Array:
 
 
 def _scores_float64(q: jax.Array, k: jax.Array, r: int) -> jax.Array:
-    """`_scores` as one float64 dot, exact: the one float computation of this module.
+    """`_scores` as one float64 dot, exact (one of the two float computations of this module).
 
     q and k are integers below 2**14 in magnitude, so each product is an integer below 2**28
     and each partial sum, in whatever order and with or without fused multiply-adds, one below
@@ -1052,7 +1054,8 @@ def _scores_digits(q: jax.Array, k: jax.Array, r: int) -> jax.Array:
 def _weighted_sum(w: jax.Array, v: jax.Array) -> jax.Array:
     """sum_k w[..., q, k] v[..., k, :] exactly: w [B, H, Tq, Tk] (sum <= 2**14 + 1 per query,
     each < 2**14), v [B, H, Tk, D] 14-bit; every partial sum < 2**28, so int32 sums are exact
-    in any order. One query: int32 products summed; several: one int32 product on a CPU, int8
+    in any order. One query: int32 products summed; several: one exact float32 product on a CPU
+    (`_weighted_sum_float32`: a tenth off the parallel pass against an int32 product), int8
     digit products elsewhere (`jax.lax.platform_dependent`).
 
     Returns:
@@ -1060,12 +1063,27 @@ def _weighted_sum(w: jax.Array, v: jax.Array) -> jax.Array:
     """
     if w.shape[2] == 1:
         return _fold(jnp.sum, w[..., None] * v[:, :, None, :, :].astype(jnp.int32), -2, False)
-    return jax.lax.platform_dependent(w, v, cpu=_weighted_sum_int32, default=_weighted_sum_digits)
+    return jax.lax.platform_dependent(w, v, cpu=_weighted_sum_float32, default=_weighted_sum_digits)
 
 
-def _weighted_sum_int32(w: jax.Array, v: jax.Array) -> jax.Array:
-    """`_weighted_sum` as one int32 product."""
-    return jnp.einsum("bhqk,bhkd->bhqd", w, v.astype(jnp.int32), preferred_element_type=jnp.int32)
+def _weighted_sum_float32(w: jax.Array, v: jax.Array) -> jax.Array:
+    """`_weighted_sum` as one float32 product, exact: v's two digits (v = hi 128 + lo, lo in
+    [0, 127], hi in [-128, 127]) side by side, each times w.
+
+    Every product w_k d_k is an integer below 2**21 in magnitude and every partial sum, in
+    whatever order and with or without fused multiply-adds, at most 128 sum(w) <= 2**21 + 128
+    (`_attend`'s weights sum to at most 2**14 + 1): below 2**24, so float32 holds each one
+    exactly and nothing is ever rounded, on any IEEE-754 machine. The digit sums come back to
+    int32 exactly and combine as hi 128 + lo < 2**28.
+    """
+    v = v.astype(jnp.int32)
+    digits = jnp.concatenate([jnp.bitwise_and(v, 127), jnp.right_shift(v, DIGIT_BITS)], -1)
+    acc = jnp.einsum(
+        "bhqk,bhkd->bhqd", w.astype(jnp.float32), digits.astype(jnp.float32),
+        precision=jax.lax.Precision.HIGHEST,
+    ).astype(jnp.int32)  # fmt: skip
+    low, high = jnp.split(acc, 2, axis=-1)
+    return low + jnp.left_shift(high, DIGIT_BITS)
 
 
 def _weighted_sum_digits(w: jax.Array, v: jax.Array) -> jax.Array:

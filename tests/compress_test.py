@@ -1,6 +1,7 @@
 """Exact lossless round trips through compress.py with a tiny trained model (CPU)."""
 
 import io
+import json
 import math
 import os
 import pathlib
@@ -210,13 +211,25 @@ def _cli(*args):
 def test_cli_round_trip(run, tmp_path):
     src = tmp_path / "in.bin"
     src.write_bytes(_image_like())
-    packed, out = tmp_path / "x.lmc", tmp_path / "x"
-    result = _cli("compress", f"--model={run}", "--chunk_size=256", src, packed)
+    packed, out, stats = tmp_path / "x.lmc", tmp_path / "x", tmp_path / "stats.json"
+    # --json naming the input is refused before any work.
+    result = _cli("compress", f"--model={run}", f"--json={src}", src, packed)
+    assert result.returncode == 2 and "is INPUT" in result.stderr  # a usage error
+    assert not packed.exists() and src.read_bytes() == _image_like()
+    args = ["--chunk_size=256", "--lanes=2", f"--json={stats}"]  # several groups
+    result = _cli("compress", f"--model={run}", *args, src, packed)
     assert result.returncode == 0, result.stderr
-    assert "bits/byte" in result.stdout and "MB/s" in result.stdout
-    result = _cli("decompress", f"--model={run}", packed, out)
+    assert "bits/byte" in result.stdout and "after the first group" in result.stdout
+    made = json.loads(stats.read_text())
+    assert made["raw_bytes"] == len(_image_like()) and made["mode"] == "compress"
+    assert made["compressed_bytes"] == packed.stat().st_size
+    assert 0 < made["first_group_seconds"] < made["seconds"] and made["steady_mb_per_s"] > 0
+    result = _cli("decompress", f"--model={run}", f"--json={stats}", packed, out)
     assert result.returncode == 0, result.stderr
     assert out.read_bytes() == src.read_bytes()
+    back = json.loads(stats.read_text())
+    assert back["mode"] == "decompress" and back["raw_bytes"] == made["raw_bytes"]
+    assert 0 < back["first_group_seconds"] < back["seconds"] and back["steady_mb_per_s"] > 0
 
 
 def test_header_records_chunk_and_fingerprint(run, packed):

@@ -203,6 +203,10 @@ def test_tables_identical_under_other_instruction_sets(tmp_path):
     assert hashlib.sha256(here.tobytes()).hexdigest() == results["default"]["tables"]
 
 
+# The parallel pass's products that are computed in floats on a CPU, exactly, and their dtype.
+_EXACT_FLOATS = {"_scores_float64": jnp.float64, "_weighted_sum_float32": jnp.float32}
+
+
 def _float_vars(jaxpr):
     """Every variable of a float dtype in a jaxpr and its sub-jaxprs, with its primitive and
     the model's function that made it."""
@@ -214,7 +218,7 @@ def _float_vars(jaxpr):
         for var in list(eqn.invars) + list(eqn.outvars):
             if jnp.issubdtype(var.aval.dtype, jnp.inexact):
                 names = {f.function_name for f in eqn.source_info.traceback.frames}
-                where = "_scores_float64" if "_scores_float64" in names else sorted(names)
+                where = next((f for f in _EXACT_FLOATS if f in names), sorted(names))
                 found.append((eqn.primitive.name, var.aval, where))
         for sub in jex.core.jaxprs_in_params(eqn.params):
             found += _float_vars(sub)
@@ -223,7 +227,7 @@ def _float_vars(jaxpr):
 
 @pytest.mark.parametrize("norm", ["post", "pre"])
 def test_no_float_anywhere(norm):
-    """No float in either pass but the one exact float64 product of a CPU's parallel pass."""
+    """No float in either pass but the exact float products of a CPU's parallel pass."""
     _, _, int_params = _model("random", norm)
     tokens = jnp.zeros((2, 16), jnp.int32)
     parallel = jax.make_jaxpr(integer.tables)(int_params, tokens)
@@ -234,9 +238,10 @@ def test_no_float_anywhere(norm):
         jaxpr = getattr(closed, "jaxpr", closed)
         assert len(jaxpr.eqns) > 100
         found = _float_vars(jaxpr)
-        assert all(where == "_scores_float64" for *_, where in found), found
-        assert all(aval.dtype == jnp.float64 for _, aval, _ in found), found
-    assert _float_vars(parallel.jaxpr) and not _float_vars(stepped.jaxpr)
+        assert all(where in _EXACT_FLOATS for *_, where in found), found
+        assert all(aval.dtype == _EXACT_FLOATS[where] for _, aval, where in found), found
+    assert {where for *_, where in _float_vars(parallel.jaxpr)} == set(_EXACT_FLOATS)
+    assert not _float_vars(stepped.jaxpr)
 
 
 def _large_params(cfg, scale):
@@ -324,6 +329,12 @@ def test_attention_sums_exact_at_extremes():
     np.testing.assert_array_equal(np.asarray(one), want[:, :, :1])
     digits = integer._weighted_sum_digits(jnp.asarray(w, jnp.int32), jnp.asarray(v, jnp.int16))
     np.testing.assert_array_equal(np.asarray(digits), want)
+    # The float32 form at its own extreme: the weights' largest sum, 2**14 + 1, on one value.
+    w[0, 0, 0] = 0
+    w[0, 0, 0, :2] = (1 << 14) - 1, 2
+    for form in (integer._weighted_sum_float32, integer._weighted_sum_digits):
+        got = form(jnp.asarray(w, jnp.int32), jnp.asarray(v, jnp.int16))
+        np.testing.assert_array_equal(np.asarray(got), np.einsum("bhqk,bhkd->bhqd", w, v))
     assert np.abs(want).max() < 2**28
 
 
