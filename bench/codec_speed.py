@@ -16,7 +16,8 @@ that decompression gave back the input exactly:
   compiles its own programs. MB/s is the rate of the groups after the first, timed by the command
   itself (its `--json` summary's `steady_mb_per_s`); start-up (Python, JAX, loading the model,
   compiling, and coding the first group, `--lanes` chunks of the model's context) is the rest of
-  the command's wall time, reported apart. The input must hold more than one group.
+  the command's wall time, reported apart. The input must hold more than one group (and a last
+  group of shorter chunks compiles programs of its own, inside the rate: use long inputs).
 * `xz -9`, `zstd -19`, `brotli -q 11`: the command-line tool where it is on PATH (its start-up,
   measured on a 1-byte file, is milliseconds), else Python's module (`lzma` preset 9, `zstandard`
   level 19, `brotli` quality 11: no start-up); the row's `via` says which, and a row whose tool and
