@@ -93,6 +93,8 @@ def main(argv):
         )
     model = FLAGS.model or None  # decompress: an online stream names its model itself
     if FLAGS.json:  # refused before any work: never the input or the output
+        if FLAGS.json == "-":
+            raise app.UsageError("--json=-: give a file (the summary line goes to the terminal).")
         for name, path in (("INPUT", input_path), ("OUTPUT", output_path)):
             if path != "-" and _same_path(FLAGS.json, path):
                 raise app.UsageError(f"--json={FLAGS.json} is {name}: give another file.")

@@ -212,9 +212,11 @@ def test_cli_round_trip(run, tmp_path):
     src = tmp_path / "in.bin"
     src.write_bytes(_image_like())
     packed, out, stats = tmp_path / "x.lmc", tmp_path / "x", tmp_path / "stats.json"
-    # --json naming the input is refused before any work.
+    # --json naming the input, or standard output, is refused before any work.
     result = _cli("compress", f"--model={run}", f"--json={src}", src, packed)
     assert result.returncode == 2 and "is INPUT" in result.stderr  # a usage error
+    result = _cli("compress", f"--model={run}", "--json=-", src, packed)
+    assert result.returncode == 2 and "--json=-: give a file" in result.stderr
     assert not packed.exists() and src.read_bytes() == _image_like()
     args = ["--chunk_size=256", "--lanes=2", f"--json={stats}"]  # several groups
     result = _cli("compress", f"--model={run}", *args, src, packed)
