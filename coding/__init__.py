@@ -21,8 +21,9 @@ Exactness contract:
 3. Getting identical tables is the caller's job, because they come from the model. There are
    two ways (models/lm_coder.py), and a stream records which it took:
    * The integer path (`models/integer.py`, compress.py's default, `--portable`): the model's
-     forward runs in exact arithmetic only (integers, and on a CPU two float products whose
-     values are all integers the float holds exactly, so nothing is rounded) and yields the tables
+     forward runs in exact arithmetic only (integers, and a few float operations that either
+     meet only integers the float holds exactly or are corrected to the exact integer by integer
+     checks: models/integer.py's docstring lists them) and yields the tables
      directly, so they are the same on every machine, device, instruction set, jax version,
      batch shape and program.
      Exactness is guaranteed everywhere this release (its `TABLES_VERSION`) runs.

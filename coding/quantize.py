@@ -3,15 +3,17 @@
 `quantize_np` and `quantize_jax` are the same function written once (`_quantize`, generic over
 the array module). Both encoder and decoder must call one of them on bit-identical float32
 probabilities; they then get bit-identical tables. The algorithm uses a single exactly rounded
-float operation, a multiplication by a power of two, and integer arithmetic from then on:
+float operation, a multiplication by a power of two, and exact integer results from then on:
 
 1. Sanitise: NaN, negative values and -0.0 become 0; values above 1 (and +inf) become 1.
 2. Integer weights `w = floor(p * 2**weight_bits)`. Multiplying a float32 by a power of two is
    exact; `weight_bits` is chosen so that the weights of one table sum to at most 2**30.
    Subnormal inputs give weight 0 whether or not the backend flushes them to zero.
 3. Normalise in integers: `g = floor(w * M / sum(w))` with `M = 2**precision_bits - vocab`,
-   computed exactly by binary long division in uint32 (no 64-bit integers needed). If all
-   weights are 0 the table is uniform.
+   computed exactly by binary long division in uint32 (no 64-bit integers needed), or, by JAX
+   on a CPU, by one float64 division whose quotient integer checks correct to the exact floor
+   (`_floor_mul_div_float64`: the same integers, in fewer operations). If all weights are 0
+   the table is uniform.
 4. The remainder `M - sum(g)` (between 0 and vocab - 1) goes to the symbol with the largest
    weight, the lowest index on ties; then every symbol gets `+1`, so each frequency is >= 1 and
    the total is exactly `2**precision_bits`.
@@ -108,7 +110,8 @@ def probs_to_weights(probs, bits: int, xp: ModuleType):
 
 
 def _floor_mul_div(w, total, m: int, m_bits: int, xp: ModuleType):
-    """Computes `floor(w * m / total)` exactly with uint32 arithmetic (binary long division).
+    """Computes `floor(w * m / total)` exactly: by binary long division in uint32, or, by JAX on
+    a CPU, by `_floor_mul_div_float64` (`jax.lax.platform_dependent`), the same integers.
 
     Args:
         w: uint32 `[..., vocab]`, each `w <= total`.
@@ -120,6 +123,38 @@ def _floor_mul_div(w, total, m: int, m_bits: int, xp: ModuleType):
     Returns:
         uint32 `[..., vocab]` quotient.
     """
+    if xp is np:
+        return _long_division(w, total, m, m_bits, np)
+    return jax.lax.platform_dependent(
+        w, total,
+        cpu=lambda w, total: _floor_mul_div_float64(w, total, m),
+        default=lambda w, total: _long_division(w, total, m, m_bits, jnp),
+    )  # fmt: skip
+
+
+def _floor_mul_div_float64(w: jax.Array, total: jax.Array, m: int) -> jax.Array:
+    """`_floor_mul_div` through one float64 division, exact.
+
+    `w * m < 2**46` and `total <= 2**30` are integers float64 holds exactly, and so are the
+    products `q * total` and `(q + 1) * total` of any q below 2**17 checked below. The rounded
+    quotient is within 2**-36 of the true one (below 2**16), so its floor is the exact floor or
+    one more (a quotient just under an integer rounded up to it); `q * total > w * m` finds that
+    case and takes 1 off, and the symmetric check adds 1 should a division ever round down
+    across an integer. Every comparison is between exact values: the result is the exact floor
+    on any IEEE-754 machine (tests/coding_quantize_test.py tries quotients on either side of
+    integers against Python's).
+    """
+    with jax.enable_x64(True):
+        num = w.astype(jnp.float64) * float(m)
+        den = total.astype(jnp.float64)
+        q = jnp.floor(num / den)
+        q = q - (q * den > num)
+        q = q + ((q + 1) * den <= num)
+        return q.astype(jnp.uint32)
+
+
+def _long_division(w, total, m: int, m_bits: int, xp: ModuleType):
+    """`_floor_mul_div` by binary long division in uint32."""
     quotient = xp.zeros_like(w)
     remainder = xp.zeros_like(w)
     # Invariant: quotient * total + remainder == w * (bits of m seen so far), remainder < total.

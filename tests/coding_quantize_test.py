@@ -94,6 +94,37 @@ def test_numpy_and_jax_agree_bit_for_bit(kind, vocab):
             )
 
 
+def _boundary_quotients():
+    """(w, total) uint32 [n, 1] with w m / total (m = 2**16 - 256) on, just under and just over
+    integers, w <= total, and the exact floors."""
+    m = (1 << 16) - 256
+    w, totals = [], []
+    for total in (1 << 30, (1 << 30) - 1, (1 << 30) - 3, 999_999_937, 65_281, 3):
+        if math.gcd(m, total) == 1:  # w m = d (mod total): the quotient an integer + d / total
+            w += [(d * pow(m, -1, total)) % total for d in range(-3, 4)]
+            totals += [total] * 7
+        w += [total, total - 1, total // 2, 1, 0]
+        totals += [total] * 5
+    w, totals = np.array(w, np.uint32)[:, None], np.array(totals, np.uint32)[:, None]
+    return w, totals, (w.astype(object) * m) // totals.astype(object)
+
+
+@pytest.mark.parametrize("floor_error", [0, -1, 1])
+def test_floor_mul_div_exact_on_either_side_of_integers(monkeypatch, floor_error):
+    """floor(w m / total) by JAX (on a CPU one float64 division whose quotient integer checks
+    correct: here also with its floor made one too small or too large) and by the uint32 long
+    division, where w m lies on, just under and just over multiples of total."""
+    w, totals, want = _boundary_quotients()
+    m = (1 << 16) - 256
+    pairs = zip(w[:, 0].tolist(), totals[:, 0].tolist(), strict=True)
+    assert any(x * m % t == t - 1 for x, t in pairs)  # a quotient just under an integer
+    np.testing.assert_array_equal(quantize._floor_mul_div(w, totals, m, 16, np), want)
+    floor = jnp.floor
+    monkeypatch.setattr(quantize.jnp, "floor", lambda x: floor(x) + floor_error)
+    got = jax.jit(lambda w, t: quantize._floor_mul_div(w, t, m, 16, jnp))(w, totals)
+    np.testing.assert_array_equal(np.asarray(got).astype(object), want)
+
+
 def test_jax_agrees_under_vmap_and_scan():
     probs = make_probs("spiky_logits", (6, 5, 256), seed=7)
     expected = quantize.quantize_np(probs)
