@@ -119,6 +119,9 @@ def test_floor_mul_div_exact_on_either_side_of_integers(monkeypatch, floor_error
     pairs = zip(w[:, 0].tolist(), totals[:, 0].tolist(), strict=True)
     assert any(x * m % t == t - 1 for x, t in pairs)  # a quotient just under an integer
     np.testing.assert_array_equal(quantize._floor_mul_div(w, totals, m, 16, np), want)
+    # What other devices run, run here in JAX.
+    other = jax.jit(lambda w, t: quantize._long_division(w, t, m, 16, jnp))(w, totals)
+    np.testing.assert_array_equal(np.asarray(other).astype(object), want)
     floor = jnp.floor
     monkeypatch.setattr(quantize.jnp, "floor", lambda x: floor(x) + floor_error)
     got = jax.jit(lambda w, t: quantize._floor_mul_div(w, t, m, 16, jnp))(w, totals)
