@@ -63,3 +63,9 @@ def test_every_codec_round_trips_the_same_bytes(tiny_run):
 def test_heldout_bytes_too_many():
     with pytest.raises(ValueError, match="held-out split has"):
         codec_speed.heldout_bytes(10**9)
+
+
+def test_an_input_of_one_group_is_refused(tiny_run, tmp_path):
+    # The rate is that of the groups after the first: one group has none.
+    with pytest.raises(ValueError, match="fit in one group"):
+        codec_speed.model_row(tiny_run, "portable", b"x" * 128, str(tmp_path), lanes=4)
