@@ -888,7 +888,8 @@ def _isqrt(n: jax.Array) -> jax.Array:
     root is within 46341 (2**-25 + 2**-21) < 0.03 of sqrt(n), and its floor r is the answer, one
     more or one less. `r * r > n` takes 1 off and `n - r * r >= 2 r + 1` adds 1 (int32 products
     below 46340**2 < 2**31), leaving the exact root on any machine: one float operation instead
-    of 16 unrolled integer steps (a tenth of the integer model's compile time).
+    of 16 unrolled integer steps (with `coding.quantize`'s float64 division, about 15% off the
+    parallel pass's compile time: BENCHMARKS.md).
     tests/integer_test.py checks every square and its neighbours up to 2**31.
     """
     r = jnp.floor(jnp.sqrt(n.astype(jnp.float32))).astype(jnp.int32)
@@ -1028,7 +1029,7 @@ def _scores_by_terms(q: jax.Array, k: jax.Array, r: int) -> jax.Array:
 
 
 def _scores_float64(q: jax.Array, k: jax.Array, r: int) -> jax.Array:
-    """`_scores` as one float64 dot, exact (one of the two float computations of this module).
+    """`_scores` as one float64 dot, exact (one of the module's exact float steps: its docstring).
 
     q and k are integers below 2**14 in magnitude, so each product is an integer below 2**28
     and each partial sum, in whatever order and with or without fused multiply-adds, one below
