@@ -34,7 +34,6 @@ decompression refuses a mismatch up front, naming it. See models/lm_coder.py for
 decoder share their tables."""
 
 import json
-import os
 import sys
 
 from absl import app, flags
@@ -48,13 +47,6 @@ if __name__ == "__main__":  # the command, not a module importing it: before JAX
 from coding import container  # noqa: E402
 from compressors import lm_stream  # noqa: E402
 from models import numerics  # noqa: E402
-
-
-def _same_path(a: str, b: str) -> bool:
-    """Whether two paths name one file (a link to it too), existing or not."""
-    if os.path.exists(a) and os.path.exists(b):
-        return os.path.samefile(a, b)
-    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _rate(s: dict) -> str:
@@ -96,7 +88,7 @@ def main(argv):
         if FLAGS.json == "-":
             raise app.UsageError("--json=-: give a file (the summary line goes to the terminal).")
         for name, path in (("INPUT", input_path), ("OUTPUT", output_path)):
-            if path != "-" and _same_path(FLAGS.json, path):
+            if path != "-" and paths.same_path(FLAGS.json, path):
                 raise app.UsageError(f"--json={FLAGS.json} is {name}: give another file.")
         try:
             paths.check_output(FLAGS.json, force=True)

@@ -73,14 +73,21 @@ def check_output(
         raise FileNotFoundError(f"no directory {os.path.dirname(output) or '.'} for {output}.")
 
 
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file: the same file where both exist (a symlink or hard link
+    to it included), else the same resolved path (a file still to be written)."""
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
 def _same_file(path: str, other: str) -> bool:
-    """Whether `other` ('-': standard output) is the file at `path`; False where either is
-    missing. Standard output counts only when it is a regular file (redirected to the input)."""
+    """Whether `other` ('-': standard output) is the file at `path` (`same_path`). Standard
+    output counts only when it is a regular file (redirected to the input)."""
+    if other != "-":
+        return same_path(path, other)
     try:
-        a = os.stat(path)
-        b = os.fstat(sys.stdout.fileno()) if other == "-" else os.stat(other)
+        a, b = os.stat(path), os.fstat(sys.stdout.fileno())
     except (OSError, ValueError, AttributeError):  # pytest's captured stdout has no descriptor
         return False
-    if other == "-" and not stat.S_ISREG(b.st_mode):
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+    return stat.S_ISREG(b.st_mode) and (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
