@@ -52,7 +52,8 @@ from training import runtime
 with runtime.Preemption() as preemption:
     preemption.at_risk(True)  # a step in flight: a first Ctrl-C waits for its end
     print("ready", flush=True)
-    time.sleep(120)
+    for _ in range(1200):  # short sleeps: a signal on another thread is taken within 0.1 s
+        time.sleep(0.1)
 print("the second Ctrl-C did not stop the process", flush=True)
 """
 
