@@ -261,15 +261,16 @@ def test_an_existing_output_is_kept_unless_forced(run, tmp_path):
 
 def test_cli_pipes_round_trip(run, tmp_path):
     data = _text()[:700]
+    # test_cli_round_trip's settings: its programs come from the session's compilation cache.
+    args = ["--chunk_size=256", "--lanes=2", "--noprogress"]
     packed = subprocess.run(
-        [sys.executable, "compress.py", "compress", f"--model={run}", "--noprogress", "-", "-"],
+        [sys.executable, "compress.py", "compress", f"--model={run}", *args, "-", "-"],
         cwd=REPO, input=data, capture_output=True, timeout=300,
     )  # fmt: skip
     assert packed.returncode == 0, packed.stderr.decode()[-2000:]
     assert b"bits/byte" in packed.stderr  # the summary goes to stderr
     restored = subprocess.run(
-        [sys.executable, "compress.py", "decompress", f"--model={run}", "--noprogress", "-",
-         "-"],
+        [sys.executable, "compress.py", "decompress", f"--model={run}", "--noprogress", "-", "-"],
         cwd=REPO, input=packed.stdout, capture_output=True, timeout=300,
     )  # fmt: skip
     assert restored.returncode == 0, restored.stderr.decode()[-2000:]
