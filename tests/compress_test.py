@@ -131,7 +131,7 @@ def test_round_trip_lengths_several_groups(run, tmp_path, length):
     assert s["num_chunks"] == math.ceil(length / 256)
 
 
-@pytest.mark.parametrize("lanes", [1, 2, 5])
+@pytest.mark.parametrize("lanes", [1, 2, 3])  # 3: the other tests' programs, no compiling
 def test_lanes_are_part_of_the_stream(run, tmp_path, lanes):
     # Any grouping decodes: the decoder takes the lane layout from the stream.
     _round_trip(run, tmp_path, _text() + _image_like(), lanes=lanes)
