@@ -111,7 +111,7 @@ def _run_command(argv: list[str], data: bytes | None = None, env=None) -> bytes:
 
 def _row(name: str, via: str, data: bytes, packed: bytes, out: bytes, times: dict) -> dict:
     """One row: sizes, round-trip check, and MB/s net of start-up: `times[d + '_mb_per_s']` where
-    given (the command's own), else (bytes - `times['startup_bytes']`) / (time - start-up)."""
+    given (the command's own), else bytes / (time - start-up)."""
     row = {"codec": name, "via": via, "raw_bytes": len(data), "compressed_bytes": len(packed)}
     row["ratio"] = len(packed) / len(data)
     row["bits_per_byte"] = 8 * len(packed) / len(data)
@@ -120,8 +120,7 @@ def _row(name: str, via: str, data: bytes, packed: bytes, out: bytes, times: dic
         total, startup = times[d], times[f"{d}_startup"]
         net = total - startup  # <= 0: start-up's noise swamped the work (too few bytes)
         row |= {f"{d}_seconds": total, f"{d}_startup_seconds": startup, f"{d}_net_seconds": net}
-        net_bytes = len(data) - times["startup_bytes"]
-        rate = net_bytes / 1e6 / net if net > 0 and net_bytes > 0 else None
+        rate = len(data) / 1e6 / net if net > 0 else None
         row[f"{d}_mb_per_s"] = times.get(f"{d}_mb_per_s", rate)
     return row
 
@@ -175,7 +174,7 @@ def model_row(
         "compress": [sys.executable, COMPRESS_PY, "compress", *common, *extra, src, packed],
         "decompress": [sys.executable, COMPRESS_PY, "decompress", *common, packed, out],
     }
-    times = {"startup_bytes": 0}
+    times = {}
     for direction, argv in commands.items():
 
         def once(argv=argv):
@@ -213,7 +212,7 @@ def classical_row(name: str, data: bytes, repeats: int = 1) -> dict:
                 "missing": f"no {compress_argv[0]} on PATH, no module",
             }
         via = "Python module"
-    times = {"startup_bytes": 0}
+    times = {}
     times["compress"], packed = best_time(lambda: compress(data), repeats)
     times["decompress"], out = best_time(lambda: decompress(packed), repeats)
     if via == "Python module":
