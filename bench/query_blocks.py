@@ -1,15 +1,15 @@
 r"""Compile and run time of the integer model's parallel pass at several query-block sizes.
 
   python bench/query_blocks.py [--size=200K] [--context=2048] [--rows=4] \
-      [--query_blocks=2048,512,256,64] [--max_query_blocks=8] [--out=FILE.jsonl]
+      [--query_blocks=2048,512,256,64] [--max_query_blocks=8] [--layers=N] [--out=FILE.jsonl]
 
 `integer.tables` attends in blocks of about `query_block` queries, each against only the keys it
 can see (at most `integer.MAX_QUERY_BLOCKS` blocks, or `--max_query_blocks` here). For each
 `--query_blocks` value this lowers and compiles the pass for `--rows` random chunks of
 `--context` bytes through a model of the preset `--size` with freshly initialised weights
-(timing does not depend on what was learnt), then times the compiled pass (best of `--repeats`)
-and checks that its tables equal those of the first value, bit for bit. Prints one JSON line
-per value and a table.
+(timing does not depend on what was learnt; `--layers` overrides its depth, to see how compile
+time grows with it), then times the compiled pass (best of `--repeats`) and checks that its
+tables equal those of the first value, bit for bit. Prints one JSON line per value and a table.
 """
 
 import dataclasses
@@ -32,11 +32,18 @@ from models import integer, transformer  # noqa: E402
 FLAGS = flags.FLAGS
 
 
-def measure(size: str, context: int, rows: int, query_blocks: list[int], repeats: int = 2):
-    """One dict per query-block size: blocks, compile_seconds, seconds, same_tables."""
+def measure(
+    size: str,
+    context: int,
+    rows: int,
+    query_blocks: list[int],
+    repeats: int = 2,
+    layers: int | None = None,
+):
+    """One dict per query-block size: layers, blocks, compile_seconds, seconds, same_tables."""
     config = default.get_config(f"size={size}")
     cfg = transformer.TransformerConfig.from_config(config.model, vocab_size=256)
-    cfg = dataclasses.replace(cfg, context_length=context)
+    cfg = dataclasses.replace(cfg, context_length=context, num_layers=layers or cfg.num_layers)
     params = integer.quantize_params(cfg, transformer.init_params(cfg, jax.random.key(0)))
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, (rows, context)), jnp.int32)
     first, out = None, []
@@ -55,7 +62,8 @@ def measure(size: str, context: int, rows: int, query_blocks: list[int], repeats
         tables = np.asarray(tables)
         first = tables if first is None else first
         out.append({
-            "size": size, "context": context, "rows": rows, "query_block": block,
+            "size": size, "layers": cfg.num_layers, "context": context, "rows": rows,
+            "query_block": block,
             "blocks": len(integer._query_blocks(context, block)),
             "compile_seconds": compile_seconds, "seconds": seconds,
             "same_tables": bool(np.array_equal(tables, first)),
@@ -73,17 +81,18 @@ def main(argv):
         integer.MAX_QUERY_BLOCKS = FLAGS.max_query_blocks  # read when `tables` is traced
     if FLAGS.context < 1 or FLAGS.rows < 1 or FLAGS.repeats < 1 or min(blocks, default=0) < 1:
         raise ValueError("--context, --rows, --repeats and --query_blocks take integers >= 1.")
-    rows = measure(FLAGS.size, FLAGS.context, FLAGS.rows, blocks, FLAGS.repeats)
+    rows = measure(FLAGS.size, FLAGS.context, FLAGS.rows, blocks, FLAGS.repeats, FLAGS.layers)
     lines = [json.dumps(row) for row in rows]
     if FLAGS.out:
         with open(FLAGS.out, "a") as f:
             f.write("".join(line + "\n" for line in lines))
     print("\n".join(lines))
-    print("\n| query block | blocks | compile s | run s | same tables |\n|--:|--:|--:|--:|:-:|")
+    print("\n| layers | query block | blocks | compile s | run s | same tables |")
+    print("|--:|--:|--:|--:|--:|:-:|")
     for r in rows:
         same = "yes" if r["same_tables"] else "NO"
-        print(f"| {r['query_block']} | {r['blocks']} | {r['compile_seconds']:.1f} | "
-              f"{r['seconds']:.2f} | {same} |")  # fmt: skip
+        print(f"| {r['layers']} | {r['query_block']} | {r['blocks']} | "
+              f"{r['compile_seconds']:.2f} | {r['seconds']:.2f} | {same} |")  # fmt: skip
 
 
 def _define_flags():
@@ -94,6 +103,7 @@ def _define_flags():
         "query_blocks", ["2048", "64"], "Query-block sizes; the first is the reference."
     )
     flags.DEFINE_integer("max_query_blocks", None, "Overrides the model's cap on blocks.", 1)
+    flags.DEFINE_integer("layers", None, "Overrides the preset's number of layers.", 1)
     flags.DEFINE_integer("repeats", 2, "Timed calls of each compiled pass (the least is kept).")
     flags.DEFINE_string("out", "", "Append the JSON lines to this file too.")
 

@@ -8,3 +8,10 @@ def test_blocked_and_unblocked_passes_give_the_same_tables():
     assert [r["blocks"] for r in rows] == [1, 6]
     assert all(r["same_tables"] for r in rows)
     assert all(r["compile_seconds"] > 0 and r["seconds"] > 0 for r in rows)
+
+
+def test_layers_overrides_the_presets_depth():
+    (row,) = query_blocks.measure(
+        "test", context=16, rows=1, query_blocks=[16], repeats=1, layers=1
+    )
+    assert row["layers"] == 1 and row["same_tables"]
