@@ -34,3 +34,41 @@ def test_a_swallowed_stop_still_exits_with_its_line():
         "-c: stopped by SIGTERM while starting, with nothing new to checkpoint: run the same "
         "command again to resume"
     )
+
+
+# The same, but the program reaches the end of its first step (as train.py's loop does once
+# a compilation that swallowed the stop is done): the stop is raised there, with nothing saved,
+# not turned into a request that checkpoints the step.
+_SWALLOWED_THEN_A_STEP = """
+import signal
+from training import runtime
+runtime.Preemption.EXIT_GRACE_S = 60
+class Dropped:
+    def __del__(self):
+        signal.raise_signal(signal.SIGTERM)
+try:
+    with runtime.Preemption() as preemption:
+        Dropped()
+        print("went on", flush=True)
+        preemption.at_risk(True)
+        print("the step was kept at risk", flush=True)
+except runtime.Preempted as stop:
+    print(f"{stop.exit_status} {stop.alone} {stop}", flush=True)
+"""
+
+
+def test_a_swallowed_stop_is_raised_again_at_the_end_of_the_first_step():
+    result = subprocess.run(
+        [sys.executable, "-c", _SWALLOWED_THEN_A_STEP],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == [
+        "went on",
+        f"{runtime.PREEMPTED_EXIT_CODE} True stopped by SIGTERM while starting, with nothing new "
+        "to checkpoint: run the same command again to resume",
+    ]
+    assert "Exception ignored" in result.stderr  # it was swallowed once

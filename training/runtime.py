@@ -222,11 +222,16 @@ class Preemption:
           doing: what the process does while nothing is at risk ('testing'), for the stop line.
 
         Raises:
-          Preempted: `holding` is False and a signal asked to stop before.
+          Preempted: `holding` is False and a signal asked to stop before; or a stop raised
+            while nothing was at risk was swallowed (by a `__del__` or a garbage-collection
+            callback) and the main thread went on: it is raised again here, before anything is
+            at risk, not left to the watcher's `EXIT_GRACE_S` nor turned into a checkpoint.
         """
+        if self._raised is not None:
+            raise self._raised
         self._at_risk = holding
         self.doing = doing or self.doing
-        if not holding and self.requested is not None and self._raised is None:
+        if not holding and self.requested is not None:
             self._raised = self._unsaved_stop()
             raise self._raised
 
