@@ -286,33 +286,35 @@ def test_one_process_per_gpu_sees_only_its_own(slurm_cluster, jobs, tmp_path):
     assert all(d and "," not in d for d in devices) and devices[0] != devices[1], devices
 
 
-@pytest.mark.parametrize(
-    "scancel, signal_number",
-    [
-        (["--signal=USR1"], "10"),  # the job's steps: what the time limit's --signal=USR1@N does
-        (["--signal=USR1", "--batch"], "10"),  # the batch script only: it passes the signal on
-        (["--signal=TERM", "--batch"], "15"),
-        (["--signal=USR1", "--full"], "10"),  # both: the run stops once
-    ],
-    ids=["job", "batch-usr1", "batch-term", "full-usr1"],
-)
-def test_preempted_run_is_requeued_and_resumes(
-    slurm_cluster, jobs, tmp_path, scancel, signal_number
-):
-    submission = _submit(jobs, tmp_path, ["preemptible"])
-    workdir = tmp_path / "run0"
-    _wait_until(lambda: (workdir / "ready.0").exists(), "the run to start")
-    subprocess.run(["scancel", *scancel, f"{submission.job_id}_0"], check=True, timeout=60)
+# How a preemption reaches a run, by the signal `scancel` sends and to whom (the four runs of
+# one array, signalled at once: the requeue's wait is shared, not paid four times).
+_PREEMPTIONS = {
+    "job": (["--signal=USR1"], "10"),  # the job's steps: what the time limit's --signal=USR1@N does
+    "batch-usr1": (["--signal=USR1", "--batch"], "10"),  # the batch script only: it passes it on
+    "batch-term": (["--signal=TERM", "--batch"], "15"),
+    "full-usr1": (["--signal=USR1", "--full"], "10"),  # both: the run stops once
+}
+
+
+def test_preempted_runs_are_requeued_and_resume(slurm_cluster, jobs, tmp_path):
+    submission = _submit(jobs, tmp_path, ["preemptible"] * 4, names=list(_PREEMPTIONS))
+    workdirs = [tmp_path / f"run{i}" for i in range(4)]
+    ready = lambda: all((w / "ready.0").exists() for w in workdirs)  # noqa: E731
+    _wait_until(ready, "the runs to start")
+    for i, (scancel, _) in enumerate(_PREEMPTIONS.values()):
+        subprocess.run(["scancel", *scancel, f"{submission.job_id}_{i}"], check=True, timeout=60)
     seen = set()
-    state = _wait_final(submission, seen=seen)["run0"]
-    assert (state.state, state.attempts) == ("complete", 2), state
-    assert _exit_codes(workdir) == [slurm.PREEMPTED_EXIT_CODE, 0]
-    assert (workdir / "checkpoint.0").read_text() == signal_number
-    assert (workdir / "resumed.0").read_text() == "1"  # SLURM_RESTART_COUNT
-    requeued = [reason for _, s, reason in seen if s == "queued" and "requeued" in reason]
-    assert requeued and requeued[0].startswith("requeued after attempt 1 was preempted")
-    log = state.log.read_text()
-    assert "attempt 1 exited with status 75" in log and "attempt 2 exited with status 0" in log
+    states = _wait_final(submission, seen=seen)
+    for (name, (_, signal_number)), workdir in zip(_PREEMPTIONS.items(), workdirs, strict=True):
+        state = states[name]
+        assert (state.state, state.attempts) == ("complete", 2), (name, state)
+        assert _exit_codes(workdir) == [slurm.PREEMPTED_EXIT_CODE, 0], name
+        assert (workdir / "checkpoint.0").read_text() == signal_number, name
+        assert (workdir / "resumed.0").read_text() == "1", name  # SLURM_RESTART_COUNT
+        requeued = [r for n, s, r in seen if n == name and s == "queued" and "requeued" in r]
+        assert requeued and requeued[0].startswith("requeued after attempt 1 was preempted"), name
+        log = state.log.read_text()
+        assert "attempt 1 exited with status 75" in log and "attempt 2 exited with status 0" in log
 
 
 def test_preemption_by_a_higher_priority_job_requeues_both_tasks(slurm_cluster, jobs, tmp_path):
