@@ -189,6 +189,7 @@ class Preemption:
         self._cleanups: list = []
         self._previous = {}
         self._previous_wakeup = -1
+        self._previous_unraisable = sys.unraisablehook
         self._pipe: tuple[int, int] | None = None
 
     def __enter__(self) -> "Preemption":
@@ -200,6 +201,8 @@ class Preemption:
         self._previous_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
         for sig in self.SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
+        self._previous_unraisable = sys.unraisablehook
+        sys.unraisablehook = self._unraisable
         threading.Thread(target=self._watch, args=(read_fd,), daemon=True).start()
         self._active = True
         return self
@@ -210,6 +213,7 @@ class Preemption:
             rendezvous.AT_EXIT.remove(cleanup)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        sys.unraisablehook = self._previous_unraisable
         signal.set_wakeup_fd(self._previous_wakeup)
         os.close(self._pipe[1])  # the watcher reads the end of the pipe and closes the other end
 
@@ -281,6 +285,13 @@ class Preemption:
         if not self._at_risk and self._raised is None:
             self._raised = self._unsaved_stop()
             raise self._raised
+
+    def _unraisable(self, unraisable) -> None:
+        """`sys.unraisablehook` inside the `with`: a stop raised where Python only reports it and
+        goes on (JAX's garbage-collection callback, a `__del__`) is not reported: its one line
+        comes when `at_risk` raises it again or the watcher ends the process."""
+        if unraisable.exc_value is None or unraisable.exc_value is not self._raised:
+            self._previous_unraisable(unraisable)
 
     def _watch(self, read_fd: int) -> None:
         with os.fdopen(read_fd, "rb", buffering=0) as pipe:
