@@ -57,7 +57,8 @@ def start(argv, process_id=None, num_processes=2, port=None, timeout_s=30, log=N
 
     A single process shares the test session's compilation cache (tests/conftest.py), so that
     the same run trained in the test's own process loads its programs instead of compiling
-    them again; the processes of a multi-process run compile their own.
+    them again; the processes of a multi-process run share it too (the cache key holds the
+    devices of the run, so they load only what a run of the same shape compiled).
     """
     env = dict(os.environ, LMC_DISTRIBUTED_TIMEOUT_S=str(timeout_s))
     if process_id is not None:
@@ -67,7 +68,7 @@ def start(argv, process_id=None, num_processes=2, port=None, timeout_s=30, log=N
             LMC_PROCESS_ID=str(process_id),
         )
         argv = [*argv, "--config.distributed=True"]
-    elif os.environ.get("LMC_TEST_JAX_CACHE"):
+    if os.environ.get("LMC_TEST_JAX_CACHE"):
         env["JAX_COMPILATION_CACHE_DIR"] = os.environ["LMC_TEST_JAX_CACHE"]
     return subprocess.Popen(
         [sys.executable, "train.py", *argv],
