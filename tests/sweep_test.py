@@ -16,12 +16,12 @@ import sweep
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _cli(*args, cwd=REPO, cache=False):
-    """sweep.py with `args`. `cache`: its one-process runs (Slurm passes the environment on) load
-    and keep their programs in the test session's compilation cache (tests/conftest.py), so that
-    a requeued attempt and a later sweep of the same run load what an earlier one compiled."""
+def _cli(*args, cwd=REPO):
+    """sweep.py with `args`. The runs it starts (Slurm passes the environment on) load and keep
+    their programs in the test session's compilation cache (tests/conftest.py), so that a
+    requeued attempt and a later sweep of the same run load what an earlier one compiled."""
     env = dict(os.environ)
-    if cache and os.environ.get("LMC_TEST_JAX_CACHE"):
+    if os.environ.get("LMC_TEST_JAX_CACHE"):
         env["JAX_COMPILATION_CACHE_DIR"] = os.environ["LMC_TEST_JAX_CACHE"]
     return subprocess.run(
         [sys.executable, str(REPO / "sweep.py"), *map(str, args)],
@@ -296,7 +296,7 @@ def test_slurm_sweep_runs_requeues_and_gathers(slurm_cluster, tmp_path):
     arrays = _write_sweep(tmp_path, _CLUSTER_SWEEP.format(name="ci", steps=[30, 150]))
     pair = _write_sweep(tmp_path / "mp", _CLUSTER_SWEEP.format(name="mp", steps=[30]))
     common = ["--slurm.time_limit_minutes=10", "--slurm.signal_lead_seconds=60", f"--root={root}"]
-    result = _cli(f"--sweep={arrays}", "--mode=slurm", *common, cwd=tmp_path, cache=True)
+    result = _cli(f"--sweep={arrays}", "--mode=slurm", *common, cwd=tmp_path)
     assert result.returncode == 0 and "Submitted job array" in result.stdout, result.stderr
     result = _cli(f"--sweep={pair}", "--mode=slurm", "--slurm.tasks_per_run=2", *common)
     assert result.returncode == 0, result.stderr
@@ -358,7 +358,7 @@ def test_a_signal_to_the_batch_script_reaches_train_py(slurm_cluster, tmp_path):
 
     root = tmp_path / "runs"
     path = _write_sweep(tmp_path, _CLUSTER_SWEEP.format(name="batch", steps=[150]))
-    result = _cli(f"--sweep={path}", "--mode=slurm", f"--root={root}", cache=True)
+    result = _cli(f"--sweep={path}", "--mode=slurm", f"--root={root}")
     assert result.returncode == 0, result.stderr
     workdir = root / "batch" / "steps=150"
     deadline = time.monotonic() + 180
