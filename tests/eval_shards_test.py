@@ -31,6 +31,7 @@ from compressors import evaluation, language_model, shards
 from configs import default
 from configs import eval as eval_config
 from tests import hf_fixtures
+from tests.runtime_helpers import cached_env as _env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONTEXT = 64  # the test model's context and the chunk size: short, so that it rates fast
@@ -313,14 +314,6 @@ def pauser(tmp_path_factory) -> pathlib.Path:
     path.write_text(f"#!{sys.executable}\n{_PAUSER}")
     path.chmod(0o755)
     return path
-
-
-def _env(**extra) -> dict:
-    """The environment of a launch: the session's compilation cache (tests/conftest.py)."""
-    env = dict(os.environ, **extra)
-    if os.environ.get("LMC_TEST_JAX_CACHE"):
-        env["JAX_COMPILATION_CACHE_DIR"] = os.environ["LMC_TEST_JAX_CACHE"]
-    return env
 
 
 def _command(*args, python=sys.executable):

@@ -52,6 +52,16 @@ def free_port() -> int:
     raise RuntimeError("no free pair of ports")
 
 
+def cached_env(**extra) -> dict:
+    """The environment of a launch, `extra` added, with the test session's compilation cache
+    (tests/conftest.py) where it is on: the launched programs load and keep their programs
+    there."""
+    env = dict(os.environ, **extra)
+    if os.environ.get("LMC_TEST_JAX_CACHE"):
+        env["JAX_COMPILATION_CACHE_DIR"] = os.environ["LMC_TEST_JAX_CACHE"]
+    return env
+
+
 def start(argv, process_id=None, num_processes=2, port=None, timeout_s=30, log=None):
     """train.py with `argv`: one process, or process `process_id` of a run.
 
@@ -60,7 +70,7 @@ def start(argv, process_id=None, num_processes=2, port=None, timeout_s=30, log=N
     them again; the processes of a multi-process run share it too (the cache key holds the
     devices of the run, so they load only what a run of the same shape compiled).
     """
-    env = dict(os.environ, LMC_DISTRIBUTED_TIMEOUT_S=str(timeout_s))
+    env = cached_env(LMC_DISTRIBUTED_TIMEOUT_S=str(timeout_s))
     if process_id is not None:
         env.update(
             JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
@@ -68,8 +78,6 @@ def start(argv, process_id=None, num_processes=2, port=None, timeout_s=30, log=N
             LMC_PROCESS_ID=str(process_id),
         )
         argv = [*argv, "--config.distributed=True"]
-    if os.environ.get("LMC_TEST_JAX_CACHE"):
-        env["JAX_COMPILATION_CACHE_DIR"] = os.environ["LMC_TEST_JAX_CACHE"]
     return subprocess.Popen(
         [sys.executable, "train.py", *argv],
         cwd=REPO,

@@ -12,6 +12,7 @@ import pytest
 
 import runs
 import sweep
+from tests import runtime_helpers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -20,13 +21,10 @@ def _cli(*args, cwd=REPO):
     """sweep.py with `args`. The runs it starts (Slurm passes the environment on) load and keep
     their programs in the test session's compilation cache (tests/conftest.py), so that a
     requeued attempt and a later sweep of the same run load what an earlier one compiled."""
-    env = dict(os.environ)
-    if os.environ.get("LMC_TEST_JAX_CACHE"):
-        env["JAX_COMPILATION_CACHE_DIR"] = os.environ["LMC_TEST_JAX_CACHE"]
     return subprocess.run(
         [sys.executable, str(REPO / "sweep.py"), *map(str, args)],
         cwd=cwd,
-        env=env,
+        env=runtime_helpers.cached_env(),
         capture_output=True,
         text=True,
         timeout=300,
